@@ -1,0 +1,208 @@
+//! `WWW-Authenticate` challenges (RFC 7235): several per header, parameters in any order,
+//! quoted strings with escapes.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    /// Lower-cased: `bearer`, `basic`, ...
+    pub scheme: String,
+    /// Names lower-cased, values unquoted, in the order sent.
+    pub params: Vec<(String, String)>,
+}
+
+impl Challenge {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn bearer(params: Vec<(String, String)>) -> Self {
+        Self {
+            scheme: "bearer".into(),
+            params,
+        }
+    }
+
+    /// `Bearer realm="...",service="..."`: every value quoted, as registries send them.
+    pub fn render(&self) -> String {
+        let mut scheme = self.scheme.clone();
+        if let Some(first) = scheme.get_mut(0..1) {
+            first.make_ascii_uppercase();
+        }
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .map(|(n, v)| format!("{n}={}", quote(v)))
+            .collect();
+        format!("{scheme} {}", params.join(","))
+    }
+}
+
+fn quote(v: &str) -> String {
+    let mut out = String::with_capacity(v.len() + 2);
+    out.push('"');
+    for c in v.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+fn is_tchar(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
+}
+
+struct Cursor<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn skip(&mut self, chars: &[u8]) {
+        while self.i < self.s.len() && chars.contains(&self.s[self.i]) {
+            self.i += 1;
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+
+    fn token(&mut self) -> &'a str {
+        let start = self.i;
+        while self.i < self.s.len() && is_tchar(self.s[self.i]) {
+            self.i += 1;
+        }
+        std::str::from_utf8(&self.s[start..self.i]).unwrap_or_default()
+    }
+
+    fn quoted(&mut self) -> String {
+        // Precondition: at the opening quote.
+        self.i += 1;
+        let mut out = Vec::new();
+        while let Some(c) = self.peek() {
+            self.i += 1;
+            match c {
+                b'"' => break,
+                b'\\' => {
+                    if let Some(n) = self.peek() {
+                        out.push(n);
+                        self.i += 1;
+                    }
+                }
+                _ => out.push(c),
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// Parses every challenge in one header value; what cannot be parsed is skipped.
+pub fn parse(header: &str) -> Vec<Challenge> {
+    let mut c = Cursor {
+        s: header.as_bytes(),
+        i: 0,
+    };
+    let mut out = Vec::new();
+    loop {
+        c.skip(b" \t,");
+        if c.peek().is_none() {
+            break;
+        }
+        let scheme = c.token().to_ascii_lowercase();
+        if scheme.is_empty() {
+            c.i += 1; // not a token character: skip it
+            continue;
+        }
+        let mut params = Vec::new();
+        loop {
+            let save = c.i;
+            c.skip(b" \t,");
+            let name = c.token();
+            c.skip(b" \t");
+            if name.is_empty() || c.peek() != Some(b'=') {
+                c.i = save; // the next challenge's scheme, or the end
+                break;
+            }
+            c.i += 1;
+            c.skip(b" \t");
+            let value = match c.peek() {
+                Some(b'"') => c.quoted(),
+                _ => c.token().to_string(),
+            };
+            if value.is_empty() && c.peek() == Some(b'=') {
+                // token68 (`Basic abc==`): consume the padding, keep nothing.
+                c.skip(b"=");
+                continue;
+            }
+            params.push((name.to_ascii_lowercase(), value));
+        }
+        out.push(Challenge { scheme, params });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_hub_challenge() {
+        let v = parse(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull""#,
+        );
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].scheme, "bearer");
+        assert_eq!(v[0].param("realm"), Some("https://auth.docker.io/token"));
+        assert_eq!(v[0].param("service"), Some("registry.docker.io"));
+        assert_eq!(v[0].param("scope"), Some("repository:library/alpine:pull"));
+    }
+
+    #[test]
+    fn several_challenges_any_order_and_escapes() {
+        let v = parse(
+            r#"Basic realm="quay.io", Bearer service="quay.io", scope="repository:a/b:pull,push" , realm="https://quay.io/v2/auth", error=insufficient_scope"#,
+        );
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0].scheme, "basic");
+        assert_eq!(v[0].param("realm"), Some("quay.io"));
+        assert_eq!(v[1].param("realm"), Some("https://quay.io/v2/auth"));
+        assert_eq!(v[1].param("scope"), Some("repository:a/b:pull,push"));
+        assert_eq!(v[1].param("error"), Some("insufficient_scope"));
+        let v = parse(r#"Bearer realm="a\"b\\c""#);
+        assert_eq!(v[0].param("realm"), Some(r#"a"b\c"#));
+    }
+
+    #[test]
+    fn regex_trap_realm_inside_another_value() {
+        // A regex over realm="..." would pick the first occurrence, inside `error_description`.
+        let v = parse(r#"Bearer error_description="bad realm=\"x\"", realm="https://r/token""#);
+        assert_eq!(v[0].param("realm"), Some("https://r/token"));
+    }
+
+    #[test]
+    fn token68_and_bare_schemes() {
+        let v = parse("Negotiate, Basic abc==, Bearer realm=\"r\"");
+        let schemes: Vec<_> = v.iter().map(|c| c.scheme.as_str()).collect();
+        assert_eq!(schemes, ["negotiate", "basic", "bearer"]);
+        assert_eq!(v[2].param("realm"), Some("r"));
+    }
+
+    #[test]
+    fn render_round_trips() {
+        let c = Challenge::bearer(vec![
+            ("realm".into(), "http://p/token".into()),
+            ("scope".into(), "repository:a\"b:pull".into()),
+        ]);
+        let s = c.render();
+        assert_eq!(
+            s,
+            r#"Bearer realm="http://p/token",scope="repository:a\"b:pull""#
+        );
+        assert_eq!(parse(&s), vec![c]);
+    }
+}

@@ -1,0 +1,187 @@
+//! Tag lists and the catalog: their queries, JSON bodies and `Link` targets in client names.
+
+use crate::names::NameMap;
+use crate::origin::Origin;
+use crate::route::Route;
+use serde_json::Value;
+use url::form_urlencoded;
+
+/// Largest listing body the proxy reads to rewrite; registries page far below this.
+pub const MAX_LISTING_BYTES: usize = 4 << 20;
+
+fn pairs(query: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn encode(pairs: &[(String, String)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+/// The query to send upstream. containerd's mirror parameter `ns` names a registry the
+/// client thought it was talking to; it is not the upstream's business.
+pub fn upstream_query(route: &Route, query: Option<&str>, names: &NameMap) -> Option<String> {
+    let mut p: Vec<_> = pairs(query.unwrap_or(""))
+        .into_iter()
+        .filter(|(k, _)| k != "ns")
+        .collect();
+    if *route == Route::Catalog && !names.prefix().is_empty() {
+        match p.iter_mut().find(|(k, _)| k == "last") {
+            Some((_, last)) => *last = names.to_upstream(last),
+            // Catalogs are sorted: start just before the prefix's first repository.
+            None => p.push(("last".into(), format!("{}/", names.prefix()))),
+        }
+    }
+    (!p.is_empty()).then(|| encode(&p))
+}
+
+/// A pagination `Link` target in client terms. Relative targets stay relative; absolute
+/// ones on the upstream move to the public origin; a catalog page past the prefix is dropped.
+pub fn client_link_target(
+    target: &str,
+    upstream: &Origin,
+    public: &Origin,
+    names: &NameMap,
+) -> Option<String> {
+    let base = url::Url::parse(&format!("{upstream}/")).ok()?;
+    let url = base.join(target).ok()?;
+    if Origin::of_url(&url).as_ref() != Some(upstream) {
+        return Some(target.to_string()); // not ours to judge; never seen from registries
+    }
+    let route = Route::parse(url.path()).ok()?;
+    let mut query = pairs(url.query().unwrap_or(""));
+    let route = match &route {
+        Route::Catalog => {
+            if !names.prefix().is_empty() {
+                for (k, v) in query.iter_mut() {
+                    if k == "last" {
+                        *v = names.to_client(v)?;
+                    }
+                }
+            }
+            route
+        }
+        Route::Tags { name } | Route::Referrers { name, .. } => {
+            route.with_name(names.to_client(name)?)
+        }
+        _ => return Some(target.to_string()),
+    };
+    let q = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", encode(&query))
+    };
+    let relative = !target.contains("://");
+    let origin = if relative {
+        String::new()
+    } else {
+        public.to_string()
+    };
+    Some(format!("{origin}{}{q}", route.path()))
+}
+
+/// A tags/list body with its `name` in client terms; `None` if it is not the expected JSON.
+pub fn client_tags_body(body: &[u8], names: &NameMap) -> Option<Vec<u8>> {
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    let name = v.get("name")?.as_str()?;
+    let client = names.to_client(name)?;
+    v["name"] = Value::String(client);
+    serde_json::to_vec(&v).ok()
+}
+
+/// A catalog page filtered to the prefix, names stripped. The flag says whether the page
+/// ran past the prefix's range, so no further page can hold any of its repositories.
+pub fn client_catalog_body(body: &[u8], names: &NameMap) -> Option<(Vec<u8>, bool)> {
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    let repos = v.get("repositories")?.as_array()?;
+    let mut past_end = false;
+    let mut kept = Vec::new();
+    for r in repos.iter().filter_map(Value::as_str) {
+        match names.to_client(r) {
+            Some(c) => kept.push(Value::String(c)),
+            None if !names.prefix().is_empty() && r > names.prefix() => past_end = true,
+            None => {}
+        }
+    }
+    v["repositories"] = Value::Array(kept);
+    Some((serde_json::to_vec(&v).ok()?, past_end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn o(s: &str) -> Origin {
+        Origin::parse(s).unwrap()
+    }
+
+    #[test]
+    fn catalog_query_starts_at_the_prefix_and_maps_last() {
+        let m = NameMap::new("team/app", false);
+        assert_eq!(
+            upstream_query(&Route::Catalog, Some("n=2"), &m).unwrap(),
+            "n=2&last=team%2Fapp%2F"
+        );
+        assert_eq!(
+            upstream_query(&Route::Catalog, Some("n=2&last=web"), &m).unwrap(),
+            "n=2&last=team%2Fapp%2Fweb"
+        );
+        let tags = Route::Tags { name: "web".into() };
+        assert_eq!(
+            upstream_query(&tags, Some("n=2&last=v1&ns=docker.io"), &m).unwrap(),
+            "n=2&last=v1"
+        );
+        assert_eq!(upstream_query(&tags, None, &m), None);
+        assert_eq!(
+            upstream_query(&Route::Catalog, None, &NameMap::new("", false)),
+            None
+        );
+    }
+
+    #[test]
+    fn link_targets_in_client_names() {
+        let (up, public) = (o("http://127.0.0.1:5000"), o("https://images.example.com"));
+        let m = NameMap::new("team/app", false);
+        let t = client_link_target("/v2/team/app/web/tags/list?last=v2&n=2", &up, &public, &m);
+        assert_eq!(t.unwrap(), "/v2/web/tags/list?last=v2&n=2");
+        let t = client_link_target(
+            "http://127.0.0.1:5000/v2/_catalog?last=team%2Fapp%2Fweb&n=2",
+            &up,
+            &public,
+            &m,
+        );
+        assert_eq!(
+            t.unwrap(),
+            "https://images.example.com/v2/_catalog?last=web&n=2"
+        );
+        assert_eq!(
+            client_link_target("/v2/_catalog?last=zzz&n=2", &up, &public, &m),
+            None
+        );
+    }
+
+    #[test]
+    fn tags_body_name() {
+        let m = NameMap::new("", true);
+        let out =
+            client_tags_body(br#"{"name":"library/alpine","tags":["3.20","latest"]}"#, &m).unwrap();
+        assert_eq!(out, br#"{"name":"alpine","tags":["3.20","latest"]}"#);
+        assert_eq!(client_tags_body(b"not json", &m), None);
+    }
+
+    #[test]
+    fn catalog_filtered_to_prefix() {
+        let m = NameMap::new("team/app", false);
+        let (body, past) =
+            client_catalog_body(br#"{"repositories":["team/app/a","team/app/b/c"]}"#, &m).unwrap();
+        assert_eq!(body, br#"{"repositories":["a","b/c"]}"#);
+        assert!(!past);
+        let (body, past) =
+            client_catalog_body(br#"{"repositories":["team/app/z","team/apps"]}"#, &m).unwrap();
+        assert_eq!(body, br#"{"repositories":["z"]}"#);
+        assert!(past);
+    }
+}

@@ -1,0 +1,330 @@
+//! Which part of the distribution API a request path names.
+
+use crate::error::OciError;
+use http::StatusCode;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `/`: a person in a browser.
+    Home,
+    /// The proxy's own token endpoint, the realm of every challenge it sends.
+    Token,
+    /// `/v2/`: the API version check and auth probe.
+    Base,
+    Catalog,
+    Manifest {
+        name: String,
+        reference: String,
+    },
+    Blob {
+        name: String,
+        digest: String,
+    },
+    Tags {
+        name: String,
+    },
+    Referrers {
+        name: String,
+        digest: String,
+    },
+    /// `/v2/<name>/blobs/uploads/...`: pushing, which a read-only proxy refuses.
+    Upload {
+        name: String,
+    },
+}
+
+pub const TOKEN_PATH: &str = "/token";
+
+impl Route {
+    pub fn parse(path: &str) -> Result<Route, OciError> {
+        match path {
+            "/" | "" => return Ok(Route::Home),
+            TOKEN_PATH => return Ok(Route::Token),
+            "/v2" | "/v2/" => return Ok(Route::Base),
+            "/v2/_catalog" => return Ok(Route::Catalog),
+            _ => {}
+        }
+        let no_route = || OciError::no_route(format!("no such endpoint: {path}"));
+        let rest = path.strip_prefix("/v2/").ok_or_else(no_route)?;
+        let name_ok = |name: &str| -> Result<String, OciError> {
+            if valid_name(name) {
+                Ok(name.to_string())
+            } else {
+                Err(OciError::name_invalid(format!(
+                    "invalid repository name: {name}"
+                )))
+            }
+        };
+        if let Some(name) = rest.strip_suffix("/tags/list") {
+            return Ok(Route::Tags {
+                name: name_ok(name)?,
+            });
+        }
+        if let Some(i) = rest.find("/blobs/uploads") {
+            let tail = &rest[i + "/blobs/uploads".len()..];
+            if tail.is_empty() || tail.starts_with('/') {
+                return Ok(Route::Upload {
+                    name: name_ok(&rest[..i])?,
+                });
+            }
+        }
+        let (head, last) = rest.rsplit_once('/').ok_or_else(no_route)?;
+        let (name, kind) = head.rsplit_once('/').ok_or_else(no_route)?;
+        match kind {
+            "manifests" => {
+                if !valid_tag(last) && !valid_digest(last) {
+                    return Err(OciError::new(
+                        StatusCode::BAD_REQUEST,
+                        "MANIFEST_INVALID",
+                        format!("invalid reference: {last}"),
+                    ));
+                }
+                Ok(Route::Manifest {
+                    name: name_ok(name)?,
+                    reference: last.to_string(),
+                })
+            }
+            "blobs" | "referrers" => {
+                if !valid_digest(last) {
+                    return Err(OciError::new(
+                        StatusCode::BAD_REQUEST,
+                        "DIGEST_INVALID",
+                        format!("invalid digest: {last}"),
+                    ));
+                }
+                let (name, digest) = (name_ok(name)?, last.to_string());
+                Ok(if kind == "blobs" {
+                    Route::Blob { name, digest }
+                } else {
+                    Route::Referrers { name, digest }
+                })
+            }
+            _ => Err(no_route()),
+        }
+    }
+
+    /// The repository the route addresses, in client names.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Route::Manifest { name, .. }
+            | Route::Blob { name, .. }
+            | Route::Tags { name }
+            | Route::Referrers { name, .. }
+            | Route::Upload { name } => Some(name),
+            _ => None,
+        }
+    }
+
+    /// The same route for another repository name.
+    pub fn with_name(&self, new: String) -> Route {
+        match self.clone() {
+            Route::Manifest { reference, .. } => Route::Manifest {
+                name: new,
+                reference,
+            },
+            Route::Blob { digest, .. } => Route::Blob { name: new, digest },
+            Route::Tags { .. } => Route::Tags { name: new },
+            Route::Referrers { digest, .. } => Route::Referrers { name: new, digest },
+            Route::Upload { .. } => Route::Upload { name: new },
+            other => other,
+        }
+    }
+
+    /// The request path for this route (the inverse of `parse`).
+    pub fn path(&self) -> String {
+        match self {
+            Route::Home => "/".into(),
+            Route::Token => TOKEN_PATH.into(),
+            Route::Base => "/v2/".into(),
+            Route::Catalog => "/v2/_catalog".into(),
+            Route::Manifest { name, reference } => format!("/v2/{name}/manifests/{reference}"),
+            Route::Blob { name, digest } => format!("/v2/{name}/blobs/{digest}"),
+            Route::Tags { name } => format!("/v2/{name}/tags/list"),
+            Route::Referrers { name, digest } => format!("/v2/{name}/referrers/{digest}"),
+            Route::Upload { name } => format!("/v2/{name}/blobs/uploads/"),
+        }
+    }
+}
+
+/// The distribution spec's repository name grammar:
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(\/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 255 && name.split('/').all(valid_component)
+}
+
+fn valid_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        // A separator run: ".", "_", "__" or one or more "-".
+        let start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        let ok = matches!(sep, "." | "_" | "__") || sep.bytes().all(|x| x == b'-');
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`
+pub fn valid_tag(tag: &str) -> bool {
+    let b = tag.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b.iter()
+            .all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'.' | b'_' | b'-'))
+}
+
+/// `algorithm:encoded` with the spec's character sets.
+pub fn valid_digest(digest: &str) -> bool {
+    let Some((alg, enc)) = digest.split_once(':') else {
+        return false;
+    };
+    let alg_ok = !alg.is_empty()
+        && alg.split(['+', '.', '_', '-']).all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|x| x.is_ascii_lowercase() || x.is_ascii_digit())
+        });
+    let enc_ok = !enc.is_empty()
+        && enc
+            .bytes()
+            .all(|x| x.is_ascii_alphanumeric() || matches!(x, b'=' | b'_' | b'-'));
+    alg_ok && enc_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    #[test]
+    fn parses_every_route() {
+        assert_eq!(Route::parse("/").unwrap(), Route::Home);
+        assert_eq!(Route::parse("/token").unwrap(), Route::Token);
+        assert_eq!(Route::parse("/v2/").unwrap(), Route::Base);
+        assert_eq!(Route::parse("/v2").unwrap(), Route::Base);
+        assert_eq!(Route::parse("/v2/_catalog").unwrap(), Route::Catalog);
+        assert_eq!(
+            Route::parse("/v2/a/b/manifests/1.0").unwrap(),
+            Route::Manifest {
+                name: "a/b".into(),
+                reference: "1.0".into()
+            }
+        );
+        assert_eq!(
+            Route::parse(&format!("/v2/a/manifests/{D}")).unwrap(),
+            Route::Manifest {
+                name: "a".into(),
+                reference: D.into()
+            }
+        );
+        assert_eq!(
+            Route::parse(&format!("/v2/a/blobs/{D}")).unwrap(),
+            Route::Blob {
+                name: "a".into(),
+                digest: D.into()
+            }
+        );
+        assert_eq!(
+            Route::parse("/v2/tags/tags/list").unwrap(),
+            Route::Tags {
+                name: "tags".into()
+            }
+        );
+        assert_eq!(
+            Route::parse(&format!("/v2/x/manifests/referrers/{D}")).unwrap(),
+            Route::Referrers {
+                name: "x/manifests".into(),
+                digest: D.into()
+            }
+        );
+        assert_eq!(
+            Route::parse("/v2/a/blobs/uploads/").unwrap(),
+            Route::Upload { name: "a".into() }
+        );
+        assert_eq!(
+            Route::parse("/v2/a/blobs/uploads/abc").unwrap(),
+            Route::Upload { name: "a".into() }
+        );
+    }
+
+    #[test]
+    fn paths_round_trip() {
+        for p in [
+            "/v2/",
+            "/v2/_catalog",
+            "/v2/a/b/manifests/latest",
+            "/v2/a/tags/list",
+            "/token",
+        ] {
+            assert_eq!(Route::parse(p).unwrap().path(), p);
+        }
+    }
+
+    #[test]
+    fn bad_paths_are_oci_errors() {
+        assert_eq!(
+            Route::parse("/favicon.ico").unwrap_err().status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            Route::parse("/v2/a/unknown/x").unwrap_err().status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            Route::parse("/v2/a").unwrap_err().status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            Route::parse("/v2/A/manifests/x").unwrap_err().code,
+            "NAME_INVALID"
+        );
+        assert_eq!(
+            Route::parse("/v2/a/../b/manifests/x").unwrap_err().code,
+            "NAME_INVALID"
+        );
+        assert_eq!(
+            Route::parse("/v2/a/manifests/-x").unwrap_err().code,
+            "MANIFEST_INVALID"
+        );
+        assert_eq!(
+            Route::parse("/v2/a/blobs/latest").unwrap_err().code,
+            "DIGEST_INVALID"
+        );
+    }
+
+    #[test]
+    fn name_grammar() {
+        for ok in ["a", "library/alpine", "a.b_c__d---e/f0", "0"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in [
+            "", "A", "a//b", "/a", "a/", "a..b", "a___b", "-a", "a-", "a b", "a._b",
+        ] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tag_and_digest_grammar() {
+        assert!(valid_tag("v1.0_rc-2") && valid_tag("_x") && !valid_tag(".x"));
+        assert!(!valid_tag(&"a".repeat(129)));
+        assert!(valid_digest(D) && valid_digest("sha256+b64u:abc=") && !valid_digest("sha256:"));
+        assert!(!valid_digest("SHA256:abc") && !valid_digest("abc"));
+    }
+}

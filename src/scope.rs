@@ -1,0 +1,112 @@
+//! Token scopes, `type[(class)]:name:actions`, mapped between client and upstream names.
+
+use crate::names::NameMap;
+
+/// Maps one scope; scopes without a repository name (`registry:catalog:*`) pass unchanged.
+/// `None` when the name cannot be expressed on the other side.
+fn map_scope(scope: &str, map: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let (kind, rest) = scope.split_once(':')?;
+    let (name, actions) = rest.rsplit_once(':')?;
+    let repository = kind == "repository" || kind.starts_with("repository(");
+    if !repository {
+        return Some(scope.to_string());
+    }
+    Some(format!("{kind}:{}:{actions}", map(name)?))
+}
+
+fn map_all<'a>(
+    scopes: impl IntoIterator<Item = &'a str>,
+    map: impl Fn(&str) -> Option<String>,
+) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for s in scopes.into_iter().flat_map(str::split_whitespace) {
+        // A malformed scope goes on as sent: the token server judges it, not us.
+        let mapped = if s.matches(':').count() >= 2 {
+            map_scope(s, &map)
+        } else {
+            Some(s.to_string())
+        };
+        if let Some(m) = mapped {
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+    }
+    out
+}
+
+/// Client scopes (each item may hold several, space-separated) in upstream names, deduplicated:
+/// containerd sends both its own scope and the challenge's, which map to the same upstream scope.
+pub fn to_upstream<'a>(names: &NameMap, scopes: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    map_all(scopes, |n| Some(names.to_upstream(n)))
+}
+
+/// Upstream scopes in client names; those outside the prefix are dropped.
+pub fn to_client<'a>(names: &NameMap, scopes: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    map_all(scopes, |n| names.to_client(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_repository_scopes_with_prefix() {
+        let m = NameMap::new("team/app", false);
+        assert_eq!(
+            to_upstream(
+                &m,
+                ["repository:web:pull", "repository(plugin):x:pull,push"]
+            ),
+            [
+                "repository:team/app/web:pull",
+                "repository(plugin):team/app/x:pull,push"
+            ]
+        );
+        assert_eq!(
+            to_client(&m, ["repository:team/app/web:pull"]),
+            ["repository:web:pull"]
+        );
+        assert!(to_client(&m, ["repository:other/web:pull"]).is_empty());
+    }
+
+    #[test]
+    fn catalog_and_space_separated_forms() {
+        let m = NameMap::new("p", false);
+        assert_eq!(
+            to_upstream(&m, ["registry:catalog:* repository:a:pull"]),
+            ["registry:catalog:*", "repository:p/a:pull"]
+        );
+    }
+
+    #[test]
+    fn echoed_challenge_scope_never_doubles_the_prefix() {
+        // containerd merges the challenge scope (already in client names) with its own.
+        let m = NameMap::new("team/app", false);
+        let challenge = to_client(&m, ["repository:team/app/web:pull"]);
+        let sent = [challenge[0].as_str(), "repository:web:pull"];
+        assert_eq!(to_upstream(&m, sent), ["repository:team/app/web:pull"]);
+    }
+
+    #[test]
+    fn docker_hub_library_scopes() {
+        let m = NameMap::new("", true);
+        assert_eq!(
+            to_upstream(
+                &m,
+                ["repository:alpine:pull", "repository:library/alpine:pull"]
+            ),
+            ["repository:library/alpine:pull"]
+        );
+        assert_eq!(
+            to_client(&m, ["repository:library/alpine:pull"]),
+            ["repository:alpine:pull"]
+        );
+    }
+
+    #[test]
+    fn malformed_scopes_pass_unchanged() {
+        let m = NameMap::new("p", false);
+        assert_eq!(to_upstream(&m, ["garbage"]), ["garbage"]);
+    }
+}

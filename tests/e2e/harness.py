@@ -1,0 +1,95 @@
+"""Process and port helpers shared by the end-to-end tests.
+
+Every service a test needs is started here on a free loopback port and stopped by PID.
+"""
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SPIN_TOML = ROOT / "spin.toml"
+HOST_BIN = ROOT / "tests" / "host" / "target" / "release" / "spin-test-host"
+WORK = Path(os.environ.get("E2E_WORK", "/tmp/spin-registry-proxy-e2e"))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, timeout: float = 30.0, proc=None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {host}:{port} opened")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{host}:{port} did not open within {timeout}s")
+
+
+class Service:
+    """A background process with its log file; stopped by PID."""
+
+    def __init__(self, name: str, argv, env=None, cwd=None, host="127.0.0.1", port=None, wait=30.0):
+        WORK.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.host = host
+        self.port = port
+        self.log_path = WORK / f"{name}-{os.getpid()}-{port or 0}.log"
+        self._log = open(self.log_path, "wb")
+        full_env = dict(os.environ)
+        if env:
+            full_env.update(env)
+        self.proc = subprocess.Popen(
+            [str(a) for a in argv], stdout=self._log, stderr=subprocess.STDOUT,
+            env=full_env, cwd=cwd, start_new_session=True,
+        )
+        self.pid = self.proc.pid
+        if port is not None:
+            wait_for_port(host, port, wait, self.proc)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def start_proxy(variables: dict, host: str = "127.0.0.1", name: str = "proxy") -> Service:
+    """Run the exact .wasm that spin.toml names in the test host.
+
+    `variables` maps Spin variable names (lower snake case) to values; they are passed as
+    SPIN_VARIABLE_<NAME>, exactly as `spin up` reads them.
+    """
+    port = free_port(host)
+    env = {f"SPIN_VARIABLE_{k.upper()}": v for k, v in variables.items()}
+    return Service(name, [HOST_BIN, "--from", SPIN_TOML, "--listen", f"{host}:{port}"],
+                   env=env, host=host, port=port)
