@@ -169,7 +169,7 @@ fn headers_from_wasi(fields: &Fields) -> http::HeaderMap {
 fn headers_to_wasi(map: &http::HeaderMap) -> Fields {
     let fields = Fields::new();
     for (name, value) in map {
-        let _ = fields.append(&name.as_str().to_string(), &value.as_bytes().to_vec());
+        let _ = fields.append(name.as_str(), value.as_bytes());
     }
     fields
 }
