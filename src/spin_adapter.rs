@@ -275,15 +275,25 @@ fn outgoing_response(head: &http::response::Parts) -> OutgoingResponse {
     resp
 }
 
+/// A HEAD response keeps the `Content-Length` of the GET it stands for, so it is sent without
+/// taking its body: the runtime checks a taken body against that length.
+fn send_head_only(out: ResponseOutparam, resp: OutgoingResponse, status: http::StatusCode) -> u16 {
+    ResponseOutparam::set(out, resp);
+    status.as_u16()
+}
+
 /// Writes a complete response; returns its status.
 fn respond(out: ResponseOutparam, r: http::Response<Vec<u8>>, head_only: bool) -> u16 {
     let (parts, body) = r.into_parts();
     let resp = outgoing_response(&parts);
+    if head_only {
+        return send_head_only(out, resp, parts.status);
+    }
     let Ok(outgoing_body) = resp.body() else {
         return parts.status.as_u16();
     };
     ResponseOutparam::set(out, resp);
-    if !head_only && !body.is_empty() {
+    if !body.is_empty() {
         let Ok(stream) = outgoing_body.write() else {
             return parts.status.as_u16();
         };
@@ -308,16 +318,15 @@ fn stream(
 ) -> u64 {
     let (parts, ()) = head.into_parts();
     let resp = outgoing_response(&parts);
+    if head_only {
+        send_head_only(out, resp, parts.status);
+        return 0;
+    }
     let Ok(outgoing_body) = resp.body() else {
         return 0;
     };
     ResponseOutparam::set(out, resp);
-    let source = if head_only {
-        None
-    } else {
-        upstream.and_then(|u| u.consume().ok())
-    };
-    let Some(source) = source else {
+    let Some(source) = upstream.and_then(|u| u.consume().ok()) else {
         let _ = OutgoingBody::finish(outgoing_body, None);
         return 0;
     };
