@@ -276,6 +276,19 @@ impl Exchange {
         let (mut parts, ()) = head.into_parts();
         parts.headers = headers::client_response(&parts.headers);
         self.rewrite_challenge(&mut parts.headers);
+        if status == StatusCode::UNAUTHORIZED {
+            // The upstream's error detail names repositories in upstream terms: replace it.
+            let e = OciError::unauthorized("authentication required");
+            let body = if self.head_only { Vec::new() } else { e.json() };
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(e.json().len()));
+            return Step::Respond(Response::from_parts(parts, body));
+        }
         self.rewrite_links(&mut parts.headers);
         if let Route::Blob { digest, .. } = &self.route {
             // A CDN answers without it; the digest is the blob's name.
