@@ -12,8 +12,9 @@ use spin_sdk::wit::wasi::http0_2_0::outgoing_handler;
 use spin_sdk::wit::wasi::http0_2_0::types::{IncomingBody, RequestOptions};
 use std::time::{Duration, Instant};
 
-/// Bytes asked of the host per splice: large enough that the copy, done host-side, dominates.
-const SPLICE_BYTES: u64 = 1 << 20;
+/// Bytes copied per read. The copy through guest memory releases the runtime's receive
+/// buffer at once, where a host-side splice would hold it until the client took the bytes.
+const COPY_BYTES: u64 = 64 << 10;
 
 #[spin_sdk::http_component]
 fn handle(req: IncomingRequest, out: ResponseOutparam) {
@@ -335,17 +336,45 @@ fn stream(
     };
     let mut moved = 0u64;
     loop {
-        match output.blocking_splice(&input, SPLICE_BYTES) {
-            Ok(n) => moved += n,
+        let chunk = match input.blocking_read(COPY_BYTES) {
+            Ok(c) => c,
             Err(wasi::io::streams::StreamError::Closed) => break,
             Err(e) => {
                 eprintln!("spin-registry-proxy: body interrupted after {moved} bytes: {e:?}");
                 return moved;
             }
+        };
+        if let Err(e) = write_all(&output, &chunk) {
+            eprintln!("spin-registry-proxy: client went away after {moved} bytes: {e:?}");
+            return moved;
         }
+        moved += chunk.len() as u64;
+    }
+    if output.blocking_flush().is_err() {
+        return moved;
     }
     drop(output);
     drop(input);
     let _ = OutgoingBody::finish(outgoing_body, None);
     moved
+}
+
+/// Writes all of `bytes`, waiting for the client to take them as needed.
+fn write_all(
+    output: &wasi::io::streams::OutputStream,
+    mut bytes: &[u8],
+) -> Result<(), wasi::io::streams::StreamError> {
+    while !bytes.is_empty() {
+        let permit = output.check_write()?;
+        if permit == 0 {
+            output.subscribe().block();
+            continue;
+        }
+        let n = bytes
+            .len()
+            .min(usize::try_from(permit).unwrap_or(usize::MAX));
+        output.write(&bytes[..n])?;
+        bytes = &bytes[n..];
+    }
+    Ok(())
 }
