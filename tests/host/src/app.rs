@@ -1,0 +1,229 @@
+//! Loads the manifest's components into wasmtime and makes a fresh store per request.
+
+use crate::manifest::Manifest;
+use crate::outbound::{OutboundPolicy, PolicyHooks};
+use crate::routes::Route;
+use crate::variables::{self, AppVariables, ComponentVariables};
+use anyhow::{Context, Result};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, Linker, LinkerInstance, ResourceTable, ResourceType};
+use wasmtime::{Config, Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// Everything the server needs: routes in manifest order, each with its component.
+pub struct App {
+    pub routes: Vec<Route>,
+    pub handlers: Vec<Arc<ComponentHandler>>,
+}
+
+pub struct ComponentHandler {
+    pub id: String,
+    pre: ProxyPre<RequestState>,
+    policy: Arc<OutboundPolicy>,
+    variables: Arc<HashMap<String, String>>,
+    environment: Vec<(String, String)>,
+}
+
+/// The `T` of each request's `Store<T>`.
+pub struct RequestState {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: PolicyHooks,
+    variables: ComponentVariables,
+}
+
+impl WasiView for RequestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for RequestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+impl App {
+    /// Compiles every component the triggers use; all manifest errors surface here,
+    /// before the server starts listening.
+    pub fn load(manifest: &Manifest, app_vars: &AppVariables) -> Result<Self> {
+        let engine = Engine::new(&Config::new())?;
+        let mut loaded: BTreeMap<&str, Arc<ComponentHandler>> = BTreeMap::new();
+        let mut routes = Vec::new();
+        let mut handlers = Vec::new();
+        for trigger in &manifest.triggers {
+            let id = trigger.component.as_str();
+            let handler = match loaded.get(id) {
+                Some(h) => h.clone(),
+                None => {
+                    let h = Arc::new(
+                        ComponentHandler::load(&engine, id, manifest, app_vars)
+                            .with_context(|| format!("cannot load component {id:?}"))?,
+                    );
+                    loaded.insert(id, h.clone());
+                    h
+                }
+            };
+            routes.push(trigger.route.clone());
+            handlers.push(handler);
+        }
+        Ok(Self { routes, handlers })
+    }
+}
+
+impl ComponentHandler {
+    fn load(
+        engine: &Engine,
+        id: &str,
+        manifest: &Manifest,
+        app_vars: &AppVariables,
+    ) -> Result<Self> {
+        let spec = &manifest.components[id];
+        let hosts = spec
+            .allowed_outbound_hosts
+            .iter()
+            .map(|h| variables::expand_template(h, app_vars))
+            .collect::<Result<Vec<_>>>()?;
+        let policy = Arc::new(OutboundPolicy::parse(&hosts)?);
+        let variables = Arc::new(variables::component_variables(&spec.variables, app_vars)?);
+
+        let component = Component::from_file(engine, &spec.source)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("cannot compile {}", spec.source.display()))?;
+        let mut linker = Linker::<RequestState>::new(engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        variables::add_to_linker(&mut linker, |s| &mut s.variables)?;
+        stub_unprovided_imports(&mut linker, &component)?;
+        let pre = ProxyPre::new(linker.instantiate_pre(&component)?)?;
+
+        Ok(Self {
+            id: id.to_string(),
+            pre,
+            policy,
+            variables,
+            environment: spec.environment.clone().into_iter().collect(),
+        })
+    }
+
+    pub fn new_store(&self) -> Store<RequestState> {
+        let mut wasi = WasiCtxBuilder::new();
+        // Guest log lines go straight to this process's stdout/stderr, as in
+        // `spin up`; stdin stays empty, as Spin gives components none.
+        wasi.inherit_stdout()
+            .inherit_stderr()
+            .envs(&self.environment);
+        let state = RequestState {
+            table: ResourceTable::new(),
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            hooks: PolicyHooks(self.policy.clone()),
+            variables: ComponentVariables(self.variables.clone()),
+        };
+        Store::new(self.pre.engine(), state)
+    }
+
+    pub fn pre(&self) -> &ProxyPre<RequestState> {
+        &self.pre
+    }
+}
+
+/// Whether the linker implements `import`. WASI 0.2 is matched by package and
+/// minor version because the linker resolves patch versions semver-compatibly
+/// (a guest's `@0.2.6` links to wasmtime's `@0.2.12`).
+fn is_provided(import: &str) -> bool {
+    const WASI_0_2: [&str; 7] = [
+        "cli",
+        "clocks",
+        "filesystem",
+        "http",
+        "io",
+        "random",
+        "sockets",
+    ];
+    if let Some((path, version)) = import.strip_prefix("wasi:").and_then(|r| r.split_once('@')) {
+        let package = path.split('/').next().unwrap_or_default();
+        return WASI_0_2.contains(&package) && version.starts_with("0.2.");
+    }
+    import == "fermyon:spin/variables@2.0.0"
+}
+
+/// Spin offers more interfaces (key-value, sqlite, ...); a component that imports
+/// them must still load, and only trap if it calls one.
+///
+/// This replaces `Linker::define_unknown_imports_as_traps`, which in wasmtime 48
+/// defines a stub instance under the guest's exact name (`wasi:http/types@0.2.6`)
+/// that shadows the semver-compatible real one, so every WASI call would trap.
+fn stub_unprovided_imports(linker: &mut Linker<RequestState>, component: &Component) -> Result<()> {
+    let engine = component.engine().clone();
+    let ty = component.component_type();
+    for (name, import) in ty.imports(&engine) {
+        if !is_provided(name) {
+            stub(&mut linker.root(), &engine, "", name, &import.ty)?;
+        }
+    }
+    Ok(())
+}
+
+/// Defines `item` as traps; `path` names it in the trap message (`instance#func`).
+fn stub(
+    linker: &mut LinkerInstance<'_, RequestState>,
+    engine: &wasmtime::Engine,
+    path: &str,
+    name: &str,
+    item: &ComponentItem,
+) -> Result<()> {
+    let qualified = if path.is_empty() {
+        name.to_string()
+    } else {
+        format!("{path}#{name}")
+    };
+    match item {
+        ComponentItem::ComponentFunc(_) => {
+            linker.func_new(name, move |_, _, _, _| {
+                wasmtime::bail!("`{qualified}` is not provided by spin-test-host")
+            })?;
+        }
+        ComponentItem::Resource(_) => {
+            linker.resource(name, ResourceType::host::<()>(), |_, _| Ok(()))?;
+        }
+        ComponentItem::ComponentInstance(instance) => {
+            let mut inner = linker.instance(name)?;
+            for (export, item) in instance.exports(engine) {
+                stub(&mut inner, engine, &qualified, export, &item.ty)?;
+            }
+        }
+        // Types need no definition; core modules and components cannot be stubbed
+        // and fail at instantiate_pre with wasmtime's own message.
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_provided;
+
+    #[test]
+    fn provided_imports() {
+        assert!(is_provided("wasi:http/types@0.2.6"));
+        assert!(is_provided("wasi:cli/environment@0.2.0"));
+        assert!(is_provided("fermyon:spin/variables@2.0.0"));
+        assert!(!is_provided("fermyon:spin/key-value@2.0.0"));
+        assert!(!is_provided("wasi:keyvalue/store@0.2.0-draft"));
+        assert!(!is_provided("wasi:http/types@0.3.0-rc-2026-01-06"));
+    }
+}

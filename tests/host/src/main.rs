@@ -1,0 +1,80 @@
+//! spin-test-host: a minimal `spin up` on wasmtime, for running the component where
+//! the Spin CLI cannot be installed.
+
+mod app;
+mod cli;
+mod manifest;
+mod outbound;
+mod routes;
+mod server;
+mod variables;
+
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("Error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let Some(args) = cli::parse(std::env::args().skip(1))? else {
+        println!("{}", cli::USAGE);
+        return Ok(());
+    };
+    let manifest = manifest::load(&args.manifest)?;
+    let app_vars = variables::resolve_app_variables(&manifest.variables, &args.variables, |k| {
+        std::env::var(k).ok()
+    })?;
+    let app = Arc::new(app::App::load(&manifest, &app_vars)?);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        announce(&app, listener.local_addr()?)?;
+        tokio::select! {
+            r = server::serve(app, listener) => r,
+            r = shutdown_signal() => r,
+        }
+    });
+    // Don't wait on requests still streaming: a stop should be prompt.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    result
+}
+
+/// Prints what `spin up` prints; tests wait for the `Serving` line.
+fn announce(app: &app::App, addr: std::net::SocketAddr) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "Serving http://{addr}")?;
+    writeln!(out, "Available Routes:")?;
+    for (route, handler) in app.routes.iter().zip(&app.handlers) {
+        let suffix = if route.is_wildcard() {
+            " (wildcard)"
+        } else {
+            ""
+        };
+        let path = route.component_route();
+        writeln!(out, "  {}: http://{addr}{path}{suffix}", handler.id)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+async fn shutdown_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

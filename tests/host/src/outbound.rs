@@ -1,0 +1,241 @@
+//! `allowed_outbound_hosts`: which outgoing HTTP requests a component may make,
+//! with Spin's matching rules, enforced in wasmtime-wasi-http's `send_request` hook.
+
+use anyhow::{bail, ensure, Context, Result};
+use http_body_util::BodyExt;
+use std::future::Future;
+use std::sync::Arc;
+use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundPolicy {
+    allowed: Vec<AllowedHost>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AllowedHost {
+    /// `None` is `*`.
+    scheme: Option<String>,
+    host: HostPattern,
+    /// `None` is `*`.
+    port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    Any,
+    /// `*.example.com` is stored as `.example.com`: subdomains only, as in Spin.
+    Subdomain(String),
+    Exact(String),
+}
+
+/// Ports Spin fills in when an entry names none.
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "http" => Some(80),
+        "https" => Some(443),
+        "postgres" => Some(5432),
+        "mysql" => Some(3306),
+        "redis" => Some(6379),
+        "mqtt" => Some(1883),
+        _ => None,
+    }
+}
+
+impl OutboundPolicy {
+    /// Parses entries whose `{{ templates }}` are already resolved. Empty entries
+    /// (an unset variable) allow nothing; malformed ones are errors, as in Spin.
+    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self> {
+        let mut allowed = Vec::new();
+        for entry in entries {
+            let entry = entry.as_ref().trim();
+            if entry.is_empty() {
+                continue;
+            }
+            allowed.push(
+                AllowedHost::parse(entry)
+                    .with_context(|| format!("invalid allowed_outbound_hosts entry {entry:?}"))?,
+            );
+        }
+        Ok(Self { allowed })
+    }
+
+    pub fn allows(&self, uri: &http::Uri) -> bool {
+        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+            return false;
+        };
+        let scheme = scheme.to_ascii_lowercase();
+        let Some(port) = authority.port_u16().or_else(|| default_port(&scheme)) else {
+            return false;
+        };
+        let host = authority.host().to_ascii_lowercase();
+        self.allowed.iter().any(|a| a.matches(&scheme, &host, port))
+    }
+}
+
+impl AllowedHost {
+    fn parse(entry: &str) -> Result<Self> {
+        let Some((scheme, rest)) = entry.split_once("://") else {
+            bail!("it has no scheme (e.g. 'https://' or '*://')");
+        };
+        let scheme = scheme.to_ascii_lowercase();
+        ensure!(
+            scheme == "*"
+                || (!scheme.is_empty()
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))),
+            "invalid scheme {scheme:?}"
+        );
+        // A trailing '/' is tolerated; anything after it is a path, which Spin rejects.
+        let rest = match rest.split_once('/') {
+            Some((authority, "")) => authority,
+            Some(_) => bail!("it has a path; only scheme://host[:port] is allowed"),
+            None => rest,
+        };
+        // Split host and port, keeping bracketed IPv6 literals whole.
+        let (host, port) = match rest.rfind(':') {
+            Some(i) if !rest[i..].contains(']') => (&rest[..i], Some(&rest[i + 1..])),
+            _ => (rest, None),
+        };
+        ensure!(!host.is_empty(), "it has no host");
+        let host = host.to_ascii_lowercase();
+        let host = if host == "*" {
+            HostPattern::Any
+        } else if let Some(domain) = host.strip_prefix("*.") {
+            ensure!(
+                !domain.is_empty() && !domain.contains('*'),
+                "invalid wildcard host"
+            );
+            HostPattern::Subdomain(format!(".{domain}"))
+        } else {
+            ensure!(
+                !host.contains('*'),
+                "'*' is only allowed as the whole host or as '*.domain'"
+            );
+            HostPattern::Exact(host)
+        };
+        let port = match port {
+            Some("*") => None,
+            Some(p) => Some(p.parse().with_context(|| format!("invalid port {p:?}"))?),
+            None => Some(default_port(&scheme).with_context(|| {
+                format!("no port given and scheme {scheme:?} has no default port")
+            })?),
+        };
+        let scheme = (scheme != "*").then_some(scheme);
+        Ok(Self { scheme, host, port })
+    }
+
+    fn matches(&self, scheme: &str, host: &str, port: u16) -> bool {
+        self.scheme.as_deref().is_none_or(|s| s == scheme)
+            && self.port.is_none_or(|p| p == port)
+            && match &self.host {
+                HostPattern::Any => true,
+                HostPattern::Subdomain(suffix) => host.ends_with(suffix.as_str()),
+                HostPattern::Exact(h) => h == host,
+            }
+    }
+}
+
+type IoFuture = Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
+
+/// The wasi-http hooks for one request's store: the default sender behind the policy.
+pub struct PolicyHooks(pub Arc<OutboundPolicy>);
+
+impl WasiHttpHooks for PolicyHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: IoFuture,
+    ) -> Box<
+        dyn Future<Output = wasmtime_wasi_http::Result<(http::Response<WasiBody>, IoFuture)>>
+            + Send,
+    > {
+        if !self.0.allows(request.uri()) {
+            // The URL only: headers may carry credentials.
+            eprintln!(
+                "Outbound network destination not allowed: {}",
+                request.uri()
+            );
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        Box::new(async move {
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as IoFuture,
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allows(entries: &[&str], url: &str) -> bool {
+        OutboundPolicy::parse(entries)
+            .unwrap()
+            .allows(&url.parse().unwrap())
+    }
+
+    #[test]
+    fn default_ports() {
+        assert!(allows(&["https://a.example"], "https://a.example/x"));
+        assert!(allows(&["https://a.example"], "https://a.example:443/x"));
+        assert!(!allows(&["https://a.example"], "https://a.example:8443/x"));
+        assert!(!allows(&["https://a.example"], "http://a.example/x"));
+        assert!(allows(&["http://a.example"], "http://a.example:80/"));
+        assert!(allows(&["https://a.example/"], "https://a.example/"));
+    }
+
+    #[test]
+    fn explicit_and_wildcard_ports() {
+        assert!(allows(&["http://127.0.0.1:8080"], "http://127.0.0.1:8080/"));
+        assert!(!allows(
+            &["http://127.0.0.1:8080"],
+            "http://127.0.0.1:8081/"
+        ));
+        assert!(allows(&["http://127.0.0.1:*"], "http://127.0.0.1:9/"));
+        assert!(allows(&["http://127.0.0.1:*"], "http://127.0.0.1/"));
+    }
+
+    #[test]
+    fn hosts_compare_as_text() {
+        assert!(!allows(&["http://localhost:*"], "http://127.0.0.1:80/"));
+        assert!(allows(&["http://localhost:*"], "http://LOCALHOST:80/"));
+        assert!(allows(&["http://[::1]:8080"], "http://[::1]:8080/"));
+    }
+
+    #[test]
+    fn wildcard_hosts_and_schemes() {
+        assert!(allows(&["*://*:*"], "http://anything:1/"));
+        assert!(allows(
+            &["https://*.example.com"],
+            "https://a.b.example.com/"
+        ));
+        assert!(!allows(&["https://*.example.com"], "https://example.com/"));
+        assert!(!allows(
+            &["https://*.example.com"],
+            "https://badexample.com/"
+        ));
+        assert!(allows(&["*://a.example:443"], "https://a.example/"));
+        assert!(allows(&["https://*"], "https://x.y/"));
+    }
+
+    #[test]
+    fn empty_and_malformed_entries() {
+        assert!(!allows(&["", "  "], "https://a.example/"));
+        for bad in [
+            "a.example",
+            "https://a.example/path",
+            "https://",
+            "https://a.example:nope",
+            "*://a.example",
+            "https://a*.example",
+        ] {
+            assert!(OutboundPolicy::parse(&[bad]).is_err(), "{bad}");
+        }
+    }
+}
