@@ -234,12 +234,7 @@ impl Exchange {
 
     pub fn on_failure(&mut self, failure: Failure) -> Step {
         self.state = State::Done;
-        let target = self
-            .current
-            .as_ref()
-            .and_then(Origin::of_url)
-            .map(|o| o.to_string())
-            .unwrap_or_default();
+        let target = self.current_origin();
         let e = match failure {
             Failure::Timeout(d) => OciError::unavailable(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -558,13 +553,14 @@ impl Exchange {
         Step::Respond(r)
     }
 
+    /// The origin of the upstream request in flight, for error messages.
+    fn current_origin(&self) -> String {
+        let origin = self.current.as_ref().and_then(Origin::of_url);
+        origin.map(|o| o.to_string()).unwrap_or_default()
+    }
+
     fn unexpected(&self, status: StatusCode) -> OciError {
-        let target = self
-            .current
-            .as_ref()
-            .and_then(Origin::of_url)
-            .map(|o| o.to_string())
-            .unwrap_or_default();
+        let target = self.current_origin();
         OciError::unavailable(
             StatusCode::BAD_GATEWAY,
             format!("upstream {target} answered {status} during authentication"),
