@@ -138,7 +138,13 @@ impl Exchange {
                     req.query.unwrap_or_default().into_bytes()
                 };
                 let auth = req.headers.get(header::AUTHORIZATION);
-                self.state = State::TokenDiscover(TokenRequest::new(form, &encoded, auth));
+                let token_req = TokenRequest::new(form, &encoded, auth);
+                if let Some(name) = scope::first_invalid_name(token_req.scopes()) {
+                    let e =
+                        OciError::name_invalid(format!("invalid repository name in scope: {name}"));
+                    return self.error(e);
+                }
+                self.state = State::TokenDiscover(token_req);
                 self.send(
                     Method::GET,
                     self.upstream_url("/v2/", None),

@@ -35,6 +35,20 @@ fn map_all<'a>(
     out
 }
 
+/// The first repository name in the scopes that is not a valid repository name: a name such
+/// as `../x` would otherwise step outside the prefix at a token server that normalises paths.
+pub fn first_invalid_name<'a>(scopes: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    scopes
+        .into_iter()
+        .flat_map(str::split_whitespace)
+        .find_map(|s| {
+            let (kind, rest) = s.split_once(':')?;
+            let (name, _) = rest.rsplit_once(':')?;
+            let repository = kind == "repository" || kind.starts_with("repository(");
+            (repository && !crate::route::valid_name(name)).then(|| name.to_string())
+        })
+}
+
 /// Client scopes (each item may hold several, space-separated) in upstream names, deduplicated:
 /// containerd sends both its own scope and the challenge's, which map to the same upstream scope.
 pub fn to_upstream<'a>(names: &NameMap, scopes: impl IntoIterator<Item = &'a str>) -> Vec<String> {
@@ -101,6 +115,23 @@ mod tests {
         assert_eq!(
             to_client(&m, ["repository:library/alpine:pull"]),
             ["repository:alpine:pull"]
+        );
+    }
+
+    #[test]
+    fn names_that_could_leave_the_prefix_are_found() {
+        let bad = ["repository:ok:pull repository:../../other/outside:pull"];
+        assert_eq!(
+            first_invalid_name(bad).as_deref(),
+            Some("../../other/outside")
+        );
+        assert_eq!(
+            first_invalid_name(["repository:team/../../x:pull"]).as_deref(),
+            Some("team/../../x")
+        );
+        assert_eq!(
+            first_invalid_name(["repository:a/b:pull", "registry:catalog:*"]),
+            None
         );
     }
 

@@ -51,7 +51,7 @@ impl TokenRequest {
             .map(|(_, v)| v.as_str())
     }
 
-    fn scopes(&self) -> impl Iterator<Item = &str> {
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
         self.params
             .iter()
             .filter(|(k, _)| k == "scope")

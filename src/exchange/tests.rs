@@ -597,3 +597,18 @@ fn home_page_or_redirect() {
         (302, "https://example.com/docs")
     );
 }
+
+#[test]
+fn token_scopes_with_invalid_names_are_refused_before_any_request() {
+    let cfg = config(&[("repository_prefix", "team/app")]);
+    let req = incoming(
+        Method::GET,
+        "/token?scope=repository%3A..%2F..%2Fother%2Foutside%3Apull",
+        &[],
+    );
+    let r = responded(start(cfg, req).1);
+    assert_eq!(
+        (r.status().as_u16(), error_code(&r).as_str()),
+        (400, "NAME_INVALID")
+    );
+}

@@ -1,0 +1,197 @@
+"""Fixtures for the end-to-end tests.
+
+Session-scoped: the upstream registries (anonymous, Basic, token + CDN), the images (built once
+and cached, pushed into every registry), containerd and dockerd. Function-scoped: proxies (one
+test-host process each), podman stores, containerd namespaces, docker configs.
+
+E2E_DIRECT=1 points the clients straight at the registries instead of the proxy (only for
+working on the harness itself; tests about proxy-only behaviour are skipped then). Without it
+the proxy binaries must exist, or every test that needs a proxy fails saying which is missing.
+"""
+import os
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import clients  # noqa: E402
+import harness  # noqa: E402
+import images  # noqa: E402
+import upstreams  # noqa: E402
+
+WASM = harness.ROOT / "target" / "wasm32-wasip2" / "release" / "spin_registry_proxy.wasm"
+DIRECT = os.environ.get("E2E_DIRECT") == "1"
+
+
+def missing_binaries():
+    return [str(p) for p in (harness.HOST_BIN, WASM) if not p.exists()]
+
+
+class Target:
+    """Where a client sends its requests: a proxy in front of `registry`, or (E2E_DIRECT=1) the
+    registry itself. Names passed to the helpers are client names (without the prefix)."""
+
+    def __init__(self, registry, prefix, blob_redirect, seeded, proxy=None):
+        self.registry = registry
+        self.prefix = prefix.strip("/")
+        self.blob_redirect = blob_redirect
+        self.seeded = seeded
+        self.proxy = proxy
+        self.direct = proxy is None
+
+    @property
+    def hostport(self):
+        return self.registry.hostport if self.direct else f"{self.proxy.host}:{self.proxy.port}"
+
+    @property
+    def url(self):
+        return "http://" + self.hostport
+
+    def upstream_name(self, name):
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def name(self, name):
+        """The repository name a client uses."""
+        return self.upstream_name(name) if self.direct else name
+
+    def ref(self, name, tag="latest"):
+        return f"{self.hostport}/{self.name(name)}:{tag}"
+
+    def digest(self, name, tag="latest"):
+        return self.seeded[self.registry.kind][(self.upstream_name(name), tag)]
+
+    def http(self, creds=None):
+        return clients.RegistryHTTP(self.url, creds)
+
+    def log(self):
+        return self.proxy.log() if self.proxy else "(direct mode: no proxy)"
+
+    def __repr__(self):
+        mode = "direct" if self.direct else f"proxy {self.hostport}"
+        return (f"<Target {mode} -> {self.registry.kind} {self.registry.url} "
+                f"prefix={self.prefix!r} blob_redirect={self.blob_redirect}>")
+
+
+@pytest.fixture(scope="session")
+def ups():
+    u = upstreams.Upstreams()
+    yield u
+    u.stop()
+
+
+@pytest.fixture(scope="session")
+def built():
+    return images.build_all()
+
+
+@pytest.fixture(scope="session")
+def seeded(ups, built):
+    with ThreadPoolExecutor(3) as pool:
+        futures = {kind: pool.submit(images.seed, reg, built) for kind, reg in ups.registries.items()}
+        return {kind: f.result() for kind, f in futures.items()}
+
+
+@pytest.fixture
+def make_target(request, ups, seeded):
+    """make_target(kind, prefix="", blob_redirect="pass", **variables) -> Target."""
+    started = []
+    request.node.e2e_proxies = started
+
+    def make(kind, prefix="", blob_redirect="pass", paged_tags=False, **extra):
+        """paged_tags: put tagpager.py between proxy and registry (distribution 2.8 does not
+        paginate tags/list)."""
+        reg = ups.paged(kind) if paged_tags else ups.registries[kind]
+        if DIRECT:
+            return Target(reg, prefix, blob_redirect, seeded)
+        missing = missing_binaries()
+        if missing:
+            pytest.fail("the proxy is not built; missing: " + ", ".join(missing) +
+                        " (build the component with `cargo build --target wasm32-wasip2 "
+                        "--release` and the host in tests/host; or set E2E_DIRECT=1 to run the "
+                        "harness against the registries directly)", pytrace=False)
+        variables = {
+            "upstream": reg.url,
+            "upstream_auth": ups.token_server.url,
+            "upstream_cdn": ups.token.cdn.url,
+            "repository_prefix": prefix,
+            "public_url": "",
+            "blob_redirect": blob_redirect,
+            "home": "",
+        }
+        variables.update(extra)
+        proxy = harness.start_proxy(variables)
+        started.append(proxy)
+        return Target(reg, prefix, blob_redirect, seeded, proxy)
+
+    yield make
+    for p in started:
+        p.stop()
+
+
+@pytest.fixture
+def needs_proxy():
+    """For tests of what only the proxy does (realm, prefix rewriting, redirect handling)."""
+    if DIRECT:
+        pytest.skip("checks proxy behaviour; E2E_DIRECT=1 talks to the registry")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed:
+        for p in getattr(item, "e2e_proxies", []):
+            try:
+                text = p.log()
+            except Exception as e:  # log closed
+                text = p.log_path.read_text(errors="replace") if p.log_path.exists() else str(e)
+            rep.sections.append((f"proxy log {p.host}:{p.port} ({p.log_path})", text[-12000:]))
+
+
+@pytest.fixture(autouse=True)
+def _remove_test_dirs():
+    """Remove the temporary directories (skopeo copies, docker configs) a test made."""
+    before = len(clients.CREATED)
+    yield
+    while len(clients.CREATED) > before:
+        shutil.rmtree(clients.CREATED.pop(), ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def containerd():
+    c = clients.Containerd()
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="session")
+def dockerd(containerd):
+    d = clients.Docker(containerd)
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def docker(dockerd):
+    """The session's dockerd with no images left from other tests (so every pull downloads)."""
+    dockerd.remove_all_images()
+    yield dockerd
+    dockerd.remove_all_images()
+
+
+@pytest.fixture
+def ctr_ns(containerd):
+    ns = containerd.new_namespace()
+    yield ns
+    containerd.drop_namespace(ns)
+
+
+@pytest.fixture
+def podman():
+    p = clients.Podman()
+    yield p
+    p.cleanup()
