@@ -36,20 +36,18 @@ def log_entries(service: Service, tag: str) -> list:
 
 
 @dataclass
-class TokenServer:
+class LoggingServer:
+    """A helper server whose log has one `TAG {json}` line per request it saw."""
+
     service: Service
-    cert: Path
+    tag = ""
 
     @property
     def url(self):
         return self.service.url
 
-    @property
-    def realm(self):
-        return self.service.url + "/token"
-
     def entries(self):
-        return log_entries(self.service, "TOKENLOG")
+        return log_entries(self.service, self.tag)
 
     def mark(self):
         return len(self.entries())
@@ -62,25 +60,19 @@ class TokenServer:
 
 
 @dataclass
-class StaticServer:
-    service: Service
-    root: Path
+class TokenServer(LoggingServer):
+    cert: Optional[Path] = None
+    tag = "TOKENLOG"
 
     @property
-    def url(self):
-        return self.service.url
+    def realm(self):
+        return self.service.url + "/token"
 
-    def entries(self):
-        return log_entries(self.service, "CDNLOG")
 
-    def mark(self):
-        return len(self.entries())
-
-    def since(self, mark):
-        return self.entries()[mark:]
-
-    def stop(self):
-        self.service.stop()
+@dataclass
+class StaticServer(LoggingServer):
+    root: Optional[Path] = None
+    tag = "CDNLOG"
 
 
 @dataclass
