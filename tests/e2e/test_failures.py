@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import re
+import subprocess
 import time
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urljoin, urlsplit
@@ -690,6 +691,26 @@ def test_absolute_link_pagination_points_at_proxy(proxy, env):
     assert dict(parse_qsl(urlsplit(nxt).query)) == {"last": "b", "n": "2"}, nxt
     r2 = call(proxy.url, "GET", nxt[len(proxy.url):])
     assert r2.status == 200 and r2.json()["tags"] == ["c"], r2.describe()
+
+
+@pytest.mark.parametrize("where", ["upstream", "cdn"])
+def test_a_body_cut_short_is_never_served_as_complete(proxy, env, where):
+    """An upstream, or the CDN a followed redirect leads to, dies mid-blob: the client must
+    see a failed transfer, never a complete-looking short blob (nothing is lost silently)."""
+    cut = Response(200, [("Content-Type", "application/octet-stream"),
+                         ("Content-Length", str(len(BLOB)))], BLOB[: len(BLOB) // 2], cut=True)
+    path = f"/v2/{NAME}/blobs/{BLOB_DIGEST}"
+    if where == "cdn":
+        env.up.route(path, docker_hub_cdn_redirect(env.cdn.url + "/blob"))
+        env.cdn.route("/blob", cut)
+    else:
+        env.up.route(path, cut)
+    got = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+                          "--max-time", "20", proxy.url + path], capture_output=True, text=True)
+    assert got.returncode != 0, f"curl saw a complete response: {got.stdout}"
+    assert got.stdout.split()[-1] != str(len(BLOB)), got.stdout
+    if where == "cdn":
+        assert env.cdn.requests_to("/blob"), "the CDN was never asked"
 
 
 def test_referrers_through_a_prefix(fresh, env):

@@ -64,6 +64,7 @@ class Response:
     hang: bool = False
     hang_for: float = 3600.0
     send_length: bool = True  # add Content-Length when the headers do not carry one
+    cut: bool = False  # close the connection after the body, even if shorter than its length
 
     def header(self, name: str) -> Optional[str]:
         for k, v in self.headers:
@@ -370,6 +371,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(resp.body)
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True
+        if resp.cut:
+            self.close_connection = True
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _handle
     do_TRACE = do_CONNECT = _handle
@@ -474,7 +477,7 @@ class UpstreamDouble:
         resp = handler(req) if callable(handler) else handler
         # a canned Response may be shared between requests: copy the mutable parts
         return Response(resp.status, list(resp.headers), resp.body, resp.delay, resp.hang,
-                        resp.hang_for, resp.send_length)
+                        resp.hang_for, resp.send_length, resp.cut)
 
 
 def closed_port(host: str = "127.0.0.1") -> int:
