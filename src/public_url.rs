@@ -22,13 +22,19 @@ pub fn public_origin(
     if let Some(o) = &config.public_url {
         return Ok(o.clone());
     }
+    // Spin's own record of the URL the client used, when the runtime hides Host.
+    let full_url = first_value(headers, "spin-full-url").and_then(|u| url::Url::parse(u).ok());
+    let spin_origin = full_url.as_ref().and_then(Origin::of_url);
+    let spin_authority = spin_origin.as_ref().map(Origin::authority);
     let scheme = first_value(headers, "x-forwarded-proto")
         .or(request_scheme)
+        .or(spin_origin.as_ref().map(|o| o.scheme.as_str()))
         .unwrap_or("http")
         .to_ascii_lowercase();
     let host = first_value(headers, "x-forwarded-host")
         .or_else(|| first_value(headers, "host"))
         .or(request_authority)
+        .or(spin_authority.as_deref())
         .ok_or_else(|| {
             OciError::new(
                 http::StatusCode::BAD_REQUEST,
@@ -99,6 +105,11 @@ mod tests {
                 .unwrap()
                 .to_string(),
             "http://127.0.0.1:3000"
+        );
+        let h = headers(&[("spin-full-url", "https://images.example.com:8443/v2/?x=1")]);
+        assert_eq!(
+            public_origin(&c, &h, None, None).unwrap().to_string(),
+            "https://images.example.com:8443"
         );
         let h = headers(&[]);
         assert_eq!(
