@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urljoin, urlsplit
 import pytest
 
 import harness
+from clients import parse_challenges
 from upstream_double import (
     DOCKER_HUB_RATE_LIMIT_MESSAGE, Response, UpstreamDouble, acr_tags_page,
     artifact_registry_redirect, blob, closed_port, docker_hub_cdn_redirect, docker_hub_rate_limit,
@@ -98,55 +99,6 @@ def oci_error_of(resp: Resp) -> dict:
     return err
 
 
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-
-
-def parse_challenges(values: list[str]) -> list[tuple[str, dict]]:
-    """RFC 7235 WWW-Authenticate parser: [(scheme, {param: value})] over all header lines."""
-    s = ", ".join(values)
-    n, i, out = len(s), 0, []
-
-    def skip(j, chars=" \t"):
-        while j < n and s[j] in chars:
-            j += 1
-        return j
-
-    while True:
-        i = skip(i, " \t,")
-        if i >= n:
-            return out
-        m = _TOKEN.match(s, i)
-        if not m:
-            raise ValueError(f"bad challenge at {i}: {s!r}")
-        scheme, i, params = m.group(), m.end(), {}
-        while True:
-            j = skip(i, " \t,")
-            m = _TOKEN.match(s, j)
-            if not m:
-                i = j
-                break
-            k = skip(m.end())
-            if k >= n or s[k] != "=":
-                i = j  # a new scheme starts here
-                break
-            k = skip(k + 1)
-            if k < n and s[k] == '"':
-                k += 1
-                val = []
-                while k < n and s[k] != '"':
-                    if s[k] == "\\" and k + 1 < n:
-                        k += 1
-                    val.append(s[k])
-                    k += 1
-                k += 1
-                value = "".join(val)
-            else:
-                mv = _TOKEN.match(s, k)
-                value = mv.group() if mv else ""
-                k = mv.end() if mv else k
-            params[m.group().lower()] = value
-            i = k
-        out.append((scheme, params))
 
 
 def wait_log(proxy, predicate, timeout=5.0) -> str:
@@ -425,7 +377,7 @@ def proxy_bearer(resp: Resp) -> dict:
     """Exactly one challenge, Bearer; return its params."""
     values = resp.header_all("WWW-Authenticate")
     assert values, f"401 without WWW-Authenticate: {resp.describe()}"
-    ch = parse_challenges(values)
+    ch = parse_challenges(", ".join(values))
     assert len(ch) == 1 and ch[0][0].lower() == "bearer", f"challenges {ch} from {values}"
     return ch[0][1]
 

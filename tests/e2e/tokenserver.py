@@ -177,16 +177,8 @@ class Handler(BaseHTTPRequestHandler):
                 return self._send(401, {"details": "incorrect username or password"})
             user = creds[0]
         entry["user"] = user
-        body, access = STATE.issue(user, entry["scopes"])
-        if creds is not None and entry["offline_token"] == "true":
-            rt = secrets.token_urlsafe(24)
-            with STATE.lock:
-                STATE.refresh[rt] = user
-            body["refresh_token"] = rt
-        entry["status"] = 200
-        entry["access"] = access
-        self._log(entry)
-        self._send(200, body)
+        offline = creds is not None and entry["offline_token"] == "true"
+        self._grant(entry, user, secrets.token_urlsafe(24) if offline else None)
 
     def do_POST(self):
         u = urlsplit(self.path)
@@ -225,11 +217,16 @@ class Handler(BaseHTTPRequestHandler):
             entry["status"] = 400
             self._log(entry)
             return self._send(400, {"details": "unsupported grant_type"})
+        self._grant(entry, user,
+                    f("refresh_token") if gt == "refresh_token" else secrets.token_urlsafe(24))
+
+    def _grant(self, entry, user, refresh_token):
+        """Answer 200 with a token for `user`, and a refresh token when one is given."""
         body, access = STATE.issue(user, entry["scopes"])
-        rt = f("refresh_token") if gt == "refresh_token" else secrets.token_urlsafe(24)
-        with STATE.lock:
-            STATE.refresh[rt] = user
-        body["refresh_token"] = rt
+        if refresh_token is not None:
+            with STATE.lock:
+                STATE.refresh[refresh_token] = user
+            body["refresh_token"] = refresh_token
         entry["status"] = 200
         entry["access"] = access
         self._log(entry)
