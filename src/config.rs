@@ -15,6 +15,8 @@ pub enum BlobRedirect {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub upstream: Origin,
+    /// `upstream` as a URL: the base every registry request is built on.
+    pub upstream_url: url::Url,
     /// Origin of the upstream's token realm (Docker Hub: auth.docker.io).
     pub upstream_auth: Option<Origin>,
     /// Origin pattern of blob redirect targets the component may follow (`*.` allowed).
@@ -62,6 +64,8 @@ impl Config {
         if upstream.is_wildcard() {
             return Err(ConfigError("variable upstream may not contain '*'".into()));
         }
+        let upstream_url = url::Url::parse(&upstream.to_string())
+            .map_err(|e| ConfigError(format!("variable upstream = {upstream}: {e}")))?;
         let blob_redirect = match var("blob_redirect").as_str() {
             "" | "pass" => BlobRedirect::Pass,
             "follow" => BlobRedirect::Follow,
@@ -100,6 +104,7 @@ impl Config {
         }
         Ok(Self {
             upstream,
+            upstream_url,
             upstream_auth: origin("upstream_auth")?,
             upstream_cdn: origin("upstream_cdn")?,
             repository_prefix: prefix,

@@ -508,14 +508,10 @@ impl Exchange {
     }
 
     fn upstream_url(&self, path: &str, query: Option<&str>) -> url::Url {
-        let mut s = format!("{}{path}", self.config.upstream);
-        if let Some(q) = query {
-            s.push('?');
-            s.push_str(q);
-        }
-        // The upstream origin is validated and the path is built from a parsed route.
-        url::Url::parse(&s)
-            .unwrap_or_else(|_| url::Url::parse("http://invalid./").expect("static URL"))
+        let mut url = self.config.upstream_url.clone();
+        url.set_path(path);
+        url.set_query(query);
+        url
     }
 
     fn send(
