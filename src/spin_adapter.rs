@@ -23,17 +23,21 @@ fn handle(req: IncomingRequest, out: ResponseOutparam) {
     let path_query = req.path_with_query().unwrap_or_else(|| "/".into());
     let path = path_query.split('?').next().unwrap_or("/").to_string();
     let (status, upstream, bytes) = serve(req, out, method.clone(), &path_query);
-    eprintln!(
-        "{}",
-        crate::log::line(
-            method.as_str(),
-            &path,
-            status,
-            upstream,
-            bytes,
-            started.elapsed()
-        )
-    );
+    log(&crate::log::line(
+        method.as_str(),
+        &path,
+        status,
+        upstream,
+        bytes,
+        started.elapsed(),
+    ));
+}
+
+/// One line to stderr in one write: `eprintln!` writes the newline separately, and lines of
+/// concurrent requests then run into each other.
+fn log(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }
 
 fn config() -> Result<Config, String> {
@@ -52,7 +56,7 @@ fn serve(
     let config = match config() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("spin-registry-proxy: {e}");
+            log(&format!("spin-registry-proxy: {e}"));
             let r = OciError::config(e).response(head_only);
             return (respond(out, r, head_only), None, 0);
         }
@@ -340,12 +344,16 @@ fn stream(
             Ok(c) => c,
             Err(wasi::io::streams::StreamError::Closed) => break,
             Err(e) => {
-                eprintln!("spin-registry-proxy: body interrupted after {moved} bytes: {e:?}");
+                log(&format!(
+                    "spin-registry-proxy: body interrupted after {moved} bytes: {e:?}"
+                ));
                 return moved;
             }
         };
         if let Err(e) = write_all(&output, &chunk) {
-            eprintln!("spin-registry-proxy: client went away after {moved} bytes: {e:?}");
+            log(&format!(
+                "spin-registry-proxy: client went away after {moved} bytes: {e:?}"
+            ));
             return moved;
         }
         moved += chunk.len() as u64;

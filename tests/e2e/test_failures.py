@@ -724,6 +724,22 @@ def test_one_log_line_per_request(fresh, env):
         assert dur.search(ln), f"no duration: {ln}"
 
 
+def test_concurrent_requests_log_whole_lines(fresh, env):
+    """Many requests at once: still exactly one whole line each, never two run together."""
+    from concurrent.futures import ThreadPoolExecutor
+    env.up.route(f"/v2/{NAME}/manifests/many", manifest(MANIFEST))
+    p = fresh(env.variables())
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(lambda _: call(p.url, "HEAD", f"/v2/{NAME}/manifests/many").status,
+                                 range(400)))
+    assert statuses == [200] * 400, statuses
+    log = wait_log(p, lambda t: t.count("/manifests/many") >= 400)
+    lines = [ln for ln in log.splitlines() if "/manifests/many" in ln]
+    assert len(lines) == 400, f"{len(lines)} lines for 400 requests"
+    merged = [ln for ln in lines if ln.count("/manifests/many") != 1]
+    assert not merged, f"lines run together: {merged[:3]}"
+
+
 def test_credentials_never_logged(fresh, env):
     basic = base64.b64encode(b"alice:s3cret").decode()
     bearer = "tok-" + os.urandom(8).hex()
