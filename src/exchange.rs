@@ -154,7 +154,7 @@ impl Exchange {
                 )
             }
             _ if !read_only => self.method_not_allowed(&req.method),
-            Route::Upload { .. } => self.method_not_allowed(&Method::POST),
+            Route::Upload { .. } => self.method_not_allowed(&req.method),
             Route::Home => {
                 Step::Respond(home::response(&self.config, &self.public, self.head_only))
             }
