@@ -146,6 +146,16 @@ pub fn parse(header: &str) -> Vec<Challenge> {
     out
 }
 
+/// Every challenge in every `WWW-Authenticate` header of a response.
+pub fn from_headers(headers: &http::HeaderMap) -> Vec<Challenge> {
+    headers
+        .get_all(http::header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(parse)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

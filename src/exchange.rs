@@ -279,15 +279,15 @@ impl Exchange {
         self.rewrite_challenge(&mut parts.headers);
         if status == StatusCode::UNAUTHORIZED {
             // The upstream's error detail names repositories in upstream terms: replace it.
-            let e = OciError::unauthorized("authentication required");
-            let body = if self.head_only { Vec::new() } else { e.json() };
+            let json = OciError::unauthorized("authentication required").json();
             parts.headers.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
             parts
                 .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(e.json().len()));
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(json.len()));
+            let body = if self.head_only { Vec::new() } else { json };
             return Step::Respond(Response::from_parts(parts, body));
         }
         self.rewrite_links(&mut parts.headers);
@@ -377,13 +377,7 @@ impl Exchange {
     }
 
     fn token_discovered(&mut self, head: Response<()>, req: TokenRequest) -> Step {
-        let challenges: Vec<Challenge> = head
-            .headers()
-            .get_all(header::WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(challenge::parse)
-            .collect();
+        let challenges = challenge::from_headers(head.headers());
         let status = head.status();
         if status.is_success() {
             let body = token::token_json(token::ANONYMOUS_TOKEN, false, None);
@@ -453,16 +447,20 @@ impl Exchange {
     /// Every challenge a client sees names the proxy's token endpoint, in client names:
     /// containerd keeps the first realm it meets for the host.
     fn rewrite_challenge(&self, headers: &mut HeaderMap) {
-        let challenges: Vec<Challenge> = headers
-            .get_all(header::WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(challenge::parse)
-            .collect();
+        let challenges = challenge::from_headers(headers);
         if challenges.is_empty() {
             return;
         }
+        headers.remove(header::WWW_AUTHENTICATE);
         let bearer = challenges.iter().find(|c| c.scheme == "bearer");
+        if let Some(v) = self.client_challenge(bearer) {
+            headers.insert(header::WWW_AUTHENTICATE, v);
+        }
+    }
+
+    /// The proxy's Bearer challenge, carrying the upstream Bearer challenge's scope (in client
+    /// names) and error; without one, the route's pull scope.
+    fn client_challenge(&self, bearer: Option<&Challenge>) -> Option<HeaderValue> {
         let mut params = vec![
             ("realm".to_string(), format!("{}{TOKEN_PATH}", self.public)),
             ("service".to_string(), self.public.authority()),
@@ -481,10 +479,7 @@ impl Exchange {
         if let Some(e) = bearer.and_then(|b| b.param("error")) {
             params.push(("error".into(), e.into()));
         }
-        headers.remove(header::WWW_AUTHENTICATE);
-        if let Ok(v) = HeaderValue::from_str(&Challenge::bearer(params).render()) {
-            headers.insert(header::WWW_AUTHENTICATE, v);
-        }
+        HeaderValue::from_str(&Challenge::bearer(params).render()).ok()
     }
 
     fn rewrite_links(&self, headers: &mut HeaderMap) {
@@ -573,13 +568,9 @@ impl Exchange {
         self.state = State::Done;
         let mut r = e.response(self.head_only);
         if e.status == StatusCode::UNAUTHORIZED {
-            let mut h = HeaderMap::new();
-            h.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"\""),
-            );
-            self.rewrite_challenge(&mut h);
-            r.headers_mut().extend(h);
+            if let Some(v) = self.client_challenge(None) {
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
         }
         Step::Respond(r)
     }

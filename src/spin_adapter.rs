@@ -359,9 +359,6 @@ fn stream(
         }
         moved += chunk.len() as u64;
     }
-    if output.blocking_flush().is_err() {
-        return moved;
-    }
     drop(output);
     drop(input);
     let _ = OutgoingBody::finish(outgoing_body, None);
