@@ -1,5 +1,10 @@
 //! `WWW-Authenticate` challenges (RFC 7235): several per header, parameters in any order,
-//! quoted strings with escapes.
+//! quoted strings with escapes; and the one challenge the proxy sends in their place.
+
+use crate::names::NameMap;
+use crate::origin::Origin;
+use crate::route::TOKEN_PATH;
+use crate::scope;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Challenge {
@@ -156,6 +161,72 @@ pub fn from_headers(headers: &http::HeaderMap) -> Vec<Challenge> {
         .collect()
 }
 
+/// How the proxy asks a client to authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyScheme {
+    /// Bearer tokens from the proxy's own token endpoint, which gets them from the upstream's.
+    Bearer,
+    /// The upstream takes Basic credentials with each request: the proxy asks for them the
+    /// same way and forwards them to the upstream only. No token of the proxy's making ever
+    /// carries a credential.
+    Basic,
+}
+
+/// The error values RFC 6750 defines: anything else an upstream says stays home.
+const BEARER_ERRORS: [&str; 3] = ["invalid_request", "invalid_token", "insufficient_scope"];
+
+/// Basic when the upstream challenges with Basic only; Bearer otherwise (including when the
+/// upstream sent no challenge, or one the proxy cannot read).
+pub fn proxy_scheme(upstream: &[Challenge]) -> ProxyScheme {
+    let basic = upstream.iter().any(|c| c.scheme == "basic");
+    let bearer = upstream.iter().any(|c| c.scheme == "bearer");
+    if basic && !bearer {
+        ProxyScheme::Basic
+    } else {
+        ProxyScheme::Bearer
+    }
+}
+
+/// The only challenge a client ever sees: the proxy's, for a response whose upstream
+/// challenges were `upstream`. A Bearer challenge names the proxy's token endpoint and carries
+/// the upstream Bearer challenge's scope in client names (`fallback_scope` when it has none
+/// the client may see) and its RFC 6750 error.
+pub fn proxy_challenge(
+    upstream: &[Challenge],
+    public: &Origin,
+    names: &NameMap,
+    fallback_scope: Option<String>,
+) -> Challenge {
+    if proxy_scheme(upstream) == ProxyScheme::Basic {
+        return Challenge {
+            scheme: "basic".into(),
+            params: vec![("realm".into(), public.authority())],
+        };
+    }
+    let bearer = upstream.iter().find(|c| c.scheme == "bearer");
+    let mut params = vec![
+        ("realm".to_string(), format!("{public}{TOKEN_PATH}")),
+        ("service".to_string(), public.authority()),
+    ];
+    let mut scopes = bearer
+        .and_then(|b| b.param("scope"))
+        .map(|s| scope::to_client(names, [s]))
+        .unwrap_or_default();
+    if scopes.is_empty() {
+        scopes.extend(fallback_scope);
+    }
+    if !scopes.is_empty() {
+        params.push(("scope".into(), scopes.join(" ")));
+    }
+    if let Some(e) = bearer
+        .and_then(|b| b.param("error"))
+        .filter(|e| BEARER_ERRORS.contains(e))
+    {
+        params.push(("error".into(), e.into()));
+    }
+    Challenge::bearer(params)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +271,47 @@ mod tests {
         let schemes: Vec<_> = v.iter().map(|c| c.scheme.as_str()).collect();
         assert_eq!(schemes, ["negotiate", "basic", "bearer"]);
         assert_eq!(v[2].param("realm"), Some("r"));
+    }
+
+    fn origin() -> Origin {
+        Origin::parse("https://images.example.com").unwrap()
+    }
+
+    #[test]
+    fn proxy_challenge_bearer_in_client_names() {
+        let names = NameMap::new("team", false);
+        let up = parse(
+            r#"Bearer realm="https://auth.up/token",service="up",scope="repository:team/web:pull",error="insufficient_scope""#,
+        );
+        let c = proxy_challenge(&up, &origin(), &names, None);
+        assert_eq!(
+            c.render(),
+            r#"Bearer realm="https://images.example.com/token",service="images.example.com",scope="repository:web:pull",error="insufficient_scope""#
+        );
+    }
+
+    #[test]
+    fn proxy_challenge_never_repeats_what_the_upstream_made_up() {
+        let names = NameMap::new("team", false);
+        let up = parse(
+            r#"Bearer realm="https://auth.up/token",scope="repository:other/x:pull https://up.example/x",error="see https://up.example""#,
+        );
+        let c = proxy_challenge(&up, &origin(), &names, Some("repository:web:pull".into()));
+        let r = c.render();
+        assert!(!r.contains("up.example") && !r.contains("other"), "{r}");
+        assert_eq!(c.param("scope"), Some("repository:web:pull"));
+        assert_eq!(c.param("error"), None);
+    }
+
+    #[test]
+    fn proxy_challenge_basic_only_for_basic_upstreams() {
+        let names = NameMap::new("", false);
+        let basic = parse(r#"Basic realm="upstream-realm""#);
+        let c = proxy_challenge(&basic, &origin(), &names, None);
+        assert_eq!(c.render(), r#"Basic realm="images.example.com""#);
+        let quay = parse(r#"Basic realm="quay.io", Bearer realm="https://quay.io/v2/auth""#);
+        assert_eq!(proxy_scheme(&quay), ProxyScheme::Bearer);
+        assert_eq!(proxy_scheme(&[]), ProxyScheme::Bearer);
     }
 
     #[test]

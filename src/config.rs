@@ -1,4 +1,7 @@
 //! Configuration from Spin variables, validated once per request before anything is sent.
+//!
+//! Errors name the variable and what is wrong with it, never its value: a value may hold a
+//! credential, and configuration errors reach every client and the log.
 
 use crate::origin::Origin;
 use std::time::Duration;
@@ -23,9 +26,12 @@ pub struct Config {
     pub upstream_cdn: Option<Origin>,
     pub repository_prefix: String,
     pub public_url: Option<Origin>,
+    /// Take the public origin from `X-Forwarded-Proto`/`X-Forwarded-Host`: only behind a
+    /// front proxy that overwrites them, since otherwise every client picks its own realm.
+    pub trust_forwarded: bool,
     pub blob_redirect: BlobRedirect,
     /// Where `/` sends a person; a short page when unset.
-    pub home: Option<String>,
+    pub home: Option<url::Url>,
     pub upstream_timeout: Duration,
 }
 
@@ -46,41 +52,44 @@ const DOCKER_HUB_HOSTS: [&str; 4] = [
     "docker.io",
 ];
 
+fn error(name: &str, what: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("variable {name}: {what}"))
+}
+
 impl Config {
     /// Reads every variable through `get`, which returns `None` for an unset variable.
     pub fn from_variables(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let var = |name: &str| get(name).map(|v| v.trim().to_string()).unwrap_or_default();
-        let origin = |name: &str| -> Result<Option<Origin>, ConfigError> {
+        let origin = |name: &str, pattern: bool| -> Result<Option<Origin>, ConfigError> {
             let value = var(name);
             if value.is_empty() {
                 return Ok(None);
             }
-            Origin::parse(&value)
-                .map(Some)
-                .map_err(|e| ConfigError(format!("variable {name} = {value:?}: {e}")))
+            let parsed = if pattern {
+                Origin::parse_pattern(&value)
+            } else {
+                Origin::parse(&value)
+            };
+            parsed.map(Some).map_err(|e| error(name, e))
         };
-        let upstream =
-            origin("upstream")?.ok_or_else(|| ConfigError("variable upstream is empty".into()))?;
-        if upstream.is_wildcard() {
-            return Err(ConfigError("variable upstream may not contain '*'".into()));
-        }
-        let upstream_url = url::Url::parse(&upstream.to_string())
-            .map_err(|e| ConfigError(format!("variable upstream = {upstream}: {e}")))?;
+        let upstream = origin("upstream", false)?.ok_or_else(|| error("upstream", "is empty"))?;
+        let upstream_url = upstream
+            .url()
+            .ok_or_else(|| error("upstream", "not a URL"))?;
         let blob_redirect = match var("blob_redirect").as_str() {
             "" | "pass" => BlobRedirect::Pass,
             "follow" => BlobRedirect::Follow,
-            other => {
-                return Err(ConfigError(format!(
-                    "variable blob_redirect = {other:?}: expected \"pass\" or \"follow\""
-                )))
-            }
+            _ => return Err(error("blob_redirect", "expected \"pass\" or \"follow\"")),
         };
         let prefix = var("repository_prefix").trim_matches('/').to_string();
         if !prefix.is_empty() && !crate::route::valid_name(&prefix) {
-            return Err(ConfigError(format!(
-                "variable repository_prefix = {prefix:?}: not a repository name"
-            )));
+            return Err(error("repository_prefix", "not a repository name"));
         }
+        let trust_forwarded = match var("trust_forwarded").as_str() {
+            "" | "false" => false,
+            "true" => true,
+            _ => return Err(error("trust_forwarded", "expected \"true\" or \"false\"")),
+        };
         let timeout = var("upstream_timeout");
         let upstream_timeout = if timeout.is_empty() {
             Duration::from_secs(25)
@@ -88,27 +97,31 @@ impl Config {
             match timeout.parse::<f64>() {
                 Ok(s) if s > 0.0 && s <= 3600.0 => Duration::from_secs_f64(s),
                 _ => {
-                    return Err(ConfigError(format!(
-                        "variable upstream_timeout = {timeout:?}: expected seconds (0 < s <= 3600)"
-                    )))
+                    return Err(error(
+                        "upstream_timeout",
+                        "expected seconds (0 < s <= 3600)",
+                    ))
                 }
             }
         };
-        let home = Some(var("home")).filter(|h| !h.is_empty());
-        if let Some(h) = &home {
-            if h.bytes().any(|b| b.is_ascii_control()) {
-                return Err(ConfigError(
-                    "variable home contains control characters".into(),
-                ));
+        let home = match var("home").as_str() {
+            "" => None,
+            h => {
+                let url = url::Url::parse(h)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.username().is_empty())
+                    .filter(|u| u.password().is_none());
+                Some(url.ok_or_else(|| error("home", "expected an http(s) URL without user"))?)
             }
-        }
+        };
         Ok(Self {
             upstream,
             upstream_url,
-            upstream_auth: origin("upstream_auth")?,
-            upstream_cdn: origin("upstream_cdn")?,
+            upstream_auth: origin("upstream_auth", false)?,
+            upstream_cdn: origin("upstream_cdn", true)?,
             repository_prefix: prefix,
-            public_url: origin("public_url")?,
+            public_url: origin("public_url", false)?,
+            trust_forwarded,
             blob_redirect,
             home,
             upstream_timeout,
@@ -122,20 +135,19 @@ impl Config {
 
     /// Hosts the token endpoint may send credentials to: the upstream and its auth origin.
     pub fn allows_realm(&self, realm: &Origin) -> bool {
-        *realm == self.upstream
-            || self
-                .upstream_auth
-                .as_ref()
-                .is_some_and(|a| a.matches(realm))
+        *realm == self.upstream || self.upstream_auth.as_ref() == Some(realm)
     }
 
-    /// Hosts a followed blob redirect may reach.
-    pub fn allows_redirect_target(&self, target: &Origin) -> bool {
-        *target == self.upstream
-            || self
-                .upstream_cdn
-                .as_ref()
-                .is_some_and(|c| c.matches(target))
+    /// Hosts a followed blob redirect may reach (never with the client's credentials).
+    pub fn allows_cdn(&self, target: &Origin) -> bool {
+        self.upstream_cdn
+            .as_ref()
+            .is_some_and(|c| c.matches(target))
+    }
+
+    /// Every host the component may send a request to.
+    pub fn allows_destination(&self, target: &Origin) -> bool {
+        self.allows_realm(target) || self.allows_cdn(target)
     }
 }
 
@@ -159,45 +171,99 @@ mod tests {
             ("upstream_auth", "https://auth.docker.io"),
             ("upstream_cdn", "https://production.cloudflare.docker.com"),
             ("blob_redirect", "pass"),
+            ("trust_forwarded", "false"),
             ("upstream_timeout", "25"),
         ])
         .unwrap();
         assert!(c.is_docker_hub());
+        assert!(!c.trust_forwarded);
         assert_eq!(c.blob_redirect, BlobRedirect::Pass);
         assert_eq!(c.upstream_timeout, Duration::from_secs(25));
         assert!(c.allows_realm(&Origin::parse("https://auth.docker.io").unwrap()));
         assert!(!c.allows_realm(&Origin::parse("https://evil.example").unwrap()));
         assert!(!c.allows_realm(&Origin::parse("http://auth.docker.io").unwrap()));
+        assert!(
+            !c.allows_realm(&Origin::parse("https://production.cloudflare.docker.com").unwrap())
+        );
     }
 
     #[test]
-    fn errors_name_the_variable() {
-        let e = config(&[("upstream", "not a url")]).unwrap_err();
-        assert!(e.to_string().contains("upstream"), "{e}");
-        let e = config(&[("upstream", "http://r"), ("blob_redirect", "sideways")]).unwrap_err();
-        assert!(e.to_string().contains("blob_redirect"), "{e}");
-        let e = config(&[("upstream", "")]).unwrap_err();
-        assert!(e.to_string().contains("upstream"), "{e}");
-        let e = config(&[("upstream", "http://r"), ("upstream_timeout", "soon")]).unwrap_err();
-        assert!(e.to_string().contains("upstream_timeout"), "{e}");
-        let e = config(&[("upstream", "http://r"), ("repository_prefix", "Bad Name")]).unwrap_err();
-        assert!(e.to_string().contains("repository_prefix"), "{e}");
-        let e = config(&[("upstream", "http://r/v2")]).unwrap_err();
-        assert!(e.to_string().contains("upstream"), "{e}");
+    fn errors_name_the_variable_never_the_value() {
+        for (pairs, name) in [
+            (vec![("upstream", "not a url")], "upstream"),
+            (vec![("upstream", "")], "upstream"),
+            (vec![("upstream", "http://r/v2")], "upstream"),
+            (
+                vec![("upstream", "http://r"), ("blob_redirect", "sideways")],
+                "blob_redirect",
+            ),
+            (
+                vec![("upstream", "http://r"), ("upstream_timeout", "soon")],
+                "upstream_timeout",
+            ),
+            (
+                vec![("upstream", "http://r"), ("repository_prefix", "Bad Name")],
+                "repository_prefix",
+            ),
+            (
+                vec![("upstream", "http://r"), ("trust_forwarded", "yes")],
+                "trust_forwarded",
+            ),
+            (
+                vec![("upstream", "http://r"), ("home", "javascript:alert(1)")],
+                "home",
+            ),
+        ] {
+            let e = config(&pairs).unwrap_err().to_string();
+            assert!(e.contains(name), "{e}");
+            for (_, value) in &pairs {
+                if !value.is_empty() && value.len() > 4 {
+                    assert!(!e.contains(value), "{e} repeats {value}");
+                }
+            }
+        }
     }
 
     #[test]
-    fn prefix_slashes_are_trimmed_and_cdn_wildcards_match() {
+    fn userinfo_is_refused_and_never_echoed() {
+        for var in ["upstream", "upstream_auth", "upstream_cdn", "public_url"] {
+            let mut pairs = vec![("upstream", "https://ghcr.io")];
+            pairs.retain(|(k, _)| *k != var);
+            pairs.push((var, "https://robot:TOKEN123@ghcr.io"));
+            let e = config(&pairs).unwrap_err().to_string();
+            assert!(e.contains(var) && !e.contains("TOKEN123"), "{e}");
+        }
+        let e = config(&[("upstream", "http://r"), ("home", "https://u:pw@docs")]).unwrap_err();
+        assert!(!e.to_string().contains("pw@"), "{e}");
+    }
+
+    #[test]
+    fn wildcards_only_for_the_cdn() {
+        for var in ["upstream", "upstream_auth", "public_url"] {
+            let mut pairs = vec![("upstream", "https://r.example")];
+            pairs.retain(|(k, _)| *k != var);
+            pairs.push((var, "https://*.example.com"));
+            let e = config(&pairs).unwrap_err().to_string();
+            assert!(e.contains(var), "{e}");
+        }
+        let c = config(&[
+            ("upstream", "http://127.0.0.1:5000"),
+            ("upstream_cdn", "https://*.cdn.example"),
+        ])
+        .unwrap();
+        assert!(c.allows_cdn(&Origin::parse("https://a.cdn.example").unwrap()));
+        assert!(!c.allows_cdn(&Origin::parse("https://cdn.example.evil").unwrap()));
+        assert!(c.allows_destination(&Origin::parse("http://127.0.0.1:5000").unwrap()));
+    }
+
+    #[test]
+    fn prefix_slashes_are_trimmed() {
         let c = config(&[
             ("upstream", "http://127.0.0.1:5000"),
             ("repository_prefix", "/team/app/"),
-            ("upstream_cdn", "https://*.cdn.example"),
         ])
         .unwrap();
         assert_eq!(c.repository_prefix, "team/app");
         assert!(!c.is_docker_hub());
-        assert!(c.allows_redirect_target(&Origin::parse("https://a.cdn.example").unwrap()));
-        assert!(c.allows_redirect_target(&Origin::parse("http://127.0.0.1:5000").unwrap()));
-        assert!(!c.allows_redirect_target(&Origin::parse("https://cdn.example.evil").unwrap()));
     }
 }

@@ -1,20 +1,23 @@
 //! One client request, from arrival to response, as a state machine over `http` types.
 //!
-//! The runtime adapter drives it: it performs each upstream request the exchange asks for
-//! (`Step::Send`), hands back the response head (`on_response`), reads a body only when asked
-//! (`Step::ReadBody` → `on_body`), and finally writes a complete response (`Step::Respond`) or
-//! the head of one whose body it streams from the last upstream response (`Step::Stream`).
+//! The runtime adapter drives it, step by step (see `Step`), and performs only what a step
+//! asks: it never decides a status, a header or a destination itself. Each state is named for
+//! what the exchange waits for, and has one handler.
 
 use crate::challenge::{self, Challenge};
-use crate::config::{BlobRedirect, Config};
+use crate::config::{BlobRedirect, Config, ConfigError};
 use crate::error::OciError;
+use crate::headers;
+use crate::home;
 use crate::listing;
 use crate::names::NameMap;
 use crate::origin::Origin;
-use crate::route::{Route, TOKEN_PATH};
+use crate::reply::{self, ClientResponse, Draft};
+use crate::route::Route;
 use crate::scope;
 use crate::token::{self, TokenRequest};
-use crate::{headers, home, link};
+use crate::upstream_error::{self, MAX_ERROR_BODY};
+use crate::upstream_failure::{Failure, Role};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
@@ -32,74 +35,77 @@ pub struct Incoming {
     pub authority: Option<String>,
 }
 
-impl Incoming {
-    /// Whether the adapter must read the request body (only the token endpoint's form).
-    pub fn wants_body(&self) -> bool {
-        self.method == Method::POST && self.path == TOKEN_PATH
-    }
-}
-
+/// What the adapter does next. After each step it calls exactly one method of the exchange,
+/// and it stops after `Reply`.
 #[derive(Debug)]
 pub enum Step {
+    /// Read the client's request body, at most `limit` bytes, and call `on_request_body`; a
+    /// longer body is `on_failure(Failure::TooLarge)`.
+    ReadRequest { limit: usize },
+    /// Send this request (its origin is always one configuration names) and call
+    /// `on_response` with the response head, or `on_failure` when there is none. Keep the
+    /// response: a later step may read or stream its body.
     Send(Request<Vec<u8>>),
-    /// Read the body of the response just handed over, up to `limit` bytes, then `on_body`.
-    ReadBody {
-        limit: usize,
-    },
-    Respond(Response<Vec<u8>>),
-    /// Respond with this head and the body of the last upstream response, streamed.
-    Stream(Response<()>),
+    /// Read the body of the response last handed to `on_response`, at most `limit` bytes,
+    /// and call `on_body`, or `on_failure`.
+    ReadResponse { limit: usize },
+    /// Send this response and stop. `ClientBody::Upstream` is the body of the response last
+    /// handed to `on_response`, streamed as it comes; `ClientBody::None` is a HEAD's answer:
+    /// the head alone.
+    Reply(ClientResponse),
 }
 
-/// Why an upstream request produced no response.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
-    Timeout(String),
-    Unreachable(String),
-    /// The runtime refused the destination (Spin's `allowed_outbound_hosts`).
-    Denied(String),
-    TooLarge,
-}
-
+/// What the exchange waits for; each variant has one handler.
 #[derive(Debug)]
-enum State {
-    Done,
-    /// A registry API request (or a redirect of one) is in flight.
-    Registry {
+enum Waiting {
+    Nothing,
+    /// The token endpoint's form (`on_request_body` → `form_read`).
+    TokenForm,
+    /// A registry API response, after any redirects (`registry_answered`). `hop` is where the
+    /// request in flight went.
+    RegistryAnswer {
         headers: HeaderMap,
         authorization: Option<HeaderValue>,
+        hop: Role,
     },
-    /// A listing body is being read to be rewritten.
-    Listing {
-        head: http::response::Parts,
+    /// A listing body to rewrite (`listing_read`).
+    ListingBody {
+        head: Response<()>,
     },
-    /// `GET /v2/` on the upstream, to learn how it authenticates.
-    TokenDiscover(TokenRequest),
-    /// The upstream realm is issuing a token.
-    TokenFetch,
-    /// Basic credentials are being checked against the upstream.
-    TokenBasicCheck {
-        credentials: String,
-        refresh: bool,
+    /// An upstream error body, to learn its code (`error_read`).
+    ErrorBody {
+        head: Response<()>,
+    },
+    /// `GET /v2/`: how the upstream authenticates (`realm_discovered`).
+    RealmDiscovery(TokenRequest),
+    /// The scope's own repository, where `/v2/` did not challenge (`repository_challenged`).
+    RepositoryChallenge(TokenRequest),
+    /// The realm's token, after any redirects (`token_issued`). Keeps the request to resend.
+    Token {
+        request: Request<Vec<u8>>,
     },
 }
 
 pub struct Exchange {
     config: Config,
-    public: Origin,
+    public: Option<Origin>,
     names: NameMap,
-    route: Route,
+    route: Option<Route>,
     head_only: bool,
-    state: State,
+    client_headers: HeaderMap,
+    waiting: Waiting,
     /// The URL of the upstream request in flight.
     current: Option<url::Url>,
+    role: Role,
     hops: u8,
     /// The status of the last upstream response, for the log.
     pub upstream_status: Option<StatusCode>,
+    /// Why the answer is an error, for the log only.
+    cause: Option<String>,
 }
 
 impl Exchange {
-    pub fn start(config: Config, req: Incoming, body: Vec<u8>) -> (Exchange, Step) {
+    pub fn start(config: Config, req: Incoming) -> (Exchange, Step) {
         let names = NameMap::new(&config.repository_prefix, config.is_docker_hub());
         let head_only = req.method == Method::HEAD;
         let public = crate::public_url::public_origin(
@@ -108,237 +114,243 @@ impl Exchange {
             req.scheme.as_deref(),
             req.authority.as_deref(),
         );
-        let route = public.clone().and_then(|_| Route::parse(&req.path));
+        let route = Route::parse(&req.path);
         let mut ex = Exchange {
-            public: public.clone().unwrap_or_else(|_| config.upstream.clone()),
+            public: public.as_ref().ok().cloned(),
             config,
             names,
-            route: route.clone().unwrap_or(Route::Home),
+            route: route.as_ref().ok().cloned(),
             head_only,
-            state: State::Done,
+            client_headers: req.headers.clone(),
+            waiting: Waiting::Nothing,
             current: None,
+            role: Role::Registry,
             hops: 0,
             upstream_status: None,
+            cause: None,
         };
-        let step = match route {
-            Err(e) => ex.error(e),
-            Ok(_) => ex.begin(req, body),
+        let step = match (public, route) {
+            (Err(e), _) | (_, Err(e)) => ex.error(e),
+            (Ok(_), Ok(_)) => ex.begin(req),
         };
         (ex, step)
     }
 
-    fn begin(&mut self, req: Incoming, body: Vec<u8>) -> Step {
+    /// The answer to every request while the configuration is invalid.
+    pub fn unconfigured(e: &ConfigError, head_only: bool) -> ClientResponse {
+        let names = NameMap::new("", false);
+        let ctx = reply::Context {
+            public: None,
+            upstream: None,
+            names: &names,
+            route: None,
+            head_only,
+        };
+        reply::finish(&ctx, Draft::error(&OciError::config(e.to_string())))
+    }
+
+    /// What the log should say about an error answer: its cause, never a credential.
+    pub fn cause(&self) -> Option<&str> {
+        self.cause.as_deref()
+    }
+
+    fn begin(&mut self, req: Incoming) -> Step {
+        let Some(route) = self.route.clone() else {
+            return self.error(OciError::internal("no route"));
+        };
         let read_only = matches!(req.method, Method::GET | Method::HEAD);
-        match self.route.clone() {
-            Route::Token if read_only || req.method == Method::POST => {
-                let form = req.method == Method::POST;
-                let encoded = if form {
-                    body
-                } else {
-                    req.query.unwrap_or_default().into_bytes()
-                };
-                let auth = req.headers.get(header::AUTHORIZATION);
-                let token_req = TokenRequest::new(form, &encoded, auth);
-                if let Some(name) = scope::first_invalid_name(token_req.scopes()) {
-                    let e =
-                        OciError::name_invalid(format!("invalid repository name in scope: {name}"));
-                    return self.error(e);
+        match route {
+            Route::Token if req.method == Method::POST => {
+                self.waiting = Waiting::TokenForm;
+                Step::ReadRequest {
+                    limit: token::MAX_FORM_BYTES,
                 }
-                self.state = State::TokenDiscover(token_req);
-                self.send(
-                    Method::GET,
-                    self.upstream_url("/v2/", None),
-                    HeaderMap::new(),
-                    None,
-                    Vec::new(),
-                )
+            }
+            Route::Token if read_only => {
+                let query = req.query.unwrap_or_default();
+                self.token_request(TokenRequest::new(
+                    false,
+                    query.as_bytes(),
+                    req.headers.get(header::AUTHORIZATION),
+                ))
             }
             _ if !read_only => self.method_not_allowed(&req.method),
-            Route::Upload { .. } => self.method_not_allowed(&req.method),
-            Route::Home => {
-                Step::Respond(home::response(&self.config, &self.public, self.head_only))
-            }
+            Route::Upload { .. } | Route::Token => self.method_not_allowed(&req.method),
+            Route::Home => match self.public.clone() {
+                Some(public) => {
+                    let draft = home::draft(&self.config, &public);
+                    self.reply(draft)
+                }
+                None => self.error(OciError::internal("no public origin")),
+            },
             Route::Catalog if self.config.is_docker_hub() => self.error(OciError::unsupported(
                 StatusCode::NOT_FOUND,
-                "the upstream (Docker Hub) has no catalog",
+                "this registry has no catalog",
             )),
-            route => {
-                let path = match route.name() {
-                    Some(n) => route.with_name(self.names.to_upstream(n)).path(),
-                    None => route.path(),
-                };
-                let query = listing::upstream_query(&route, req.query.as_deref(), &self.names);
-                let headers = headers::upstream_request(&req.headers);
-                let authorization =
-                    token::upstream_authorization(req.headers.get(header::AUTHORIZATION));
-                let url = self.upstream_url(&path, query.as_deref());
-                self.state = State::Registry {
-                    headers: headers.clone(),
-                    authorization: authorization.clone(),
-                };
-                self.send(req.method, url, headers, authorization, Vec::new())
-            }
+            route => self.registry_request(&route, req),
+        }
+    }
+
+    /// Whether the route's body must be rewritten into client names.
+    fn rewrites_listing(&self) -> bool {
+        matches!(self.route, Some(Route::Tags { .. } | Route::Catalog)) && !self.names.is_identity()
+    }
+
+    fn registry_request(&mut self, route: &Route, req: Incoming) -> Step {
+        let path = match route.name() {
+            Some(n) => route.with_name(self.names.to_upstream(n)).path(),
+            None => route.path(),
+        };
+        let query = listing::upstream_query(route, req.query.as_deref(), &self.names);
+        let headers = headers::registry_request(&req.headers);
+        let authorization = token::upstream_authorization(req.headers.get(header::AUTHORIZATION));
+        let url = self.upstream_url(&path, query.as_deref());
+        // A HEAD of a rewritten listing announces the rewritten length: it needs the body.
+        let method = if self.head_only && !self.rewrites_listing() {
+            Method::HEAD
+        } else {
+            Method::GET
+        };
+        self.waiting = Waiting::RegistryAnswer {
+            headers: headers.clone(),
+            authorization: authorization.clone(),
+            hop: Role::Registry,
+        };
+        self.send(
+            Role::Registry,
+            method,
+            url,
+            headers,
+            authorization,
+            Vec::new(),
+        )
+    }
+
+    pub fn on_request_body(&mut self, body: Vec<u8>) -> Step {
+        match std::mem::replace(&mut self.waiting, Waiting::Nothing) {
+            Waiting::TokenForm => self.form_read(body),
+            _ => self.out_of_order("a request body"),
         }
     }
 
     pub fn on_response(&mut self, head: Response<()>) -> Step {
         self.upstream_status = Some(head.status());
-        match std::mem::replace(&mut self.state, State::Done) {
-            State::Registry {
+        match std::mem::replace(&mut self.waiting, Waiting::Nothing) {
+            Waiting::RegistryAnswer {
                 headers,
                 authorization,
-            } => self.registry_response(head, headers, authorization),
-            State::TokenDiscover(req) => self.token_discovered(head, req),
-            State::TokenFetch => {
-                let (mut parts, ()) = head.into_parts();
-                parts.headers = headers::client_response(&parts.headers);
-                parts.headers.remove(header::WWW_AUTHENTICATE);
-                parts.headers.remove(header::SET_COOKIE);
-                parts.headers.remove(header::LOCATION);
-                Step::Stream(Response::from_parts(parts, ()))
-            }
-            State::TokenBasicCheck {
-                credentials,
-                refresh,
-            } => match head.status() {
-                s if s.is_success() => {
-                    let body = token::token_json(&token::wrap_basic(&credentials), refresh, None);
-                    Step::Respond(json_response(StatusCode::OK, body))
-                }
-                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                    self.error(OciError::unauthorized("incorrect username or password"))
-                }
-                s => self.error(self.unexpected(s)),
-            },
-            State::Listing { .. } | State::Done => {
-                self.error(OciError::config("exchange out of order"))
-            }
+                hop,
+            } => self.registry_answered(head, headers, authorization, hop),
+            Waiting::RealmDiscovery(req) => self.realm_discovered(head, req),
+            Waiting::RepositoryChallenge(req) => self.repository_challenged(head, req),
+            Waiting::Token { request } => self.token_issued(head, request),
+            _ => self.out_of_order("a response"),
         }
     }
 
     pub fn on_body(&mut self, body: Vec<u8>) -> Step {
-        let State::Listing { mut head } = std::mem::replace(&mut self.state, State::Done) else {
-            return self.error(OciError::config("exchange out of order"));
-        };
-        let rewritten = match self.route {
-            Route::Catalog => listing::client_catalog_body(&body, &self.names),
-            _ => listing::client_tags_body(&body, &self.names).map(|b| (b, false)),
-        };
-        let body = match rewritten {
-            Some((b, past_end)) => {
-                if past_end {
-                    head.headers.remove(header::LINK);
-                }
-                b
-            }
-            None => body, // not the JSON we know: pass it as it came
-        };
-        head.headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        Step::Respond(Response::from_parts(head, body))
+        match std::mem::replace(&mut self.waiting, Waiting::Nothing) {
+            Waiting::ListingBody { head } => self.listing_read(head, body),
+            Waiting::ErrorBody { head } => self.error_read(head, Some(&body)),
+            _ => self.out_of_order("a body"),
+        }
     }
 
     pub fn on_failure(&mut self, failure: Failure) -> Step {
-        self.state = State::Done;
-        let target = self.current_origin();
-        let e = match failure {
-            Failure::Timeout(d) => OciError::unavailable(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!("upstream {target} did not answer in time: {d}"),
-            ),
-            Failure::Unreachable(d) => OciError::unavailable(
-                StatusCode::BAD_GATEWAY,
-                format!("upstream {target} unreachable: {d}"),
-            ),
-            Failure::Denied(d) => OciError::unavailable(
-                StatusCode::BAD_GATEWAY,
-                format!("upstream {target} is not in allowed_outbound_hosts: {d}"),
-            ),
-            Failure::TooLarge => OciError::unavailable(
-                StatusCode::BAD_GATEWAY,
-                format!("upstream {target} sent a larger listing than the proxy rewrites"),
-            ),
-        };
-        self.error(e)
+        match std::mem::replace(&mut self.waiting, Waiting::Nothing) {
+            // The code is nice to have; the status alone still makes the error.
+            Waiting::ErrorBody { head } => self.error_read(head, None),
+            Waiting::TokenForm => self.error(OciError::unsupported(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the token request is too large",
+            )),
+            _ => {
+                let origin = self.current.as_ref().and_then(Origin::of_url);
+                let e = failure.to_error(self.role, origin.as_ref(), self.config.upstream_timeout);
+                self.error(e)
+            }
+        }
     }
 
-    fn registry_response(
+    fn registry_answered(
         &mut self,
-        head: Response<()>,
+        mut head: Response<()>,
         headers: HeaderMap,
         auth: Option<HeaderValue>,
+        hop: Role,
     ) -> Step {
         let status = head.status();
         if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
-            if let Some(location) = head.headers().get(header::LOCATION) {
-                return self.redirect(head.clone(), location.clone(), headers, auth);
-            }
+            let location = head.headers().get(header::LOCATION).cloned();
+            return match location {
+                Some(l) => self.redirect(status, l, headers, auth),
+                None => self.error(OciError::unavailable(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream registry redirected without a Location",
+                )),
+            };
         }
-        let (mut parts, ()) = head.into_parts();
-        parts.headers = headers::client_response(&parts.headers);
-        self.rewrite_challenge(&mut parts.headers);
-        if status == StatusCode::UNAUTHORIZED {
-            // The upstream's error detail names repositories in upstream terms: replace it.
-            let json = OciError::unauthorized("authentication required").json();
-            parts.headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(json.len()));
-            let body = if self.head_only { Vec::new() } else { json };
-            return Step::Respond(Response::from_parts(parts, body));
+        if hop == Role::BlobStorage {
+            // Blob storage's links are not the registry's.
+            head.headers_mut().remove(header::LINK);
         }
-        self.rewrite_links(&mut parts.headers);
-        if let Route::Blob { digest, .. } = &self.route {
-            // A CDN answers without it; the digest is the blob's name.
-            if status.is_success() && !parts.headers.contains_key("docker-content-digest") {
-                if let Ok(v) = HeaderValue::from_str(digest) {
-                    parts.headers.insert("docker-content-digest", v);
-                }
-            }
-        }
-        let listing = matches!(self.route, Route::Tags { .. } | Route::Catalog);
-        if listing && status == StatusCode::OK && !self.head_only && !self.names.is_identity() {
-            self.state = State::Listing { head: parts };
-            return Step::ReadBody {
+        if status.is_success() && self.rewrites_listing() {
+            self.waiting = Waiting::ListingBody { head };
+            return Step::ReadResponse {
                 limit: listing::MAX_LISTING_BYTES,
             };
         }
-        Step::Stream(Response::from_parts(parts, ()))
+        let has_body = !self.head_only || self.rewrites_listing();
+        if (status.is_client_error() || status.is_server_error())
+            && status != StatusCode::UNAUTHORIZED
+            && has_body
+        {
+            self.waiting = Waiting::ErrorBody { head };
+            return Step::ReadResponse {
+                limit: MAX_ERROR_BODY,
+            };
+        }
+        if let Some(Route::Blob { digest, .. }) = &self.route {
+            // Blob storage answers without it; the digest is the blob's name.
+            if status.is_success() && !head.headers().contains_key("docker-content-digest") {
+                if let Ok(v) = HeaderValue::from_str(digest) {
+                    head.headers_mut().insert("docker-content-digest", v);
+                }
+            }
+        }
+        self.reply(Draft::upstream(head))
     }
 
     fn redirect(
         &mut self,
-        head: Response<()>,
+        status: StatusCode,
         location: HeaderValue,
         headers: HeaderMap,
         auth: Option<HeaderValue>,
     ) -> Step {
-        let Some(base) = self.current.clone() else {
-            return self.error(OciError::config("redirect without a request"));
-        };
-        let target = match location.to_str().ok().and_then(|l| base.join(l).ok()) {
-            Some(t) => t,
-            None => {
-                return self.error(OciError::unavailable(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream sent an invalid Location",
-                ))
-            }
-        };
-        let Some(origin) = Origin::of_url(&target) else {
-            return self.error(OciError::unavailable(
+        let bad = |why: &str| {
+            OciError::unavailable(
                 StatusCode::BAD_GATEWAY,
-                "upstream redirected to a non-http URL",
-            ));
+                "the upstream registry sent a redirect the proxy cannot follow",
+            )
+            .because(why.to_string())
+        };
+        let target = self
+            .current
+            .as_ref()
+            .zip(location.to_str().ok())
+            .and_then(|(base, l)| base.join(l).ok());
+        let Some(target) = target else {
+            return self.error(bad("invalid Location"));
+        };
+        let origin = Origin::of_url(&target);
+        let Some(origin) =
+            origin.filter(|_| target.username().is_empty() && target.password().is_none())
+        else {
+            return self.error(bad("Location is not a plain http(s) URL"));
         };
         if self.hops >= MAX_HOPS {
-            return self.error(OciError::unavailable(
-                StatusCode::BAD_GATEWAY,
-                "upstream redirected too many times",
-            ));
+            return self.error(bad("too many redirects"));
         }
         self.hops += 1;
         let method = if self.head_only {
@@ -348,158 +360,294 @@ impl Exchange {
         };
         if origin == self.config.upstream {
             // The upstream's own host: the client may not reach it, so the proxy follows.
-            self.state = State::Registry {
+            self.waiting = Waiting::RegistryAnswer {
                 headers: headers.clone(),
                 authorization: auth.clone(),
+                hop: Role::Registry,
             };
-            return self.send(method, target, headers, auth, Vec::new());
+            return self.send(Role::Registry, method, target, headers, auth, Vec::new());
         }
-        if self.config.blob_redirect == BlobRedirect::Pass {
-            let (mut parts, ()) = head.into_parts();
-            parts.headers = headers::client_response(&parts.headers);
-            if let Ok(v) = HeaderValue::from_str(target.as_str()) {
-                parts.headers.insert(header::LOCATION, v);
-            }
-            return Step::Stream(Response::from_parts(parts, ()));
+        let is_blob = matches!(self.route, Some(Route::Blob { .. }));
+        if is_blob && self.config.blob_redirect == BlobRedirect::Pass {
+            return self.reply(Draft::redirect(status, target));
         }
-        if !self.config.allows_redirect_target(&origin) {
-            return self.error(OciError::unavailable(
-                StatusCode::BAD_GATEWAY,
-                format!("upstream redirected to {origin}, which upstream_cdn does not allow"),
+        if !self.config.allows_cdn(&origin) {
+            let e = bad(&format!(
+                "redirect to {origin}, which upstream_cdn does not allow"
             ));
+            return self.error(e);
         }
-        // Another host never sees the client's credentials.
-        self.state = State::Registry {
-            headers: headers.clone(),
+        // Another host never sees the client's credentials, nor more of its headers than a
+        // download needs.
+        let cdn_headers = headers::cdn_request(&self.client_headers);
+        self.waiting = Waiting::RegistryAnswer {
+            headers,
             authorization: None,
+            hop: Role::BlobStorage,
         };
-        self.send(method, target, headers, None, Vec::new())
+        self.send(
+            Role::BlobStorage,
+            method,
+            target,
+            cdn_headers,
+            None,
+            Vec::new(),
+        )
     }
 
-    fn token_discovered(&mut self, head: Response<()>, req: TokenRequest) -> Step {
-        let challenges = challenge::from_headers(head.headers());
+    fn listing_read(&mut self, head: Response<()>, body: Vec<u8>) -> Step {
+        let rewritten = match self.route {
+            Some(Route::Catalog) => listing::client_catalog_body(&body, &self.names),
+            _ => listing::client_tags_body(&body, &self.names).map(|b| (b, false)),
+        };
+        let Some((bytes, past_end)) = rewritten else {
+            // A page the proxy cannot read may name repositories outside the prefix.
+            let encoding = head
+                .headers()
+                .get(header::CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("identity");
+            return self.error(
+                OciError::unavailable(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream registry sent a listing the proxy cannot read",
+                )
+                .because(format!("listing not JSON (Content-Encoding: {encoding})")),
+            );
+        };
+        let (mut parts, ()) = head.into_parts();
+        if past_end {
+            parts.headers.remove(header::LINK);
+        }
+        let mut draft = Draft::made(parts.status, bytes, "application/json");
+        draft.headers = parts.headers;
+        self.reply(draft)
+    }
+
+    fn error_read(&mut self, head: Response<()>, body: Option<&[u8]>) -> Step {
+        let Some(route) = self.route.as_ref() else {
+            return self.error(OciError::internal("no route"));
+        };
+        let e = upstream_error::client_error(head.status(), body, route);
+        self.cause = e.cause.clone();
+        let (parts, ()) = head.into_parts();
+        let mut draft = Draft::error(&e);
+        draft.headers = parts.headers;
+        self.reply(draft)
+    }
+
+    fn token_request(&mut self, req: TokenRequest) -> Step {
+        if let Some(name) = scope::first_invalid_name(req.scopes()) {
+            return self.error(OciError::name_invalid(format!(
+                "invalid repository name in scope: {name}"
+            )));
+        }
+        self.waiting = Waiting::RealmDiscovery(req);
+        let url = self.upstream_url("/v2/", None);
+        self.send(
+            Role::Registry,
+            Method::GET,
+            url,
+            HeaderMap::new(),
+            None,
+            Vec::new(),
+        )
+    }
+
+    fn form_read(&mut self, body: Vec<u8>) -> Step {
+        let auth = self.client_headers.get(header::AUTHORIZATION).cloned();
+        self.token_request(TokenRequest::new(true, &body, auth.as_ref()))
+    }
+
+    fn realm_discovered(&mut self, head: Response<()>, req: TokenRequest) -> Step {
         let status = head.status();
         if status.is_success() {
-            let body = token::token_json(token::ANONYMOUS_TOKEN, false, None);
-            return Step::Respond(json_response(StatusCode::OK, body));
-        }
-        if status != StatusCode::UNAUTHORIZED {
-            return self.error(self.unexpected(status));
-        }
-        if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
-            let realm = bearer.param("realm").and_then(|r| url::Url::parse(r).ok());
-            let Some(realm) = realm else {
-                return self.error(OciError::unavailable(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream challenge has no valid realm",
-                ));
-            };
-            let allowed = Origin::of_url(&realm).is_some_and(|o| self.config.allows_realm(&o));
-            if !allowed {
-                let o = Origin::of_url(&realm)
-                    .map(|o| o.to_string())
-                    .unwrap_or_default();
-                return self.error(OciError::unavailable(
-                    StatusCode::BAD_GATEWAY,
-                    format!("upstream token realm {o} is neither upstream nor upstream_auth"),
-                ));
+            if !req.offers_credentials() {
+                return self.anonymous_token();
             }
-            let service = bearer.param("service");
-            self.state = State::TokenFetch;
-            let basic = req.basic.clone();
-            return if req.form {
-                let form = req.upstream_form(service, &self.names).into_bytes();
-                let mut h = HeaderMap::new();
-                h.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/x-www-form-urlencoded"),
-                );
-                self.send(Method::POST, realm, h, basic, form)
-            } else {
-                let url = req.upstream_url(&realm, service, &self.names);
-                self.send(Method::GET, url, HeaderMap::new(), basic, Vec::new())
+            // `/v2/` is open, but a private repository may still challenge: its realm is
+            // where the credentials go.
+            let Some(name) = req.first_repository() else {
+                return self.error(credentials_unused(
+                    "the upstream registry asks for no credentials",
+                ));
             };
-        }
-        if challenges.iter().any(|c| c.scheme == "basic") {
-            let Some(credentials) = req.basic_credentials() else {
-                let body = token::token_json(token::ANONYMOUS_TOKEN, false, None);
-                return Step::Respond(json_response(StatusCode::OK, body));
-            };
-            let auth = HeaderValue::from_str(&format!("Basic {credentials}")).ok();
-            self.state = State::TokenBasicCheck {
-                credentials,
-                refresh: req.form,
-            };
+            let path = Route::Tags {
+                name: self.names.to_upstream(&name),
+            }
+            .path();
+            let url = self.upstream_url(&path, Some("n=1"));
+            self.waiting = Waiting::RepositoryChallenge(req);
             return self.send(
+                Role::Registry,
                 Method::GET,
-                self.upstream_url("/v2/", None),
+                url,
                 HeaderMap::new(),
-                auth,
+                None,
                 Vec::new(),
             );
         }
-        self.error(OciError::unavailable(
-            StatusCode::BAD_GATEWAY,
-            "upstream asks for an unsupported authentication scheme",
-        ))
+        if status == StatusCode::UNAUTHORIZED {
+            return self.authenticate(&challenge::from_headers(head.headers()), req);
+        }
+        self.error(self.unexpected(status))
     }
 
-    /// Every challenge a client sees names the proxy's token endpoint, in client names:
-    /// containerd keeps the first realm it meets for the host.
-    fn rewrite_challenge(&self, headers: &mut HeaderMap) {
-        let challenges = challenge::from_headers(headers);
-        if challenges.is_empty() {
-            return;
+    fn repository_challenged(&mut self, head: Response<()>, req: TokenRequest) -> Step {
+        if head.status() == StatusCode::UNAUTHORIZED {
+            return self.authenticate(&challenge::from_headers(head.headers()), req);
         }
-        headers.remove(header::WWW_AUTHENTICATE);
-        let bearer = challenges.iter().find(|c| c.scheme == "bearer");
-        if let Some(v) = self.client_challenge(bearer) {
-            headers.insert(header::WWW_AUTHENTICATE, v);
-        }
+        self.error(
+            credentials_unused("the upstream registry asks for no credentials for this repository")
+                .because(format!("repository probe answered {}", head.status())),
+        )
     }
 
-    /// The proxy's Bearer challenge, carrying the upstream Bearer challenge's scope (in client
-    /// names) and error; without one, the route's pull scope.
-    fn client_challenge(&self, bearer: Option<&Challenge>) -> Option<HeaderValue> {
-        let mut params = vec![
-            ("realm".to_string(), format!("{}{TOKEN_PATH}", self.public)),
-            ("service".to_string(), self.public.authority()),
-        ];
-        let scopes = match bearer.and_then(|b| b.param("scope")) {
-            Some(s) => scope::to_client(&self.names, [s]),
-            None => self
-                .route
-                .name()
-                .map(|n| vec![format!("repository:{n}:pull")])
-                .unwrap_or_default(),
-        };
-        if !scopes.is_empty() {
-            params.push(("scope".into(), scopes.join(" ")));
-        }
-        if let Some(e) = bearer.and_then(|b| b.param("error")) {
-            params.push(("error".into(), e.into()));
-        }
-        HeaderValue::from_str(&Challenge::bearer(params).render()).ok()
-    }
-
-    fn rewrite_links(&self, headers: &mut HeaderMap) {
-        let values: Vec<String> = headers
-            .get_all(header::LINK)
-            .iter()
-            .filter_map(|v| v.to_str().ok().map(String::from))
-            .collect();
-        if values.is_empty() {
-            return;
-        }
-        headers.remove(header::LINK);
-        for v in values {
-            let rewritten = link::rewrite(&v, |t| {
-                listing::client_link_target(t, &self.config.upstream, &self.public, &self.names)
-            });
-            if let Some(hv) = rewritten.and_then(|r| HeaderValue::from_str(&r).ok()) {
-                headers.append(header::LINK, hv);
+    /// Sends the token request to the upstream's Bearer realm.
+    fn authenticate(&mut self, challenges: &[Challenge], req: TokenRequest) -> Step {
+        let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") else {
+            if challenges.iter().any(|c| c.scheme == "basic") {
+                return self.error(OciError::unsupported(
+                    StatusCode::BAD_REQUEST,
+                    "this registry takes Basic credentials with each request, not tokens",
+                ));
             }
+            return self.error(
+                OciError::unavailable(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream registry asks for authentication without saying how",
+                )
+                .because("401 without a Bearer or Basic challenge"),
+            );
+        };
+        let realm = bearer.param("realm").and_then(|r| url::Url::parse(r).ok());
+        let realm = realm.filter(|r| r.username().is_empty() && r.password().is_none());
+        let origin = realm.as_ref().and_then(Origin::of_url);
+        let (Some(realm), Some(origin)) = (realm, origin) else {
+            return self.error(
+                OciError::unavailable(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream registry's challenge has no usable realm",
+                )
+                .because("challenge realm is not an http(s) URL"),
+            );
+        };
+        if !self.config.allows_realm(&origin) {
+            return self.error(
+                OciError::unavailable(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream token service is not configured",
+                )
+                .because(format!(
+                    "token realm {origin} is neither upstream nor upstream_auth"
+                )),
+            );
         }
+        let service = bearer.param("service");
+        let mut headers = HeaderMap::new();
+        let (method, url, body) = if req.form {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-www-form-urlencoded"),
+            );
+            let form = req.upstream_form(service, &self.names).into_bytes();
+            (Method::POST, realm, form)
+        } else {
+            let url = req.upstream_url(&realm, service, &self.names);
+            (Method::GET, url, Vec::new())
+        };
+        self.send_token(method, url, headers, req.basic, body)
+    }
+
+    fn send_token(
+        &mut self,
+        method: Method,
+        url: url::Url,
+        headers: HeaderMap,
+        basic: Option<HeaderValue>,
+        body: Vec<u8>,
+    ) -> Step {
+        let step = self.send(Role::TokenService, method, url, headers, basic, body);
+        if let Step::Send(request) = &step {
+            self.waiting = Waiting::Token {
+                request: clone_request(request),
+            };
+        }
+        step
+    }
+
+    fn token_issued(&mut self, head: Response<()>, request: Request<Vec<u8>>) -> Step {
+        let status = head.status();
+        if status.is_success() {
+            return self.reply(Draft::upstream(head));
+        }
+        if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
+            return self.token_redirect(&head, request);
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            return self.error(
+                OciError::unauthorized("the upstream token service refused the credentials")
+                    .because("token realm answered 401"),
+            );
+        }
+        if status.is_client_error() {
+            let e = upstream_error::client_error(status, None, &Route::Token);
+            return self.error(e);
+        }
+        self.error(self.unexpected(status))
+    }
+
+    /// A realm that redirects is followed, only to a realm origin configuration allows.
+    fn token_redirect(&mut self, head: &Response<()>, request: Request<Vec<u8>>) -> Step {
+        let target = self
+            .current
+            .as_ref()
+            .zip(
+                head.headers()
+                    .get(header::LOCATION)
+                    .and_then(|l| l.to_str().ok()),
+            )
+            .and_then(|(base, l)| base.join(l).ok())
+            .filter(|t| t.username().is_empty() && t.password().is_none());
+        let allowed = target
+            .as_ref()
+            .and_then(Origin::of_url)
+            .is_some_and(|o| self.config.allows_realm(&o));
+        let (Some(target), true, true) = (target, allowed, self.hops < MAX_HOPS) else {
+            return self.error(
+                OciError::unavailable(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream token service redirected where the proxy does not follow",
+                )
+                .because("token realm redirect to an unconfigured origin"),
+            );
+        };
+        self.hops += 1;
+        let (parts, body) = request.into_parts();
+        let auth = parts.headers.get(header::AUTHORIZATION).cloned();
+        let mut headers = parts.headers;
+        headers.remove(header::AUTHORIZATION);
+        headers.remove(header::CONTENT_LENGTH);
+        // 307 and 308 repeat the request; the others turn it into a GET.
+        let keep = matches!(
+            head.status(),
+            StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT
+        );
+        if keep {
+            self.send_token(parts.method, target, headers, auth, body)
+        } else {
+            headers.remove(header::CONTENT_TYPE);
+            self.send_token(Method::GET, target, headers, auth, Vec::new())
+        }
+    }
+
+    fn anonymous_token(&mut self) -> Step {
+        let draft = Draft::made(
+            StatusCode::OK,
+            token::anonymous_token_json(),
+            "application/json",
+        );
+        self.reply(draft)
     }
 
     fn upstream_url(&self, path: &str, query: Option<&str>) -> url::Url {
@@ -511,82 +659,97 @@ impl Exchange {
 
     fn send(
         &mut self,
+        role: Role,
         method: Method,
         url: url::Url,
         mut headers: HeaderMap,
         auth: Option<HeaderValue>,
         body: Vec<u8>,
     ) -> Step {
+        // The last guard of "no request reaches a host configuration did not name".
+        let allowed = Origin::of_url(&url).is_some_and(|o| self.config.allows_destination(&o));
+        if !allowed {
+            return self.error(OciError::internal("destination outside configuration"));
+        }
         if let Some(a) = auth {
             headers.insert(header::AUTHORIZATION, a);
         }
         if !body.is_empty() {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         }
+        let Ok(uri) = url.as_str().parse() else {
+            return self.error(OciError::internal("unrepresentable upstream URL"));
+        };
         let mut req = Request::new(body);
         *req.method_mut() = method;
         *req.headers_mut() = headers;
-        match url.as_str().parse() {
-            Ok(uri) => *req.uri_mut() = uri,
-            Err(_) => {
-                return self.error(OciError::unavailable(
-                    StatusCode::BAD_GATEWAY,
-                    "invalid upstream URL",
-                ))
-            }
-        }
+        *req.uri_mut() = uri;
         self.current = Some(url);
+        self.role = role;
         Step::Send(req)
     }
 
-    fn method_not_allowed(&self, method: &Method) -> Step {
+    fn method_not_allowed(&mut self, method: &Method) -> Step {
         let e = OciError::unsupported(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not supported: this registry proxy is read-only"),
         );
-        let mut r = e.response(self.head_only);
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        Step::Respond(r)
-    }
-
-    /// The origin of the upstream request in flight, for error messages.
-    fn current_origin(&self) -> String {
-        let origin = self.current.as_ref().and_then(Origin::of_url);
-        origin.map(|o| o.to_string()).unwrap_or_default()
+        self.cause = Some(e.message.clone());
+        let allow = if self.route == Some(Route::Token) {
+            "GET, HEAD, POST"
+        } else {
+            "GET, HEAD"
+        };
+        let draft = Draft::error(&e).with_header(header::ALLOW, HeaderValue::from_static(allow));
+        self.reply(draft)
     }
 
     fn unexpected(&self, status: StatusCode) -> OciError {
-        let target = self.current_origin();
         OciError::unavailable(
             StatusCode::BAD_GATEWAY,
-            format!("upstream {target} answered {status} during authentication"),
+            "the upstream registry failed during authentication",
         )
+        .because(format!("upstream answered {status} during authentication"))
+    }
+
+    fn out_of_order(&mut self, what: &str) -> Step {
+        self.error(OciError::internal(format!("unexpected {what}")))
     }
 
     fn error(&mut self, e: OciError) -> Step {
-        self.state = State::Done;
-        let mut r = e.response(self.head_only);
-        if e.status == StatusCode::UNAUTHORIZED {
-            if let Some(v) = self.client_challenge(None) {
-                r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-            }
-        }
-        Step::Respond(r)
+        self.cause = Some(match &e.cause {
+            Some(c) => format!("{}: {c}", e.message),
+            None => e.message.clone(),
+        });
+        self.reply(Draft::error(&e))
+    }
+
+    /// Every answer leaves through here.
+    fn reply(&mut self, draft: Draft) -> Step {
+        self.waiting = Waiting::Nothing;
+        let ctx = reply::Context {
+            public: self.public.as_ref(),
+            upstream: Some(&self.config.upstream),
+            names: &self.names,
+            route: self.route.as_ref(),
+            head_only: self.head_only,
+        };
+        Step::Reply(reply::finish(&ctx, draft))
     }
 }
 
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Vec<u8>> {
-    let mut r = Response::new(Vec::new());
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    *r.body_mut() = body;
-    r
+/// Credentials were offered where the upstream asks for none: refused, never dropped for an
+/// anonymous token.
+fn credentials_unused(message: &str) -> OciError {
+    OciError::unsupported(StatusCode::BAD_REQUEST, message)
+}
+
+fn clone_request(r: &Request<Vec<u8>>) -> Request<Vec<u8>> {
+    let mut c = Request::new(r.body().clone());
+    *c.method_mut() = r.method().clone();
+    *c.uri_mut() = r.uri().clone();
+    *c.headers_mut() = r.headers().clone();
+    c
 }
 
 #[cfg(test)]

@@ -1,66 +1,103 @@
-//! Which headers cross the proxy: hop-by-hop headers and what the runtime added stay behind.
+//! Which headers cross the proxy, by allowlist in both directions: a header nobody listed here
+//! (a cookie, a client address, a front proxy's or the runtime's own) never crosses.
 
-use http::header::{HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-connection",
-    "http2-settings",
+/// Conditional and range headers: what a cached or resumed download needs, anywhere.
+const CONDITIONAL: [&str; 6] = [
+    "range",
+    "if-range",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
 ];
 
-fn connection_listed(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all("connection")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect()
-}
+/// What the distribution API needs from a client on the upstream registry, beside
+/// `Authorization`, which the exchange decides.
+const REGISTRY_REQUEST: [&str; 2] = ["accept", "user-agent"];
 
-fn is_hop_by_hop(name: &HeaderName, listed: &[String]) -> bool {
-    let n = name.as_str();
-    HOP_BY_HOP.contains(&n) || n.starts_with("proxy-") || listed.iter().any(|l| l == n)
-}
+/// Response headers a client may see. `Location`, `WWW-Authenticate` and `Link` are not here:
+/// the response rules build those themselves.
+const RESPONSE: [&str; 21] = [
+    "content-type",
+    "content-length",
+    "content-range",
+    "content-encoding",
+    "accept-ranges",
+    "docker-content-digest",
+    "docker-distribution-api-version",
+    "etag",
+    "last-modified",
+    "cache-control",
+    "expires",
+    "vary",
+    "retry-after",
+    "ratelimit-limit",
+    "ratelimit-remaining",
+    "ratelimit-reset",
+    "oci-filters-applied",
+    "oci-subject",
+    "allow",
+    "content-security-policy",
+    "x-content-type-options",
+];
 
-/// Request headers for the upstream: the client's own, minus hop-by-hop, `Host`, the body
-/// framing, what Spin or a front proxy added, and `Authorization` (the caller decides that).
-pub fn upstream_request(client: &HeaderMap) -> HeaderMap {
-    let listed = connection_listed(client);
-    let mut out = HeaderMap::new();
-    for (name, value) in client {
-        let n = name.as_str();
-        let runtime_added = n.starts_with("spin-")
-            || n.starts_with("x-forwarded-")
-            || n == "forwarded"
-            || n == "x-real-ip";
-        let skip = runtime_added
-            || is_hop_by_hop(name, &listed)
-            || matches!(n, "host" | "authorization" | "content-length" | "expect");
-        if !skip {
-            out.append(name.clone(), value.clone());
+/// Headers that describe a body: a body the proxy replaced carries none of the upstream's.
+pub const ENTITY: [&str; 7] = [
+    "content-encoding",
+    "content-range",
+    "etag",
+    "last-modified",
+    "docker-content-digest",
+    "accept-ranges",
+    "content-length",
+];
+
+fn copy(from: &HeaderMap, names: &[&'static str], to: &mut HeaderMap) {
+    for name in names {
+        for v in from.get_all(*name) {
+            to.append(HeaderName::from_static(name), v.clone());
         }
     }
+}
+
+/// Bodies are never decoded (digests are over the encoded bytes), so the proxy asks for them
+/// as they are stored: a body it must rewrite arrives as JSON, not gzip.
+fn identity(h: &mut HeaderMap) {
+    h.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+}
+
+/// Request headers for the upstream registry.
+pub fn registry_request(client: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    copy(client, &REGISTRY_REQUEST, &mut out);
+    copy(client, &CONDITIONAL, &mut out);
+    identity(&mut out);
     out
 }
 
-/// Response headers for the client: everything but hop-by-hop. Lengths, digests, ranges,
-/// ETags and content types pass untouched.
-pub fn client_response(upstream: &HeaderMap) -> HeaderMap {
-    let listed = connection_listed(upstream);
+/// Request headers for blob storage a redirect leads to: it needs no more than a range.
+pub fn cdn_request(client: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::new();
-    for (name, value) in upstream {
-        if !is_hop_by_hop(name, &listed) {
-            out.append(name.clone(), value.clone());
-        }
-    }
+    copy(client, &CONDITIONAL, &mut out);
+    identity(&mut out);
     out
+}
+
+/// Response headers the client may see, from an upstream's or the proxy's own.
+pub fn client_response(from: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    copy(from, &RESPONSE, &mut out);
+    out
+}
+
+pub fn is_client_response_header(name: &HeaderName) -> bool {
+    RESPONSE.contains(&name.as_str())
+        || [header::LOCATION, header::WWW_AUTHENTICATE, header::LINK].contains(name)
 }
 
 #[cfg(test)]
@@ -75,44 +112,68 @@ mod tests {
         h
     }
 
+    const CLIENT: [(&str, &str); 22] = [
+        ("accept", "application/vnd.oci.image.index.v1+json"),
+        (
+            "accept",
+            "application/vnd.docker.distribution.manifest.v2+json, */*",
+        ),
+        ("range", "bytes=10-"),
+        ("if-none-match", "\"x\""),
+        ("user-agent", "containerd/2.0"),
+        ("host", "proxy:3000"),
+        ("authorization", "Bearer t"),
+        ("cookie", "session=1"),
+        ("origin", "https://evil.example"),
+        ("referer", "https://evil.example/x"),
+        ("cf-connecting-ip", "203.0.113.9"),
+        ("accept-encoding", "gzip"),
+        ("connection", "close, x-secret"),
+        ("x-secret", "1"),
+        ("te", "trailers"),
+        ("transfer-encoding", "chunked"),
+        ("proxy-authorization", "Basic x"),
+        ("spin-full-url", "http://proxy/v2/"),
+        ("spin-client-addr", "127.0.0.1:1"),
+        ("x-forwarded-for", "1.2.3.4"),
+        ("forwarded", "for=1.2.3.4"),
+        ("content-length", "0"),
+    ];
+
     #[test]
-    fn request_keeps_accept_verbatim_and_drops_the_rest() {
-        let h = map(&[
-            ("accept", "application/vnd.oci.image.index.v1+json"),
-            (
-                "accept",
-                "application/vnd.docker.distribution.manifest.v2+json, */*",
-            ),
-            ("range", "bytes=10-"),
-            ("if-none-match", "\"x\""),
-            ("user-agent", "containerd/2.0"),
-            ("host", "proxy:3000"),
-            ("authorization", "Bearer t"),
-            ("connection", "close, x-secret"),
-            ("x-secret", "1"),
-            ("keep-alive", "5"),
-            ("te", "trailers"),
-            ("transfer-encoding", "chunked"),
-            ("upgrade", "h2c"),
-            ("proxy-authorization", "Basic x"),
-            ("spin-full-url", "http://proxy/v2/"),
-            ("spin-client-addr", "127.0.0.1:1"),
-            ("x-forwarded-for", "1.2.3.4"),
-            ("content-length", "0"),
-        ]);
-        let out = upstream_request(&h);
+    fn registry_requests_keep_what_the_api_needs() {
+        let out = registry_request(&map(&CLIENT));
         let accepts: Vec<_> = out.get_all("accept").iter().collect();
         assert_eq!(accepts.len(), 2);
         assert_eq!(
             accepts[1],
             "application/vnd.docker.distribution.manifest.v2+json, */*"
         );
-        let names: Vec<_> = out.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["accept", "range", "if-none-match", "user-agent"]);
+        let mut names: Vec<_> = out.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "accept",
+                "accept-encoding",
+                "if-none-match",
+                "range",
+                "user-agent"
+            ]
+        );
+        assert_eq!(out["accept-encoding"], "identity");
     }
 
     #[test]
-    fn response_keeps_exactness_headers() {
+    fn cdn_requests_carry_less() {
+        let out = cdn_request(&map(&CLIENT));
+        let mut names: Vec<_> = out.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["accept-encoding", "if-none-match", "range"]);
+    }
+
+    #[test]
+    fn responses_keep_exactness_headers_only() {
         let h = map(&[
             ("content-type", "application/vnd.oci.image.manifest.v1+json"),
             ("content-length", "527"),
@@ -122,6 +183,16 @@ mod tests {
             ("accept-ranges", "bytes"),
             ("connection", "keep-alive"),
             ("transfer-encoding", "chunked"),
+            ("set-cookie", "a=b"),
+            ("alt-svc", "h3=\":443\""),
+            ("strict-transport-security", "max-age=1"),
+            ("content-location", "https://upstream/x"),
+            ("location", "https://upstream/x"),
+            (
+                "www-authenticate",
+                "Bearer realm=\"https://upstream/token\"",
+            ),
+            ("x-amz-request-id", "1"),
         ]);
         let out = client_response(&h);
         assert_eq!(out.len(), 6);

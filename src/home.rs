@@ -2,36 +2,56 @@
 
 use crate::config::Config;
 use crate::origin::Origin;
+use crate::reply::Draft;
 use http::header::{self, HeaderValue};
-use http::{Response, StatusCode};
+use http::StatusCode;
 
-pub fn response(config: &Config, public: &Origin, head_only: bool) -> Response<Vec<u8>> {
-    let mut r = Response::new(Vec::new());
-    if let Some(target) = config
-        .home
-        .as_deref()
-        .and_then(|h| HeaderValue::from_str(h).ok())
-    {
-        *r.status_mut() = StatusCode::FOUND;
-        r.headers_mut().insert(header::LOCATION, target);
-        r.headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
-        return r;
+/// Text for HTML: the five characters that can end a text or an attribute, escaped.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
     }
-    let host = public.authority();
+    out
+}
+
+pub fn draft(config: &Config, public: &Origin) -> Draft {
+    if let Some(target) = &config.home {
+        return Draft::redirect(StatusCode::FOUND, target.clone());
+    }
+    let host = escape(&public.authority());
     let page = format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{host}</title></head>\n\
          <body><h1>{host}</h1>\n<p>This is a container registry.</p>\n\
          <pre>docker pull {host}/IMAGE:TAG</pre>\n</body></html>\n"
     );
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(page.len()));
-    if !head_only {
-        *r.body_mut() = page.into_bytes();
+    Draft::made(
+        StatusCode::OK,
+        page.into_bytes(),
+        "text/html; charset=utf-8",
+    )
+    .with_header(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(
+            escape("<img src=x onerror='a(\"&\")'>"),
+            "&lt;img src=x onerror=&#39;a(&quot;&amp;&quot;)&#39;&gt;"
+        );
     }
-    r
 }

@@ -14,9 +14,14 @@ pub mod log;
 pub mod names;
 pub mod origin;
 pub mod public_url;
+pub mod reply;
 pub mod route;
 pub mod scope;
+#[cfg(any(test, feature = "simulate"))]
+pub mod simulate;
 pub mod token;
+pub mod upstream_error;
+pub mod upstream_failure;
 
 #[cfg(target_arch = "wasm32")]
 mod spin_adapter;

@@ -21,12 +21,22 @@ fn encode(pairs: &[(String, String)]) -> String {
         .finish()
 }
 
-/// The query to send upstream. containerd's mirror parameter `ns` names a registry the
-/// client thought it was talking to; it is not the upstream's business.
+/// Query parameters a route takes; whatever else a client adds goes nowhere. containerd's
+/// mirror parameter `ns` names the registry the client thought it was talking to.
+fn allowed_params(route: &Route) -> &'static [&'static str] {
+    match route {
+        Route::Tags { .. } | Route::Catalog => &["n", "last"],
+        Route::Referrers { .. } => &["artifactType"],
+        _ => &[],
+    }
+}
+
+/// The query to send upstream.
 pub fn upstream_query(route: &Route, query: Option<&str>, names: &NameMap) -> Option<String> {
+    let allowed = allowed_params(route);
     let mut p: Vec<_> = pairs(query.unwrap_or(""))
         .into_iter()
-        .filter(|(k, _)| k != "ns")
+        .filter(|(k, _)| allowed.contains(&k.as_str()))
         .collect();
     if *route == Route::Catalog && !names.prefix().is_empty() {
         match p.iter_mut().find(|(k, _)| k == "last") {
@@ -38,21 +48,25 @@ pub fn upstream_query(route: &Route, query: Option<&str>, names: &NameMap) -> Op
     (!p.is_empty()).then(|| encode(&p))
 }
 
-/// A pagination `Link` target in client terms. Relative targets stay relative; absolute
-/// ones on the upstream move to the public origin; a catalog page past the prefix is dropped.
+/// A `Link` target in client terms, or `None` to drop the link: only targets on the upstream
+/// that name an API route inside the prefix survive. Relative targets stay relative; absolute
+/// ones move to the public origin; a catalog page past the prefix is dropped.
 pub fn client_link_target(
     target: &str,
     upstream: &Origin,
     public: &Origin,
     names: &NameMap,
 ) -> Option<String> {
-    let base = url::Url::parse(&format!("{upstream}/")).ok()?;
-    let url = base.join(target).ok()?;
+    let url = upstream.url()?.join(target).ok()?;
     if Origin::of_url(&url).as_ref() != Some(upstream) {
-        return Some(target.to_string()); // not ours to judge; never seen from registries
+        return None;
     }
     let route = Route::parse(url.path()).ok()?;
-    let mut query = pairs(url.query().unwrap_or(""));
+    let allowed = allowed_params(&route);
+    let mut query: Vec<_> = pairs(url.query().unwrap_or(""))
+        .into_iter()
+        .filter(|(k, _)| allowed.contains(&k.as_str()))
+        .collect();
     let route = match &route {
         Route::Catalog => {
             if !names.prefix().is_empty() {
@@ -64,21 +78,21 @@ pub fn client_link_target(
             }
             route
         }
-        Route::Tags { name } | Route::Referrers { name, .. } => {
-            route.with_name(names.to_client(name)?)
-        }
-        _ => return Some(target.to_string()),
+        Route::Home | Route::Token | Route::Upload { .. } => return None,
+        _ => match route.name() {
+            Some(name) => route.with_name(names.to_client(name)?),
+            None => route,
+        },
     };
     let q = if query.is_empty() {
         String::new()
     } else {
         format!("?{}", encode(&query))
     };
-    let relative = !target.contains("://");
-    let origin = if relative {
-        String::new()
-    } else {
+    let origin = if target.contains("://") || target.starts_with("//") {
         public.to_string()
+    } else {
+        String::new()
     };
     Some(format!("{origin}{}{q}", route.path()))
 }
@@ -131,8 +145,16 @@ mod tests {
         );
         let tags = Route::Tags { name: "web".into() };
         assert_eq!(
-            upstream_query(&tags, Some("n=2&last=v1&ns=docker.io"), &m).unwrap(),
+            upstream_query(&tags, Some("n=2&last=v1&ns=docker.io&x=1"), &m).unwrap(),
             "n=2&last=v1"
+        );
+        let manifest = Route::Manifest {
+            name: "web".into(),
+            reference: "1".into(),
+        };
+        assert_eq!(
+            upstream_query(&manifest, Some("ns=docker.io&x=1"), &m),
+            None
         );
         assert_eq!(upstream_query(&tags, None, &m), None);
         assert_eq!(
@@ -161,6 +183,29 @@ mod tests {
             client_link_target("/v2/_catalog?last=zzz&n=2", &up, &public, &m),
             None
         );
+    }
+
+    #[test]
+    fn links_elsewhere_are_dropped_or_mapped() {
+        let (up, public) = (o("http://127.0.0.1:5000"), o("https://images.example.com"));
+        let m = NameMap::new("team/app", false);
+        let d = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let t = format!("http://127.0.0.1:5000/v2/team/app/web/manifests/{d}");
+        assert_eq!(
+            client_link_target(&t, &up, &public, &m).unwrap(),
+            format!("https://images.example.com/v2/web/manifests/{d}")
+        );
+        for t in [
+            "https://cdn.example/v2/team/app/web/tags/list",
+            "//127.0.0.2:5000/v2/team/app/web/tags/list",
+            "/v2/other/web/tags/list",
+            "/docs/api",
+            "/token?scope=x",
+        ] {
+            assert_eq!(client_link_target(t, &up, &public, &m), None, "{t}");
+        }
+        let t = client_link_target("/v2/team/app/web/tags/list?n=2&secret=1", &up, &public, &m);
+        assert_eq!(t.unwrap(), "/v2/web/tags/list?n=2");
     }
 
     #[test]

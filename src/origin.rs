@@ -1,8 +1,11 @@
 //! `scheme://host[:port]`: the unit that configuration, realms and redirect targets compare as.
+//!
+//! A host is a DNS name, an IPv4 address or a bracketed IPv6 address, nothing else: origins
+//! end up in challenges, Links and the home page, so what parses here is safe to print there.
 
 use std::fmt;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Origin {
     pub scheme: String,
     /// Lower-cased; IPv6 literals keep their brackets; may start with `*.` in a pattern.
@@ -18,47 +21,100 @@ fn default_port(scheme: &str) -> Option<u16> {
     }
 }
 
+/// Why a text is not an origin. Never repeats the text: it may hold a credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginError {
+    NoScheme,
+    Scheme,
+    /// A path, query, fragment or `user@`.
+    NotAnOrigin,
+    Host,
+    Port,
+    Wildcard,
+}
+
+impl fmt::Display for OriginError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OriginError::NoScheme => "expected scheme://host[:port]",
+            OriginError::Scheme => "the scheme must be http or https",
+            OriginError::NotAnOrigin => {
+                "expected scheme://host[:port] without user, path, query or fragment"
+            }
+            OriginError::Host => "the host is not a DNS name or IP address",
+            OriginError::Port => "the port is not a number from 1 to 65535",
+            OriginError::Wildcard => "a '*' is not allowed here",
+        })
+    }
+}
+
+/// A DNS name (labels of letters, digits, `-` and `_`) or a dotted IPv4 address.
+fn valid_name(host: &str) -> bool {
+    host.len() <= 253
+        && host.split('.').all(|label| {
+            let b = label.as_bytes();
+            !b.is_empty()
+                && b.len() <= 63
+                && b[0] != b'-'
+                && b[b.len() - 1] != b'-'
+                && b.iter()
+                    .all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        })
+}
+
+fn valid_host(host: &str) -> bool {
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => valid_name(host),
+    }
+}
+
 impl Origin {
-    /// Parses an origin; a trailing `/` is accepted, any other path is not.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let (scheme, rest) = s
-            .split_once("://")
-            .ok_or_else(|| "expected scheme://host[:port]".to_string())?;
+    /// Parses a concrete origin; a trailing `/` is accepted, any other path is not.
+    pub fn parse(s: &str) -> Result<Self, OriginError> {
+        let o = Self::parse_pattern(s)?;
+        if o.is_wildcard() {
+            return Err(OriginError::Wildcard);
+        }
+        Ok(o)
+    }
+
+    /// Like `parse`, but the host may be `*.domain` (subdomains of it).
+    pub fn parse_pattern(s: &str) -> Result<Self, OriginError> {
+        let (scheme, rest) = s.split_once("://").ok_or(OriginError::NoScheme)?;
         let scheme = scheme.to_ascii_lowercase();
-        let default =
-            default_port(&scheme).ok_or_else(|| format!("unsupported scheme {scheme:?}"))?;
+        let default = default_port(&scheme).ok_or(OriginError::Scheme)?;
         let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.contains(['/', '?', '#', '@']) {
-            return Err("expected an origin without path, query or user".into());
+        if rest.contains(['/', '?', '#', '@', '\\']) {
+            return Err(OriginError::NotAnOrigin);
         }
         let (host, port) = match rest.rfind(':') {
             Some(i) if !rest[i..].contains(']') => {
-                let port = rest[i + 1..]
-                    .parse::<u16>()
-                    .map_err(|_| format!("invalid port in {s:?}"))?;
+                let digits = &rest[i + 1..];
+                let port = (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| digits.parse::<u16>().ok())
+                    .flatten()
+                    .filter(|p| *p != 0)
+                    .ok_or(OriginError::Port)?;
                 (&rest[..i], port)
             }
             _ => (rest, default),
         };
         let host = host.to_ascii_lowercase();
         let body = host.strip_prefix("*.").unwrap_or(&host);
-        let valid = !body.is_empty()
-            && (body.starts_with('[') && body.ends_with(']')
-                || body
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
-        if !valid {
-            return Err(format!("invalid host in {s:?}"));
+        if !valid_host(body) {
+            return Err(OriginError::Host);
         }
         Ok(Self { scheme, host, port })
     }
 
-    /// The origin of an absolute URL.
+    /// The origin of an absolute http(s) URL.
     pub fn of_url(url: &url::Url) -> Option<Self> {
         let host = match url.host()? {
             url::Host::Ipv6(a) => format!("[{a}]"),
             h => h.to_string().to_ascii_lowercase(),
         };
+        default_port(url.scheme())?;
         Some(Self {
             scheme: url.scheme().to_string(),
             host,
@@ -68,6 +124,15 @@ impl Origin {
 
     pub fn is_wildcard(&self) -> bool {
         self.host.starts_with("*.")
+    }
+
+    /// Whether the host is a loopback name or an IP address: where plain HTTP registries live.
+    pub fn is_local_or_ip(&self) -> bool {
+        let h = self.host.as_str();
+        h == "localhost"
+            || h.ends_with(".localhost")
+            || h.starts_with('[')
+            || h.parse::<std::net::Ipv4Addr>().is_ok()
     }
 
     /// Whether `other` (a concrete origin) is this origin or falls under this pattern.
@@ -88,6 +153,11 @@ impl Origin {
         } else {
             format!("{}:{}", self.host, self.port)
         }
+    }
+
+    /// This origin as a URL with an empty path.
+    pub fn url(&self) -> Option<url::Url> {
+        url::Url::parse(&format!("{self}/")).ok()
     }
 }
 
@@ -114,6 +184,7 @@ mod tests {
             Origin::parse("http://h:80").unwrap().to_string(),
             "http://h"
         );
+        assert_eq!(Origin::parse("http://my_registry:5000").unwrap().port, 5000);
     }
 
     #[test]
@@ -123,17 +194,39 @@ mod tests {
             "ftp://h",
             "http://h/v2",
             "http://u@h",
+            "http://robot:TOKEN@ghcr.io",
             "http://h:x",
+            "http://h:0",
+            "http://h:+80",
+            "http://h:99999",
             "http://",
             "http://a b",
+            "http://[<img src=x onerror=alert(1)>]",
+            "http://[::1",
+            "http://[zz::1]",
+            "http://a..b",
+            "http://-a.b",
+            "http://a\"b",
+            "http://h\\x",
+            "http://*.*.a",
         ] {
-            assert!(Origin::parse(bad).is_err(), "{bad}");
+            assert!(Origin::parse_pattern(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
-    fn wildcards_match_subdomains_only() {
-        let p = Origin::parse("https://*.example.com").unwrap();
+    fn errors_never_repeat_the_text() {
+        let e = Origin::parse("https://robot:s3cr3t@ghcr.io").unwrap_err();
+        assert!(!e.to_string().contains("s3cr3t"));
+    }
+
+    #[test]
+    fn wildcards_only_as_patterns() {
+        assert_eq!(
+            Origin::parse("https://*.example.com"),
+            Err(OriginError::Wildcard)
+        );
+        let p = Origin::parse_pattern("https://*.example.com").unwrap();
         assert!(p.matches(&Origin::parse("https://a.example.com").unwrap()));
         assert!(!p.matches(&Origin::parse("https://example.com").unwrap()));
         assert!(!p.matches(&Origin::parse("https://aexample.com").unwrap()));
@@ -147,5 +240,20 @@ mod tests {
             Origin::of_url(&u).unwrap(),
             Origin::parse("https://cdn.example").unwrap()
         );
+        assert!(Origin::of_url(&url::Url::parse("ftp://cdn.example/x").unwrap()).is_none());
+    }
+
+    #[test]
+    fn local_hosts() {
+        for (o, local) in [
+            ("http://127.0.0.1:3000", true),
+            ("http://localhost:3000", true),
+            ("http://a.localhost", true),
+            ("http://[::1]:3000", true),
+            ("http://10.1.2.3", true),
+            ("http://images.example.com", false),
+        ] {
+            assert_eq!(Origin::parse(o).unwrap().is_local_or_ip(), local, "{o}");
+        }
     }
 }

@@ -1,15 +1,28 @@
-//! The URL clients reach the proxy by: from configuration, else from the request itself
-//! (`X-Forwarded-Proto`/`X-Forwarded-Host` set by a TLS-terminating front, then `Host`).
+//! The origin clients reach the proxy by: the realm of every challenge and the origin of every
+//! absolute Link. In order: `public_url`; `X-Forwarded-Proto`/`X-Forwarded-Host` when
+//! `trust_forwarded` says a front proxy sets them; else the request's own scheme and `Host`.
+//!
+//! Spin reports the scheme of its own listener (`http` unless `spin up --tls-cert`), and a
+//! platform that terminates TLS in front of Spin (Fermyon Cloud, an ingress) reaches it over
+//! plain HTTP. Registries on a DNS name are served over TLS (clients refuse plain HTTP there
+//! unless told otherwise), so a plain-HTTP request for a DNS name on the default port gets an
+//! `https` realm; loopback names, IP addresses and explicit ports keep `http`. `public_url`
+//! overrides all of this.
 
 use crate::config::Config;
 use crate::error::OciError;
 use crate::origin::Origin;
 use http::HeaderMap;
 
-fn first_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    let v = headers.get(name)?.to_str().ok()?;
-    let first = v.split(',').next()?.trim();
-    (!first.is_empty()).then_some(first)
+/// The last value of a header: the one the nearest (trusted) proxy set or appended.
+fn last_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let v = headers.get_all(name).iter().next_back()?.to_str().ok()?;
+    let last = v.rsplit(',').next()?.trim();
+    (!last.is_empty()).then_some(last)
+}
+
+fn bad_request(message: &str) -> OciError {
+    OciError::unsupported(http::StatusCode::BAD_REQUEST, message)
 }
 
 /// `request_scheme` and `request_authority` are what the runtime says the request used.
@@ -22,43 +35,53 @@ pub fn public_origin(
     if let Some(o) = &config.public_url {
         return Ok(o.clone());
     }
-    // Spin's own record of the URL the client used, when the runtime hides Host.
-    let full_url = first_value(headers, "spin-full-url").and_then(|u| url::Url::parse(u).ok());
-    let spin_origin = full_url.as_ref().and_then(Origin::of_url);
-    let spin_authority = spin_origin.as_ref().map(Origin::authority);
-    let scheme = first_value(headers, "x-forwarded-proto")
-        .or(request_scheme)
-        .or(spin_origin.as_ref().map(|o| o.scheme.as_str()))
-        .unwrap_or("http")
-        .to_ascii_lowercase();
-    let host = first_value(headers, "x-forwarded-host")
-        .or_else(|| first_value(headers, "host"))
+    if config.trust_forwarded {
+        if let (Some(proto), Some(host)) = (
+            last_value(headers, "x-forwarded-proto"),
+            last_value(headers, "x-forwarded-host"),
+        ) {
+            return Origin::parse(&format!("{}://{host}", proto.to_ascii_lowercase()))
+                .map_err(|_| bad_request("X-Forwarded-Proto/X-Forwarded-Host is not an origin"));
+        }
+    }
+    // Spin's own record of the URL, for a runtime that hides Host.
+    let full_url = headers
+        .get("spin-full-url")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|u| url::Url::parse(u).ok());
+    let spin = full_url.as_ref().and_then(Origin::of_url);
+    let spin_authority = spin.as_ref().map(Origin::authority);
+    let host = headers
+        .get(http::header::HOST)
+        .map(|h| h.to_str().unwrap_or("\u{0}"))
         .or(request_authority)
         .or(spin_authority.as_deref())
-        .ok_or_else(|| {
-            OciError::new(
-                http::StatusCode::BAD_REQUEST,
-                "UNSUPPORTED",
-                "request has no Host header",
-            )
-        })?;
-    Origin::parse(&format!("{scheme}://{host}")).map_err(|e| {
-        OciError::new(
-            http::StatusCode::BAD_REQUEST,
-            "UNSUPPORTED",
-            format!("bad Host or X-Forwarded-* header: {e}"),
-        )
-    })
+        .ok_or_else(|| bad_request("the request has no Host header"))?;
+    let scheme = request_scheme
+        .or(spin.as_ref().map(|o| o.scheme.as_str()))
+        .unwrap_or("http")
+        .to_ascii_lowercase();
+    let origin = Origin::parse(&format!("{scheme}://{host}"))
+        .map_err(|_| bad_request("the Host header is not a host name and port"))?;
+    if origin.scheme == "http" && origin.port == 80 && !origin.is_local_or_ip() {
+        return Ok(Origin {
+            scheme: "https".into(),
+            port: 443,
+            ..origin
+        });
+    }
+    Ok(origin)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn config(public: &str) -> Config {
+    fn config(public: &str, trust: &str) -> Config {
         Config::from_variables(|k| match k {
             "upstream" => Some("https://registry-1.docker.io".into()),
             "public_url" => Some(public.into()),
+            "trust_forwarded" => Some(trust.into()),
             _ => None,
         })
         .unwrap()
@@ -72,62 +95,95 @@ mod tests {
         h
     }
 
-    #[test]
-    fn configured_url_wins() {
-        let h = headers(&[("host", "internal:3000")]);
-        let o = public_origin(
-            &config("https://images.example.com"),
-            &h,
-            Some("http"),
-            None,
-        )
-        .unwrap();
-        assert_eq!(o.to_string(), "https://images.example.com");
+    fn origin(c: &Config, h: &[(&'static str, &'static str)], scheme: Option<&str>) -> String {
+        public_origin(c, &headers(h), scheme, None)
+            .map(|o| o.to_string())
+            .unwrap_or_else(|e| format!("error {}", e.status.as_u16()))
     }
 
     #[test]
-    fn forwarded_headers_then_host() {
-        let c = config("");
-        let h = headers(&[
+    fn configured_url_wins() {
+        let c = config("https://images.example.com", "true");
+        let h = [
             ("host", "internal:3000"),
-            ("x-forwarded-proto", "https, http"),
-            ("x-forwarded-host", "images.example.com"),
-        ]);
+            ("x-forwarded-host", "evil.example"),
+        ];
+        assert_eq!(origin(&c, &h, Some("http")), "https://images.example.com");
+    }
+
+    #[test]
+    fn forwarded_headers_are_ignored_unless_trusted() {
+        let h = [
+            ("host", "127.0.0.1:3000"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+        ];
         assert_eq!(
-            public_origin(&c, &h, Some("http"), None)
-                .unwrap()
-                .to_string(),
-            "https://images.example.com"
-        );
-        let h = headers(&[("host", "127.0.0.1:3000")]);
-        assert_eq!(
-            public_origin(&c, &h, Some("http"), None)
-                .unwrap()
-                .to_string(),
+            origin(&config("", ""), &h, Some("http")),
             "http://127.0.0.1:3000"
         );
-        let h = headers(&[("spin-full-url", "https://images.example.com:8443/v2/?x=1")]);
+        let h = [
+            ("host", "internal:3000"),
+            ("x-forwarded-proto", "http, https"),
+            ("x-forwarded-host", "evil.example, images.example.com"),
+        ];
+        // The front proxy appends: its value is the last one.
         assert_eq!(
-            public_origin(&c, &h, None, None).unwrap().to_string(),
+            origin(&config("", "true"), &h, Some("http")),
+            "https://images.example.com"
+        );
+        let bad = [
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "[<img src=x onerror=alert(1)>]"),
+        ];
+        assert_eq!(origin(&config("", "true"), &bad, Some("http")), "error 400");
+    }
+
+    #[test]
+    fn request_scheme_and_host() {
+        let c = config("", "");
+        assert_eq!(
+            origin(&c, &[("host", "127.0.0.1:3000")], Some("http")),
+            "http://127.0.0.1:3000"
+        );
+        assert_eq!(
+            origin(&c, &[("host", "localhost:3000")], Some("http")),
+            "http://localhost:3000"
+        );
+        // A DNS name over plain HTTP is a TLS-terminating platform in front of Spin.
+        assert_eq!(
+            origin(&c, &[("host", "images.example.com")], Some("http")),
+            "https://images.example.com"
+        );
+        assert_eq!(
+            origin(&c, &[("host", "images.example.com:8443")], Some("https")),
             "https://images.example.com:8443"
         );
-        let h = headers(&[]);
         assert_eq!(
-            public_origin(&c, &h, Some("https"), Some("a.example"))
-                .unwrap()
-                .to_string(),
-            "https://a.example"
+            origin(&c, &[("host", "registry.lan:3000")], Some("http")),
+            "http://registry.lan:3000"
         );
+        let spin = [("spin-full-url", "https://images.example.com:8443/v2/?x=1")];
+        assert_eq!(origin(&c, &spin, None), "https://images.example.com:8443");
+        let h = public_origin(&c, &headers(&[]), Some("https"), Some("a.example")).unwrap();
+        assert_eq!(h.to_string(), "https://a.example");
     }
 
     #[test]
     fn hostile_host_is_refused() {
-        let c = config("");
-        let h = headers(&[("host", "a\",realm=\"evil")]);
-        assert_eq!(
-            public_origin(&c, &h, None, None).unwrap_err().status,
-            http::StatusCode::BAD_REQUEST
-        );
+        let c = config("", "");
+        for host in [
+            "a\",realm=\"evil",
+            "[<img src=x onerror=alert(1)>]",
+            "a b",
+            "user@host",
+            "host/path",
+        ] {
+            let h = headers(&[("host", host)]);
+            let e = public_origin(&c, &h, Some("http"), None).unwrap_err();
+            assert_eq!(e.status, http::StatusCode::BAD_REQUEST, "{host}");
+            assert!(!e.message.contains(host), "{}", e.message);
+        }
         assert!(public_origin(&c, &headers(&[]), None, None).is_err());
     }
 }

@@ -75,7 +75,7 @@ impl Route {
                 if !valid_tag(last) && !valid_digest(last) {
                     return Err(OciError::new(
                         StatusCode::BAD_REQUEST,
-                        "MANIFEST_INVALID",
+                        crate::error::ErrorCode::ManifestInvalid,
                         format!("invalid reference: {last}"),
                     ));
                 }
@@ -88,7 +88,7 @@ impl Route {
                 if !valid_digest(last) {
                     return Err(OciError::new(
                         StatusCode::BAD_REQUEST,
-                        "DIGEST_INVALID",
+                        crate::error::ErrorCode::DigestInvalid,
                         format!("invalid digest: {last}"),
                     ));
                 }
@@ -292,19 +292,19 @@ mod tests {
         );
         assert_eq!(
             Route::parse("/v2/A/manifests/x").unwrap_err().code,
-            "NAME_INVALID"
+            crate::error::ErrorCode::NameInvalid
         );
         assert_eq!(
             Route::parse("/v2/a/../b/manifests/x").unwrap_err().code,
-            "NAME_INVALID"
+            crate::error::ErrorCode::NameInvalid
         );
         assert_eq!(
             Route::parse("/v2/a/manifests/-x").unwrap_err().code,
-            "MANIFEST_INVALID"
+            crate::error::ErrorCode::ManifestInvalid
         );
         assert_eq!(
             Route::parse("/v2/a/blobs/latest").unwrap_err().code,
-            "DIGEST_INVALID"
+            crate::error::ErrorCode::DigestInvalid
         );
     }
 

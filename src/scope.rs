@@ -55,9 +55,39 @@ pub fn to_upstream<'a>(names: &NameMap, scopes: impl IntoIterator<Item = &'a str
     map_all(scopes, |n| Some(names.to_upstream(n)))
 }
 
-/// Upstream scopes in client names; those outside the prefix are dropped.
+/// Upstream scopes in client names. Only well-formed repository scopes inside the prefix and
+/// the catalog scope are kept: whatever else an upstream puts there stays home.
 pub fn to_client<'a>(names: &NameMap, scopes: impl IntoIterator<Item = &'a str>) -> Vec<String> {
-    map_all(scopes, |n| names.to_client(n))
+    let mut out: Vec<String> = Vec::new();
+    for s in scopes.into_iter().flat_map(str::split_whitespace) {
+        let Some((kind, rest)) = s.split_once(':') else {
+            continue;
+        };
+        let Some((name, actions)) = rest.rsplit_once(':') else {
+            continue;
+        };
+        let actions_ok = !actions.is_empty()
+            && actions
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b',' || b == b'*');
+        let kind_ok = kind == "repository"
+            || kind
+                .strip_prefix("repository(")
+                .and_then(|c| c.strip_suffix(')'))
+                .is_some_and(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphanumeric()));
+        let mapped = match kind {
+            "registry" if name == "catalog" => Some(name.to_string()),
+            _ if kind_ok && crate::route::valid_name(name) => names.to_client(name),
+            _ => None,
+        };
+        if let (Some(n), true) = (mapped, actions_ok) {
+            let m = format!("{kind}:{n}:{actions}");
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -132,6 +162,18 @@ mod tests {
         assert_eq!(
             first_invalid_name(["repository:a/b:pull", "registry:catalog:*"]),
             None
+        );
+    }
+
+    #[test]
+    fn client_scopes_are_strict() {
+        let m = NameMap::new("p", false);
+        assert_eq!(
+            to_client(
+                &m,
+                ["registry:catalog:* repository:p/a:pull garbage repository:p/A:pull repository:p/a:pull<x> registry:https://up:* repository(x y):p/a:pull"]
+            ),
+            ["registry:catalog:*", "repository:a:pull"]
         );
     }
 

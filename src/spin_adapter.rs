@@ -1,21 +1,32 @@
-//! The Spin side: read the variables, turn WASI HTTP values into `http` ones and back,
-//! perform the upstream requests the exchange asks for, and move body bytes host-side.
+//! The Spin side: read the variables, turn WASI HTTP values into `http` ones and back, perform
+//! the steps the exchange asks for, and move body bytes. It decides nothing about a response.
 
 use crate::config::Config;
-use crate::error::OciError;
-use crate::exchange::{Exchange, Failure, Incoming, Step};
+use crate::exchange::{Exchange, Incoming, Step};
+use crate::log::{self, Entry};
+use crate::reply::{ClientBody, ClientResponse};
+use crate::upstream_failure::Failure;
 use spin_sdk::http::{
     ErrorCode, Fields, IncomingRequest, IncomingResponse, Method as WasiMethod, OutgoingBody,
     OutgoingRequest, OutgoingResponse, ResponseOutparam, Scheme,
 };
 use spin_sdk::wit::wasi::http0_2_0::outgoing_handler;
-use spin_sdk::wit::wasi::http0_2_0::types::{IncomingBody, RequestOptions};
+use spin_sdk::wit::wasi::http0_2_0::types::{http_error_code, IncomingBody, RequestOptions};
 use std::time::{Duration, Instant};
+use wasi::io::streams::{InputStream, OutputStream, StreamError};
 
 /// Bytes copied per read. Copying through guest memory and flushing each chunk keeps one chunk
 /// in flight per body; a host-side splice held the runtime's receive buffers until the client
 /// took the bytes (measured: about 1 MB more per concurrent pull, at no better throughput).
 const COPY_BYTES: u64 = 64 << 10;
+
+/// What the log line reports about one request.
+struct Served {
+    status: u16,
+    bytes: u64,
+    /// Why the body stopped short, when it did.
+    problem: Option<String>,
+}
 
 #[spin_sdk::http_component]
 fn handle(req: IncomingRequest, out: ResponseOutparam) {
@@ -23,45 +34,42 @@ fn handle(req: IncomingRequest, out: ResponseOutparam) {
     let method = method_from_wasi(&req.method());
     let path_query = req.path_with_query().unwrap_or_else(|| "/".into());
     let path = path_query.split('?').next().unwrap_or("/").to_string();
-    let (status, upstream, bytes) = serve(req, out, method.clone(), &path_query);
-    log(&crate::log::line(
-        method.as_str(),
-        &path,
-        status,
-        upstream,
-        bytes,
-        started.elapsed(),
-    ));
+    let head_only = method == http::Method::HEAD;
+    let config = Config::from_variables(|name| spin_sdk::variables::get(name).ok());
+    let (served, upstream, cause) = match config {
+        Ok(config) => serve(config, req, out, method.clone(), &path_query),
+        Err(e) => {
+            let served = write(out, Exchange::unconfigured(&e, head_only), None);
+            (served, None, Some(format!("spin-registry-proxy: {e}")))
+        }
+    };
+    let cause = served.problem.or(cause);
+    write_log(&log::line(&Entry {
+        method: method.as_str(),
+        path: &path,
+        status: served.status,
+        upstream_status: upstream,
+        bytes: served.bytes,
+        elapsed: started.elapsed(),
+        cause: cause.as_deref(),
+    }));
 }
 
 /// One line to stderr in one write: `eprintln!` writes the newline separately, and lines of
 /// concurrent requests then run into each other.
-fn log(line: &str) {
+fn write_log(line: &str) {
     use std::io::Write;
     let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }
 
-fn config() -> Result<Config, String> {
-    let config = Config::from_variables(|name| spin_sdk::variables::get(name).ok());
-    config.map_err(|e| e.to_string())
-}
-
-/// Returns the status sent, the last upstream status and the body bytes sent.
+/// Drives the exchange; returns what was sent, the last upstream status and the error cause.
 fn serve(
+    config: Config,
     req: IncomingRequest,
     out: ResponseOutparam,
     method: http::Method,
     path_query: &str,
-) -> (u16, Option<u16>, u64) {
-    let head_only = method == http::Method::HEAD;
-    let config = match config() {
-        Ok(c) => c,
-        Err(e) => {
-            log(&format!("spin-registry-proxy: {e}"));
-            let r = OciError::config(e).response(head_only);
-            return (respond(out, r, head_only), None, 0);
-        }
-    };
+) -> (Served, Option<u16>, Option<String>) {
     let timeout = config.upstream_timeout;
     let (path, query) = match path_query.split_once('?') {
         Some((p, q)) => (p.to_string(), Some(q.to_string())),
@@ -75,27 +83,20 @@ fn serve(
         scheme: req.scheme().map(|s| scheme_name(&s)),
         authority: req.authority(),
     };
-    let body = if incoming.wants_body() {
-        match read_request_body(req, crate::token::MAX_FORM_BYTES) {
-            Some(b) => b,
-            None => {
-                let e = OciError::new(
-                    http::StatusCode::PAYLOAD_TOO_LARGE,
-                    "UNSUPPORTED",
-                    "token request too large",
-                );
-                return (respond(out, e.response(head_only), head_only), None, 0);
-            }
-        }
-    } else {
-        Vec::new()
-    };
-    let (mut exchange, mut step) = Exchange::start(config, incoming, body);
+    let mut request = Some(req);
+    let (mut exchange, mut step) = Exchange::start(config, incoming);
     // The upstream response whose body a later step may read or stream.
     let mut last: Option<IncomingResponse> = None;
     loop {
-        let upstream = exchange.upstream_status.map(|s| s.as_u16());
         step = match step {
+            Step::ReadRequest { limit } => {
+                let body = request.take().and_then(|r| r.consume().ok());
+                match body.map(|b| read_all(b, limit)) {
+                    Some(Ok(bytes)) => exchange.on_request_body(bytes),
+                    Some(Err(f)) => exchange.on_failure(f),
+                    None => exchange.on_failure(Failure::Other("no request body".into())),
+                }
+            }
             Step::Send(request) => {
                 last = None;
                 match send(request, timeout) {
@@ -107,19 +108,15 @@ fn serve(
                     Err(f) => exchange.on_failure(f),
                 }
             }
-            Step::ReadBody { limit } => match last.take().map(|r| read_response_body(r, limit)) {
+            Step::ReadResponse { limit } => match last.take().map(|r| read_response(r, limit)) {
                 Some(Ok(body)) => exchange.on_body(body),
                 Some(Err(f)) => exchange.on_failure(f),
-                None => exchange.on_failure(Failure::Unreachable("no response to read".into())),
+                None => exchange.on_failure(Failure::Other("no response to read".into())),
             },
-            Step::Respond(r) => {
-                let bytes = if head_only { 0 } else { r.body().len() as u64 };
-                return (respond(out, r, head_only), upstream, bytes);
-            }
-            Step::Stream(head) => {
-                let status = head.status().as_u16();
-                let bytes = stream(out, head, last.take(), head_only);
-                return (status, upstream, bytes);
+            Step::Reply(response) => {
+                let upstream = exchange.upstream_status.map(|s| s.as_u16());
+                let cause = exchange.cause().map(String::from);
+                return (write(out, response, last.take()), upstream, cause);
             }
         };
     }
@@ -189,22 +186,37 @@ fn head_from_wasi(resp: &IncomingResponse) -> http::Response<()> {
 }
 
 fn failure(code: ErrorCode) -> Failure {
-    let detail = format!("{code:?}");
     match code {
-        ErrorCode::HttpRequestDenied => Failure::Denied(detail),
-        ErrorCode::DnsTimeout
-        | ErrorCode::ConnectionTimeout
+        ErrorCode::DnsTimeout | ErrorCode::DnsError(_) | ErrorCode::DestinationNotFound => {
+            Failure::Dns
+        }
+        ErrorCode::ConnectionRefused => Failure::Refused,
+        ErrorCode::ConnectionTimeout
         | ErrorCode::ConnectionReadTimeout
         | ErrorCode::ConnectionWriteTimeout
-        | ErrorCode::HttpResponseTimeout => Failure::Timeout(detail),
-        _ => Failure::Unreachable(detail),
+        | ErrorCode::HttpResponseTimeout => Failure::Timeout,
+        ErrorCode::TlsProtocolError
+        | ErrorCode::TlsCertificateError
+        | ErrorCode::TlsAlertReceived(_) => Failure::Tls,
+        ErrorCode::HttpRequestDenied => Failure::Denied,
+        ErrorCode::ConnectionTerminated | ErrorCode::HttpResponseIncomplete => Failure::Reset,
+        other => Failure::Other(format!("{other:?}")),
+    }
+}
+
+fn stream_failure(e: StreamError) -> Failure {
+    match e {
+        StreamError::LastOperationFailed(err) => match http_error_code(&err) {
+            Some(code) => failure(code),
+            None => Failure::Other(err.to_debug_string()),
+        },
+        StreamError::Closed => Failure::Reset,
     }
 }
 
 fn send(request: http::Request<Vec<u8>>, timeout: Duration) -> Result<IncomingResponse, Failure> {
     let (parts, body) = request.into_parts();
-    let bad =
-        |what: &str| Failure::Unreachable(format!("could not build the upstream request: {what}"));
+    let bad = |what: &str| Failure::Other(format!("could not build the request: {what}"));
     let req = OutgoingRequest::new(headers_to_wasi(&parts.headers));
     req.set_method(&method_to_wasi(&parts.method))
         .map_err(|()| bad("method"))?;
@@ -230,157 +242,139 @@ fn send(request: http::Request<Vec<u8>>, timeout: Duration) -> Result<IncomingRe
     let future = outgoing_handler::handle(req, Some(options)).map_err(failure)?;
     if !body.is_empty() {
         let stream = outgoing_body.write().map_err(|()| bad("body stream"))?;
-        for chunk in body.chunks(4096) {
-            stream
-                .blocking_write_and_flush(chunk)
-                .map_err(|e| Failure::Unreachable(format!("sending the request body: {e:?}")))?;
-        }
+        write_all(&stream, &body).map_err(|(_, e)| stream_failure(e))?;
+        stream.blocking_flush().map_err(stream_failure)?;
     }
     OutgoingBody::finish(outgoing_body, None).map_err(failure)?;
     future.subscribe().block();
     match future.get() {
         Some(Ok(Ok(resp))) => Ok(resp),
         Some(Ok(Err(code))) => Err(failure(code)),
-        _ => Err(Failure::Unreachable("no response".into())),
+        _ => Err(Failure::Other("no response".into())),
     }
 }
 
 fn read_all(body: IncomingBody, limit: usize) -> Result<Vec<u8>, Failure> {
     let stream = body
         .stream()
-        .map_err(|()| Failure::Unreachable("body unavailable".into()))?;
+        .map_err(|()| Failure::Other("body unavailable".into()))?;
     let mut out = Vec::new();
     loop {
-        match stream.blocking_read(64 << 10) {
+        match stream.blocking_read(COPY_BYTES) {
             Ok(chunk) => {
                 out.extend_from_slice(&chunk);
                 if out.len() > limit {
                     return Err(Failure::TooLarge);
                 }
             }
-            Err(wasi::io::streams::StreamError::Closed) => return Ok(out),
-            Err(e) => return Err(Failure::Unreachable(format!("reading the body: {e:?}"))),
+            Err(StreamError::Closed) => return Ok(out),
+            Err(e) => return Err(stream_failure(e)),
         }
     }
 }
 
-fn read_request_body(req: IncomingRequest, limit: usize) -> Option<Vec<u8>> {
-    read_all(req.consume().ok()?, limit).ok()
-}
-
-fn read_response_body(resp: IncomingResponse, limit: usize) -> Result<Vec<u8>, Failure> {
+fn read_response(resp: IncomingResponse, limit: usize) -> Result<Vec<u8>, Failure> {
     let body = resp
         .consume()
-        .map_err(|()| Failure::Unreachable("body unavailable".into()))?;
+        .map_err(|()| Failure::Other("body unavailable".into()))?;
     read_all(body, limit)
 }
 
-fn outgoing_response(head: &http::response::Parts) -> OutgoingResponse {
-    let resp = OutgoingResponse::new(headers_to_wasi(&head.headers));
-    let _ = resp.set_status_code(head.status.as_u16());
-    resp
-}
-
-/// A HEAD response keeps the `Content-Length` of the GET it stands for, so it is sent without
-/// taking its body: the runtime checks a taken body against that length.
-fn send_head_only(out: ResponseOutparam, resp: OutgoingResponse, status: http::StatusCode) -> u16 {
-    ResponseOutparam::set(out, resp);
-    status.as_u16()
-}
-
-/// Writes a complete response; returns its status.
-fn respond(out: ResponseOutparam, r: http::Response<Vec<u8>>, head_only: bool) -> u16 {
-    let (parts, body) = r.into_parts();
-    let resp = outgoing_response(&parts);
-    if head_only {
-        return send_head_only(out, resp, parts.status);
+/// Sends the response: the head, then its bytes or the upstream body streamed.
+fn write(out: ResponseOutparam, r: ClientResponse, upstream: Option<IncomingResponse>) -> Served {
+    let (head, body) = r.into_parts();
+    let status = head.status().as_u16();
+    let expected = head
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let resp = OutgoingResponse::new(headers_to_wasi(head.headers()));
+    let _ = resp.set_status_code(status);
+    let served = |bytes, problem| Served {
+        status,
+        bytes,
+        problem,
+    };
+    if body == ClientBody::None {
+        // A HEAD keeps the GET's Content-Length, so its body is never taken: the runtime
+        // would check a taken body against that length.
+        ResponseOutparam::set(out, resp);
+        return served(0, None);
     }
     let Ok(outgoing_body) = resp.body() else {
-        return parts.status.as_u16();
+        return served(0, Some("response body unavailable".into()));
     };
     ResponseOutparam::set(out, resp);
-    if !body.is_empty() {
-        let Ok(stream) = outgoing_body.write() else {
-            return parts.status.as_u16();
-        };
-        for chunk in body.chunks(4096) {
-            if stream.blocking_write_and_flush(chunk).is_err() {
-                return parts.status.as_u16(); // the client went away
-            }
+    let Ok(output) = outgoing_body.write() else {
+        return served(0, Some("response body unavailable".into()));
+    };
+    let copied = match body {
+        ClientBody::Bytes(bytes) => write_all(&output, &bytes)
+            .map(|()| bytes.len() as u64)
+            .map_err(|(n, e)| (n as u64, format!("client went away: {e:?}"))),
+        ClientBody::Upstream => copy_upstream(upstream, &output),
+        ClientBody::None => Ok(0),
+    };
+    match copied {
+        Ok(n) => {
+            drop(output);
+            let _ = OutgoingBody::finish(outgoing_body, None);
+            served(n, None)
         }
+        // A client that closes once it has every byte it was promised has not failed.
+        Err((n, _)) if Some(n) == expected => served(n, None),
+        // Not finishing the body makes the runtime cut the response: the client sees a
+        // failed transfer, never a short blob that looks whole.
+        Err((n, problem)) => served(n, Some(problem)),
     }
-    let _ = OutgoingBody::finish(outgoing_body, None);
-    parts.status.as_u16()
 }
 
-/// Sends `head`, then splices the upstream body into the response host-side.
-/// Returns the bytes moved. A body cut short upstream is not finished, so the client sees
-/// the failure instead of a short blob.
-fn stream(
-    out: ResponseOutparam,
-    head: http::Response<()>,
+/// Copies the upstream body to the client; on failure, the bytes the client got and why.
+fn copy_upstream(
     upstream: Option<IncomingResponse>,
-    head_only: bool,
-) -> u64 {
-    let (parts, ()) = head.into_parts();
-    let resp = outgoing_response(&parts);
-    if head_only {
-        send_head_only(out, resp, parts.status);
-        return 0;
-    }
-    let Ok(outgoing_body) = resp.body() else {
-        return 0;
+    output: &OutputStream,
+) -> Result<u64, (u64, String)> {
+    let Some(body) = upstream.and_then(|u| u.consume().ok()) else {
+        return Ok(0);
     };
-    ResponseOutparam::set(out, resp);
-    let Some(source) = upstream.and_then(|u| u.consume().ok()) else {
-        let _ = OutgoingBody::finish(outgoing_body, None);
-        return 0;
-    };
-    let (Ok(input), Ok(output)) = (source.stream(), outgoing_body.write()) else {
-        return 0;
-    };
+    let input: InputStream = body
+        .stream()
+        .map_err(|()| (0, "upstream body unavailable".to_string()))?;
     let mut moved = 0u64;
     loop {
         let chunk = match input.blocking_read(COPY_BYTES) {
             Ok(c) => c,
-            Err(wasi::io::streams::StreamError::Closed) => break,
+            Err(StreamError::Closed) => break,
             Err(e) => {
-                log(&format!(
-                    "spin-registry-proxy: body interrupted after {moved} bytes: {e:?}"
-                ));
-                return moved;
+                let f = stream_failure(e);
+                return Err((moved, format!("upstream body interrupted: {f:?}")));
             }
         };
-        if let Err(e) = write_all(&output, &chunk).and_then(|()| output.blocking_flush()) {
-            log(&format!(
-                "spin-registry-proxy: client went away after {moved} bytes: {e:?}"
-            ));
-            return moved;
-        }
+        write_all(output, &chunk)
+            .map_err(|(n, e)| (moved + n as u64, format!("client went away: {e:?}")))?;
         moved += chunk.len() as u64;
     }
-    drop(output);
     drop(input);
-    let _ = OutgoingBody::finish(outgoing_body, None);
-    moved
+    drop(body);
+    Ok(moved)
 }
 
-/// Writes all of `bytes`, waiting for the client to take them as needed.
-fn write_all(
-    output: &wasi::io::streams::OutputStream,
-    mut bytes: &[u8],
-) -> Result<(), wasi::io::streams::StreamError> {
-    while !bytes.is_empty() {
-        let permit = output.check_write()?;
+/// Writes and flushes all of `bytes`, waiting for the reader to take them as needed; on
+/// failure, how many bytes the runtime had accepted.
+fn write_all(output: &OutputStream, bytes: &[u8]) -> Result<(), (usize, StreamError)> {
+    let mut done = 0;
+    while done < bytes.len() {
+        let permit = output.check_write().map_err(|e| (done, e))?;
         if permit == 0 {
             output.subscribe().block();
             continue;
         }
-        let n = bytes
-            .len()
-            .min(usize::try_from(permit).unwrap_or(usize::MAX));
-        output.write(&bytes[..n])?;
-        bytes = &bytes[n..];
+        let n = (bytes.len() - done).min(usize::try_from(permit).unwrap_or(usize::MAX));
+        output
+            .write(&bytes[done..done + n])
+            .map_err(|e| (done, e))?;
+        done += n;
     }
-    Ok(())
+    output.blocking_flush().map_err(|e| (done, e))
 }

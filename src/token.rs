@@ -1,23 +1,38 @@
 //! The proxy's token endpoint: what a client asks for, and what the upstream's realm is asked.
 //!
-//! Bearer upstreams: the request is forwarded to the upstream's realm with scopes in upstream
-//! names, and its token comes back untouched. Basic (htpasswd) upstreams: the credentials are
-//! checked against the upstream and handed back wrapped as a bearer token, which the proxy
-//! unwraps into `Authorization: Basic` on the way upstream.
+//! The request goes to the upstream's Bearer realm with scopes in upstream names, and the
+//! realm's token comes back untouched: the proxy mints no token that grants anything. The one
+//! token it makes itself, `anonymous`, stands for "no credentials" and is dropped on the way
+//! upstream. Basic upstreams get no token endpoint at all: the proxy challenges with Basic
+//! and forwards the client's credentials to the upstream with each request, so no token of
+//! the proxy's making ever holds a credential, and none can be forged or replayed elsewhere.
 
 use crate::names::NameMap;
 use crate::scope;
 use http::HeaderValue;
 use url::form_urlencoded;
 
-/// Prefix of a token that carries Basic credentials for a Basic upstream.
-const BASIC_TOKEN_PREFIX: &str = "pxb.";
-/// The token given where the upstream asks for no credentials, or none were offered.
+/// The token given where the upstream asks for no credentials and none were offered.
 pub const ANONYMOUS_TOKEN: &str = "anonymous";
-/// Lifetime of the tokens the proxy issues itself.
-pub const ISSUED_TOKEN_SECONDS: u64 = 300;
+/// Lifetime the anonymous token claims (it never expires in effect: it grants nothing).
+pub const ANONYMOUS_TOKEN_SECONDS: u64 = 300;
 /// Largest token request form the proxy reads.
 pub const MAX_FORM_BYTES: usize = 64 << 10;
+
+/// Parameters a token request may carry to the realm (the distribution token spec and its
+/// OAuth2 form); anything else a client adds goes nowhere.
+const PARAMS: [&str; 10] = [
+    "scope",
+    "service",
+    "account",
+    "client_id",
+    "offline_token",
+    "grant_type",
+    "username",
+    "password",
+    "refresh_token",
+    "access_type",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRequest {
@@ -28,15 +43,21 @@ pub struct TokenRequest {
     pub basic: Option<HeaderValue>,
 }
 
+fn is_scheme(value: &HeaderValue, scheme: &str) -> bool {
+    value.to_str().is_ok_and(|s| {
+        s.len() > scheme.len() + 1
+            && s[..scheme.len()].eq_ignore_ascii_case(scheme)
+            && s.as_bytes()[scheme.len()] == b' '
+    })
+}
+
 impl TokenRequest {
     pub fn new(form: bool, encoded: &[u8], authorization: Option<&HeaderValue>) -> Self {
-        let params = form_urlencoded::parse(encoded).into_owned().collect();
-        let basic = authorization
-            .filter(|v| {
-                v.to_str()
-                    .is_ok_and(|s| s.len() > 6 && s[..6].eq_ignore_ascii_case("basic "))
-            })
-            .cloned();
+        let params = form_urlencoded::parse(encoded)
+            .into_owned()
+            .filter(|(k, _)| PARAMS.contains(&k.as_str()))
+            .collect();
+        let basic = authorization.filter(|v| is_scheme(v, "basic")).cloned();
         Self {
             form,
             params,
@@ -56,6 +77,25 @@ impl TokenRequest {
             .iter()
             .filter(|(k, _)| k == "scope")
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the client sent credentials of any kind: they must reach a realm or be refused,
+    /// never be dropped for an anonymous token.
+    pub fn offers_credentials(&self) -> bool {
+        self.basic.is_some()
+            || matches!(self.get("grant_type"), Some("password" | "refresh_token"))
+            || self.get("refresh_token").is_some()
+            || self.get("password").is_some()
+    }
+
+    /// The first repository the scopes name, in client names.
+    pub fn first_repository(&self) -> Option<String> {
+        self.scopes().flat_map(str::split_whitespace).find_map(|s| {
+            let (kind, rest) = s.split_once(':')?;
+            let (name, _) = rest.rsplit_once(':')?;
+            let repository = kind == "repository" || kind.starts_with("repository(");
+            (repository && crate::route::valid_name(name)).then(|| name.to_string())
+        })
     }
 
     /// Parameters for the upstream realm: scopes mapped, `service` the upstream's own.
@@ -88,8 +128,10 @@ impl TokenRequest {
         names: &NameMap,
     ) -> url::Url {
         let mut url = realm.clone();
-        url.query_pairs_mut()
-            .extend_pairs(self.upstream_params(service, names));
+        let params = self.upstream_params(service, names);
+        if !params.is_empty() {
+            url.query_pairs_mut().extend_pairs(params);
+        }
         url
     }
 
@@ -99,85 +141,30 @@ impl TokenRequest {
             .extend_pairs(self.upstream_params(service, names))
             .finish()
     }
-
-    /// Base64 `user:password` the client offered, in whichever way it offered them.
-    pub fn basic_credentials(&self) -> Option<String> {
-        if let Some(v) = &self.basic {
-            return v.to_str().ok().map(|s| s[6..].trim().to_string());
-        }
-        match self.get("grant_type") {
-            Some("password") => {
-                let user = self.get("username")?;
-                let pass = self.get("password")?;
-                Some(base64(format!("{user}:{pass}").as_bytes()))
-            }
-            Some("refresh_token") => self
-                .get("refresh_token")?
-                .strip_prefix(BASIC_TOKEN_PREFIX)
-                .map(String::from),
-            _ => None,
-        }
-    }
 }
 
-/// The bearer token that stands for Basic credentials.
-pub fn wrap_basic(b64: &str) -> String {
-    format!("{BASIC_TOKEN_PREFIX}{b64}")
-}
-
-/// The `Authorization` to send upstream for what the client sent: wrapped Basic credentials
-/// unwrapped, the anonymous token dropped, anything else verbatim.
+/// The `Authorization` to send upstream for what the client sent: Basic credentials and
+/// Bearer tokens (the upstream realm's own) pass; the anonymous token and other schemes do not.
 pub fn upstream_authorization(client: Option<&HeaderValue>) -> Option<HeaderValue> {
     let value = client?;
-    let Some(token) = value.to_str().ok().and_then(|s| {
-        (s.len() > 7 && s[..7].eq_ignore_ascii_case("bearer ")).then(|| s[7..].trim())
-    }) else {
+    if is_scheme(value, "basic") {
         return Some(value.clone());
-    };
-    if token == ANONYMOUS_TOKEN {
+    }
+    if !is_scheme(value, "bearer") {
         return None;
     }
-    match token.strip_prefix(BASIC_TOKEN_PREFIX) {
-        Some(b64) => HeaderValue::from_str(&format!("Basic {b64}")).ok(),
-        None => Some(value.clone()),
-    }
+    let token = value.to_str().ok()?[7..].trim();
+    (token != ANONYMOUS_TOKEN && !token.is_empty()).then(|| value.clone())
 }
 
-/// A token response as registries send it; a refresh token lets containerd renew it.
-pub fn token_json(token: &str, refresh: bool, issued_at: Option<&str>) -> Vec<u8> {
-    let mut v = serde_json::json!({
-        "token": token,
-        "access_token": token,
-        "expires_in": ISSUED_TOKEN_SECONDS,
+/// The anonymous token response, shaped as registries send theirs.
+pub fn anonymous_token_json() -> Vec<u8> {
+    let v = serde_json::json!({
+        "token": ANONYMOUS_TOKEN,
+        "access_token": ANONYMOUS_TOKEN,
+        "expires_in": ANONYMOUS_TOKEN_SECONDS,
     });
-    if let Some(t) = issued_at {
-        v["issued_at"] = t.into();
-    }
-    if refresh {
-        v["refresh_token"] = token.into();
-    }
     serde_json::to_vec(&v).unwrap_or_default()
-}
-
-fn base64(input: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -189,27 +176,16 @@ mod tests {
     }
 
     #[test]
-    fn base64_matches_rfc4648() {
-        for (i, o) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("alice:s3cret", "YWxpY2U6czNjcmV0"),
-        ] {
-            assert_eq!(base64(i.as_bytes()), o);
-        }
-    }
-
-    #[test]
     fn get_with_many_scopes_keeps_realm_query() {
-        let r = TokenRequest::new(false, b"account=alice&service=proxy.example&scope=repository:web:pull&scope=repository:db:pull", None);
+        let r = TokenRequest::new(false, b"account=alice&service=proxy.example&scope=repository:web:pull&scope=repository:db:pull&evil=1", None);
         let realm = url::Url::parse("https://auth.example/token?x=1").unwrap();
         let u = r.upstream_url(&realm, Some("registry.example"), &names());
         assert_eq!(
             u.as_str(),
             "https://auth.example/token?x=1&account=alice&service=registry.example&scope=repository%3Ateam%2Fapp%2Fweb%3Apull&scope=repository%3Ateam%2Fapp%2Fdb%3Apull"
         );
+        assert_eq!(r.first_repository().as_deref(), Some("web"));
+        assert!(!r.offers_credentials());
     }
 
     #[test]
@@ -226,7 +202,8 @@ mod tests {
             u.query(),
             Some("account=alice&client_id=docker&offline_token=true&service=reg")
         );
-        assert_eq!(r.basic_credentials().as_deref(), Some("YWxpY2U6czNjcmV0"));
+        assert!(r.offers_credentials());
+        assert_eq!(r.first_repository(), None);
     }
 
     #[test]
@@ -240,50 +217,28 @@ mod tests {
             r.upstream_form(Some("reg"), &names()),
             "grant_type=password&username=alice&password=s3cret&client_id=containerd-client&service=reg&scope=repository%3Ateam%2Fapp%2Fweb%3Apull+repository%3Ateam%2Fapp%2Fteam%2Fapp%2Fweb%3Apull"
         );
-        assert_eq!(r.basic_credentials().as_deref(), Some("YWxpY2U6czNjcmV0"));
-    }
-
-    #[test]
-    fn refresh_grant_with_a_wrapped_token() {
-        let r = TokenRequest::new(
-            true,
-            b"grant_type=refresh_token&refresh_token=pxb.YWxpY2U6czNjcmV0",
-            None,
-        );
-        assert_eq!(r.basic_credentials().as_deref(), Some("YWxpY2U6czNjcmV0"));
-        let r = TokenRequest::new(
-            true,
-            b"grant_type=refresh_token&refresh_token=upstream-token",
-            None,
-        );
-        assert_eq!(r.basic_credentials(), None);
+        assert!(r.offers_credentials());
+        let refresh = TokenRequest::new(true, b"grant_type=refresh_token&refresh_token=x", None);
+        assert!(refresh.offers_credentials());
     }
 
     #[test]
     fn authorization_mapping() {
-        let wrapped =
-            HeaderValue::from_str(&format!("Bearer {}", wrap_basic("YWxpY2U6czNjcmV0"))).unwrap();
-        assert_eq!(
-            upstream_authorization(Some(&wrapped)).unwrap(),
-            "Basic YWxpY2U6czNjcmV0"
-        );
+        let basic = HeaderValue::from_static("Basic YWxpY2U6czNjcmV0");
+        assert_eq!(upstream_authorization(Some(&basic)).unwrap(), basic);
         let anon = HeaderValue::from_static("Bearer anonymous");
         assert_eq!(upstream_authorization(Some(&anon)), None);
         let jwt = HeaderValue::from_static("Bearer eyJ.x.y");
-        assert_eq!(
-            upstream_authorization(Some(&jwt)).unwrap(),
-            "Bearer eyJ.x.y"
-        );
+        assert_eq!(upstream_authorization(Some(&jwt)).unwrap(), jwt);
+        let other = HeaderValue::from_static("Negotiate abc");
+        assert_eq!(upstream_authorization(Some(&other)), None);
         assert_eq!(upstream_authorization(None), None);
     }
 
     #[test]
-    fn issued_token_json() {
-        let v: serde_json::Value =
-            serde_json::from_slice(&token_json("pxb.x", true, None)).unwrap();
-        assert_eq!(v["token"], "pxb.x");
-        assert_eq!(v["access_token"], "pxb.x");
-        assert_eq!(v["refresh_token"], "pxb.x");
-        assert_eq!(v["expires_in"], 300);
+    fn anonymous_token_grants_nothing_and_holds_nothing() {
+        let v: serde_json::Value = serde_json::from_slice(&anonymous_token_json()).unwrap();
+        assert_eq!(v["token"], ANONYMOUS_TOKEN);
+        assert!(v.get("refresh_token").is_none());
     }
 }

@@ -1,14 +1,17 @@
+//! Exchanges driven by `simulate::run`: a scripted upstream answers, the client's view is
+//! asserted, and every run is also held to every invariant (`simulate::check`).
+
 use super::*;
+use crate::simulate::{self, Canned, Run, AUTH, CDN, UPSTREAM};
 
 const D: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
-const UP: &str = "http://127.0.0.1:5000";
 
 fn config(extra: &[(&str, &str)]) -> Config {
     Config::from_variables(|k| {
         let defaults = [
-            ("upstream", UP),
-            ("upstream_auth", "http://127.0.0.2:5001"),
-            ("upstream_cdn", "http://127.0.0.3:5002"),
+            ("upstream", UPSTREAM),
+            ("upstream_auth", AUTH),
+            ("upstream_cdn", CDN),
         ];
         extra
             .iter()
@@ -29,9 +32,9 @@ fn incoming(
         None => (path_query.to_string(), None),
     };
     let mut h = HeaderMap::new();
-    h.insert("host", HeaderValue::from_static("images.example.com:3000"));
+    h.insert("host", HeaderValue::from_static("127.0.0.1:3000"));
     for (k, v) in headers {
-        h.append(*k, HeaderValue::from_static(v));
+        h.insert(*k, HeaderValue::from_static(v));
     }
     Incoming {
         method,
@@ -43,572 +46,726 @@ fn incoming(
     }
 }
 
-fn start(cfg: Config, req: Incoming) -> (Exchange, Step) {
-    Exchange::start(cfg, req, Vec::new())
+/// Runs one exchange against a scripted upstream and checks every invariant.
+fn drive(
+    cfg: &Config,
+    req: Incoming,
+    body: &[u8],
+    upstream: impl FnMut(&Request<Vec<u8>>) -> Result<Canned, Failure>,
+) -> Run {
+    let run = simulate::run(cfg.clone(), req.clone(), body, upstream);
+    if let Err(e) = simulate::check(cfg, &req, &run) {
+        panic!("invariant broken: {e}\n{run:?}");
+    }
+    run
 }
 
-fn sent(step: Step) -> Request<Vec<u8>> {
-    match step {
-        Step::Send(r) => r,
-        other => panic!("expected Send, got {other:?}"),
+/// Answers by request path (and query, when the key has one); 404 otherwise.
+fn routes(
+    table: Vec<(&'static str, Canned)>,
+) -> impl FnMut(&Request<Vec<u8>>) -> Result<Canned, Failure> {
+    move |r| {
+        let pq = r.uri().path_and_query().map(|p| p.as_str()).unwrap_or("");
+        let origin = format!(
+            "{}://{}",
+            r.uri().scheme_str().unwrap_or(""),
+            r.uri().authority().map(|a| a.as_str()).unwrap_or("")
+        );
+        let found = table.iter().find(|(k, _)| {
+            let key = k.strip_prefix(&origin).unwrap_or(k);
+            key == pq || (!key.contains('?') && key == r.uri().path())
+        });
+        Ok(found
+            .map(|(_, c)| c.clone())
+            .unwrap_or_else(|| Canned::new(404)))
     }
 }
 
-fn streamed(step: Step) -> Response<()> {
-    match step {
-        Step::Stream(r) => r,
-        other => panic!("expected Stream, got {other:?}"),
-    }
-}
-
-fn responded(step: Step) -> Response<Vec<u8>> {
-    match step {
-        Step::Respond(r) => r,
-        other => panic!("expected Respond, got {other:?}"),
-    }
-}
-
-fn upstream(status: u16, headers: &[(&'static str, &'static str)]) -> Response<()> {
-    let mut r = Response::new(());
-    *r.status_mut() = StatusCode::from_u16(status).unwrap();
-    for (k, v) in headers {
-        r.headers_mut().append(*k, HeaderValue::from_static(v));
-    }
-    r
-}
-
-fn header<'a, B>(r: &'a Response<B>, name: &str) -> &'a str {
-    r.headers()
+fn header<'a>(run: &'a Run, name: &str) -> &'a str {
+    run.reply
+        .head()
+        .headers()
         .get(name)
         .map(|v| v.to_str().unwrap())
         .unwrap_or("")
 }
 
-fn error_code(r: &Response<Vec<u8>>) -> String {
-    let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+fn status(run: &Run) -> u16 {
+    run.reply.status().as_u16()
+}
+
+fn error_code(run: &Run) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&run.body).unwrap();
     v["errors"][0]["code"].as_str().unwrap().to_string()
+}
+
+fn bearer(realm: &str, scope: &str) -> Canned {
+    Canned::new(401).header(
+        "www-authenticate",
+        format!("Bearer realm=\"{realm}\",service=\"reg\",scope=\"{scope}\""),
+    )
 }
 
 #[test]
 fn base_challenge_names_the_proxy_realm() {
-    let (mut ex, step) = start(config(&[]), incoming(Method::GET, "/v2/", &[]));
-    let req = sent(step);
-    assert_eq!(req.uri(), "http://127.0.0.1:5000/v2/");
-    let head = upstream(
-        401,
-        &[(
-            "www-authenticate",
-            r#"Bearer realm="http://127.0.0.2:5001/token",service="registry.example""#,
-        )],
-    );
-    let r = responded(ex.on_response(head));
-    assert_eq!(error_code(&r), "UNAUTHORIZED");
+    let cfg = config(&[]);
+    let run = drive(&cfg, incoming(Method::GET, "/v2/", &[]), b"", |_| {
+        Ok(bearer(&format!("{AUTH}/token"), ""))
+    });
+    assert_eq!(status(&run), 401);
     assert_eq!(
-        header(&r, "www-authenticate"),
-        r#"Bearer realm="http://images.example.com:3000/token",service="images.example.com:3000""#
+        header(&run, "www-authenticate"),
+        r#"Bearer realm="http://127.0.0.1:3000/token",service="127.0.0.1:3000""#
     );
 }
 
 #[test]
-fn manifest_head_maps_name_keeps_head_accept_and_drops_runtime_headers() {
+fn manifest_head_maps_name_and_keeps_only_allowed_headers() {
     let cfg = config(&[("repository_prefix", "team/app")]);
     let req = incoming(
         Method::HEAD,
-        "/v2/web/manifests/1.0?ns=docker.io",
+        "/v2/web/manifests/1.0?ns=docker.io&x=1",
         &[
-            ("accept", "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json"),
-            ("authorization", "Bearer abc"),
-            ("spin-full-url", "http://images.example.com:3000/v2/web/manifests/1.0"),
-            ("connection", "keep-alive"),
+            ("accept", "application/vnd.oci.image.index.v1+json"),
+            ("cookie", "session=1"),
+            ("referer", "https://evil.example"),
+            ("authorization", "Bearer upstream-token"),
+            ("accept-encoding", "gzip"),
         ],
     );
-    let (mut ex, step) = start(cfg, req);
-    let up = sent(step);
-    assert_eq!(up.method(), Method::HEAD);
+    let run = drive(&cfg, req, b"", |_| {
+        Ok(Canned::new(200)
+            .header("content-type", "application/vnd.oci.image.index.v1+json")
+            .header("content-length", "527")
+            .header("docker-content-digest", D)
+            .header("set-cookie", "a=b")
+            .header("strict-transport-security", "max-age=1"))
+    });
+    let [sent] = run.sent.as_slice() else {
+        panic!("{:?}", run.sent)
+    };
+    assert_eq!(sent.method(), Method::HEAD);
     assert_eq!(
-        up.uri(),
+        sent.uri().to_string(),
         "http://127.0.0.1:5000/v2/team/app/web/manifests/1.0"
     );
-    assert_eq!(up.headers()["accept"], "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json");
-    assert_eq!(up.headers()["authorization"], "Bearer abc");
-    assert!(
-        up.headers().get("spin-full-url").is_none() && up.headers().get("connection").is_none()
-    );
-    let head = upstream(
-        401,
-        &[(
-            "www-authenticate",
-            r#"Bearer realm="http://127.0.0.2:5001/token",service="reg",scope="repository:team/app/web:pull",error="insufficient_scope""#,
-        )],
-    );
-    let r = responded(ex.on_response(head));
-    assert!(r.body().is_empty(), "HEAD has no body");
-    let c = challenge::parse(header(&r, "www-authenticate"));
-    assert_eq!(c.len(), 1);
-    assert_eq!(
-        c[0].param("realm"),
-        Some("http://images.example.com:3000/token")
-    );
-    assert_eq!(c[0].param("scope"), Some("repository:web:pull"));
-    assert_eq!(c[0].param("error"), Some("insufficient_scope"));
+    let mut names: Vec<_> = sent.headers().keys().map(|k| k.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["accept", "accept-encoding", "authorization"]);
+    assert_eq!(sent.headers()["accept-encoding"], "identity");
+    assert_eq!(status(&run), 200);
+    assert_eq!(header(&run, "content-length"), "527");
+    assert_eq!(header(&run, "docker-content-digest"), D);
+    assert_eq!(header(&run, "set-cookie"), "");
+    assert_eq!(header(&run, "strict-transport-security"), "");
 }
 
 #[test]
-fn quay_style_multi_challenge_becomes_one_bearer() {
-    let (mut ex, step) = start(
-        config(&[]),
-        incoming(Method::GET, "/v2/a/manifests/latest", &[]),
-    );
-    sent(step);
-    let head = upstream(
-        401,
-        &[(
-            "www-authenticate",
-            r#"Basic realm="quay.io", Bearer scope="repository:a:pull",service="quay.io",realm="http://127.0.0.1:5000/v2/auth""#,
-        )],
-    );
-    let r = responded(ex.on_response(head));
-    assert!(!String::from_utf8_lossy(r.body()).contains("quay"));
-    assert_eq!(r.headers().get_all("www-authenticate").iter().count(), 1);
-    let c = challenge::parse(header(&r, "www-authenticate"));
-    assert_eq!((c.len(), c[0].scheme.as_str()), (1, "bearer"));
-    assert_eq!(
-        c[0].param("realm"),
-        Some("http://images.example.com:3000/token")
-    );
+fn every_401_carries_the_proxy_challenge() {
+    let cfg = config(&[("repository_prefix", "team")]);
+    let challenges: [&[u8]; 5] = [
+        b"Basic realm=\"quay.io\", Bearer realm=\"http://127.0.0.1:5000/v2/auth\",service=\"quay.io\",scope=\"repository:team/web:pull\"",
+        b"Bearer realm=\"\xc3\xa9\"",
+        b"Bearer realm=\"http://127.0.0.1:5000/v2/auth\",scope=\"repository:other/x:pull\"",
+        b"garbage,,,",
+        b"",
+    ];
+    for c in challenges {
+        let req = incoming(Method::GET, "/v2/web/manifests/1.0", &[]);
+        let run = drive(&cfg, req, b"", |_| {
+            let mut answer = Canned::new(401)
+                .header("content-encoding", "gzip")
+                .header("etag", "\"x\"")
+                .body(b"\x1f\x8bnot json");
+            if !c.is_empty() {
+                answer = answer.header("www-authenticate", c);
+            }
+            Ok(answer)
+        });
+        assert_eq!(status(&run), 401);
+        assert_eq!(
+            header(&run, "www-authenticate"),
+            r#"Bearer realm="http://127.0.0.1:3000/token",service="127.0.0.1:3000",scope="repository:web:pull""#,
+            "{}",
+            String::from_utf8_lossy(c)
+        );
+        assert_eq!(error_code(&run), "UNAUTHORIZED");
+        assert_eq!(header(&run, "content-encoding"), "");
+        assert_eq!(header(&run, "etag"), "");
+    }
 }
 
 #[test]
-fn basic_upstream_challenge_gets_a_route_scope() {
-    let (mut ex, step) = start(
-        config(&[]),
-        incoming(Method::HEAD, "/v2/private/x/manifests/1", &[]),
+fn basic_upstreams_get_a_basic_challenge_and_credentials_pass_through() {
+    let cfg = config(&[]);
+    let run = drive(&cfg, incoming(Method::GET, "/v2/", &[]), b"", |_| {
+        Ok(Canned::new(401).header("www-authenticate", "Basic realm=\"upstream-realm\""))
+    });
+    assert_eq!(
+        header(&run, "www-authenticate"),
+        r#"Basic realm="127.0.0.1:3000""#
     );
-    sent(step);
-    let r = responded(ex.on_response(upstream(
-        401,
-        &[("www-authenticate", r#"Basic realm="Registry Realm""#)],
-    )));
-    let c = challenge::parse(header(&r, "www-authenticate"));
-    assert_eq!(c[0].scheme, "bearer");
-    assert_eq!(c[0].param("scope"), Some("repository:private/x:pull"));
+    let req = incoming(
+        Method::GET,
+        "/v2/",
+        &[("authorization", "Basic YWxpY2U6czNjcmV0")],
+    );
+    let run = drive(&cfg, req, b"", |r| {
+        assert_eq!(r.headers()["authorization"], "Basic YWxpY2U6czNjcmV0");
+        Ok(Canned::new(200))
+    });
+    assert_eq!(status(&run), 200);
+    // The token endpoint mints nothing for a Basic upstream.
+    let req = incoming(
+        Method::GET,
+        "/token?service=x&scope=repository:web:pull",
+        &[("authorization", "Basic YWxpY2U6czNjcmV0")],
+    );
+    let run = drive(&cfg, req, b"", |_| {
+        Ok(Canned::new(401).header("www-authenticate", "Basic realm=\"upstream-realm\""))
+    });
+    assert_eq!(status(&run), 400);
+    assert!(!String::from_utf8_lossy(&run.body).contains("YWxp"));
 }
 
 #[test]
 fn docker_hub_library_in_path() {
     let cfg = config(&[("upstream", "https://registry-1.docker.io")]);
-    let (_, step) = start(cfg, incoming(Method::GET, "/v2/alpine/manifests/3.20", &[]));
+    let run = drive(
+        &cfg,
+        incoming(Method::GET, "/v2/alpine/manifests/3", &[]),
+        b"",
+        |_| Ok(Canned::new(200)),
+    );
     assert_eq!(
-        sent(step).uri(),
-        "https://registry-1.docker.io/v2/library/alpine/manifests/3.20"
+        run.sent[0].uri().to_string(),
+        "https://registry-1.docker.io/v2/library/alpine/manifests/3"
     );
 }
 
-fn blob_redirect(policy: &str) -> (Exchange, Step) {
+fn blob_redirect(policy: &str, location: &'static str) -> (Config, Run) {
     let cfg = config(&[("blob_redirect", policy)]);
     let req = incoming(
         Method::GET,
-        &format!("/v2/a/blobs/{D}"),
-        &[("authorization", "Bearer secret"), ("range", "bytes=100-")],
+        &format!("/v2/web/blobs/{D}"),
+        &[
+            ("authorization", "Bearer tok"),
+            ("range", "bytes=5-"),
+            ("cookie", "c=1"),
+        ],
     );
-    let (mut ex, step) = start(cfg, req);
-    sent(step);
-    let step = ex.on_response(upstream(
-        307,
-        &[(
-            "location",
-            "http://127.0.0.3:5002/docker/registry/v2/blobs/x/data",
-        )],
-    ));
-    (ex, step)
+    let run = drive(&cfg, req, b"", move |r| {
+        Ok(match r.uri().authority().map(|a| a.as_str()) {
+            Some("127.0.0.1:5000") => Canned::new(307)
+                .header("location", location)
+                .header("link", "</v2/web/tags/list>; rel=\"next\"")
+                .body("<a href=\"...\">Temporary Redirect</a>"),
+            _ => Canned::new(206)
+                .header("content-range", "bytes 5-9/10")
+                .header("link", "<http://127.0.0.3:5002/x>; rel=\"next\"")
+                .body("56789"),
+        })
+    });
+    (cfg, run)
 }
 
 #[test]
 fn pass_hands_the_cdn_redirect_to_the_client() {
-    let (_, step) = blob_redirect("pass");
-    let r = streamed(step);
-    assert_eq!(r.status(), 307);
-    assert_eq!(
-        header(&r, "location"),
-        "http://127.0.0.3:5002/docker/registry/v2/blobs/x/data"
-    );
+    let (_, run) = blob_redirect("pass", "http://127.0.0.3:5002/blob?sig=1");
+    assert_eq!(status(&run), 307);
+    assert_eq!(header(&run, "location"), "http://127.0.0.3:5002/blob?sig=1");
+    assert_eq!(header(&run, "content-length"), "0");
+    assert_eq!(header(&run, "link"), "");
+    assert_eq!(run.sent.len(), 1);
 }
 
 #[test]
 fn follow_fetches_the_cdn_without_credentials_and_keeps_range() {
-    let (mut ex, step) = blob_redirect("follow");
-    let cdn = sent(step);
-    assert_eq!(
-        cdn.uri(),
-        "http://127.0.0.3:5002/docker/registry/v2/blobs/x/data"
-    );
-    assert!(cdn.headers().get("authorization").is_none());
-    assert_eq!(cdn.headers()["range"], "bytes=100-");
-    let r = streamed(ex.on_response(upstream(
-        206,
-        &[
-            ("content-range", "bytes 100-199/200"),
-            ("content-length", "100"),
-        ],
-    )));
-    assert_eq!(r.status(), 206);
-    assert_eq!(header(&r, "content-range"), "bytes 100-199/200");
-    assert_eq!(header(&r, "docker-content-digest"), D);
+    let (_, run) = blob_redirect("follow", "http://127.0.0.3:5002/blob?sig=1");
+    assert_eq!(status(&run), 206);
+    assert_eq!(run.body, b"56789");
+    let cdn = &run.sent[1];
+    assert_eq!(cdn.uri().to_string(), "http://127.0.0.3:5002/blob?sig=1");
+    let mut names: Vec<_> = cdn.headers().keys().map(|k| k.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["accept-encoding", "range"]);
+    assert_eq!(header(&run, "docker-content-digest"), D);
+    assert_eq!(header(&run, "link"), "");
 }
 
 #[test]
-fn follow_refuses_hosts_not_configured() {
-    let cfg = config(&[("blob_redirect", "follow")]);
-    let (mut ex, step) = start(cfg, incoming(Method::GET, &format!("/v2/a/blobs/{D}"), &[]));
-    sent(step);
-    let r = responded(ex.on_response(upstream(
-        302,
-        &[("location", "https://storage.evil.example/x")],
-    )));
-    assert_eq!(r.status(), 502);
-    assert!(String::from_utf8_lossy(r.body()).contains("https://storage.evil.example"));
+fn redirects_outside_configuration_are_refused() {
+    for target in [
+        "http://127.0.0.4:6666/steal",
+        "http://127.0.0.1:5000@127.0.0.4:6666/x",
+        "http://user:pw@127.0.0.3:5002/x",
+        "ftp://127.0.0.3/x",
+    ] {
+        let (_, run) = blob_redirect("follow", target);
+        assert_eq!(status(&run), 502, "{target}");
+        assert_eq!(run.sent.len(), 1, "{target}");
+        assert!(!String::from_utf8_lossy(&run.body).contains("127.0.0."));
+    }
 }
 
 #[test]
 fn relative_redirect_is_followed_on_the_upstream_with_credentials() {
-    // Artifact Registry answers blob GETs with a relative 302 to /artifacts-downloads/...
-    let (mut ex, step) = start(
-        config(&[]),
-        incoming(
-            Method::GET,
-            &format!("/v2/a/blobs/{D}"),
-            &[("authorization", "Bearer t")],
-        ),
+    let cfg = config(&[]);
+    let req = incoming(
+        Method::GET,
+        &format!("/v2/web/blobs/{D}"),
+        &[("authorization", "Bearer tok")],
     );
-    sent(step);
-    let next = sent(ex.on_response(upstream(
-        302,
-        &[("location", "/artifacts-downloads/namespaces/p/x?sig=1")],
-    )));
-    assert_eq!(
-        next.uri(),
-        "http://127.0.0.1:5000/artifacts-downloads/namespaces/p/x?sig=1"
+    let run = drive(
+        &cfg,
+        req,
+        b"",
+        routes(vec![
+            (
+                "/v2/web/blobs/sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                Canned::new(302).header("location", "/artifacts-downloads/x?token=opaque%2Bsig"),
+            ),
+            ("/artifacts-downloads/x?token=opaque%2Bsig", Canned::new(200).body("blob")),
+        ]),
     );
-    assert_eq!(next.headers()["authorization"], "Bearer t");
-    let r = streamed(ex.on_response(upstream(200, &[("content-length", "5")])));
-    assert_eq!(r.status(), 200);
+    assert_eq!(status(&run), 200);
+    assert_eq!(run.body, b"blob");
+    assert_eq!(run.sent[1].headers()["authorization"], "Bearer tok");
 }
 
 #[test]
 fn redirect_loops_end() {
-    let (mut ex, step) = start(
-        config(&[]),
-        incoming(Method::GET, &format!("/v2/a/blobs/{D}"), &[]),
-    );
-    let mut step = step;
-    for _ in 0..=MAX_HOPS {
-        sent(step);
-        step = ex.on_response(upstream(307, &[("location", "/again")]));
-    }
-    assert_eq!(responded(step).status(), 502);
+    let cfg = config(&[]);
+    let req = incoming(Method::GET, &format!("/v2/web/blobs/{D}"), &[]);
+    let run = drive(&cfg, req, b"", |_| {
+        Ok(Canned::new(302).header("location", "/again"))
+    });
+    assert_eq!(status(&run), 502);
+    assert_eq!(run.sent.len(), 6);
 }
 
 #[test]
 fn token_get_discovers_realm_and_maps_scopes() {
-    let cfg = config(&[("repository_prefix", "team/app")]);
+    let cfg = config(&[("repository_prefix", "team")]);
     let req = incoming(
         Method::GET,
-        "/token?account=alice&service=images.example.com%3A3000&scope=repository%3Aweb%3Apull&scope=repository%3Adb%3Apull",
+        "/token?service=127.0.0.1:3000&scope=repository:web:pull&evil=1",
         &[("authorization", "Basic YWxpY2U6czNjcmV0")],
     );
-    let (mut ex, step) = start(cfg, req);
-    let probe = sent(step);
-    assert_eq!(probe.uri(), "http://127.0.0.1:5000/v2/");
-    assert!(probe.headers().get("authorization").is_none());
-    let t = sent(ex.on_response(upstream(
-        401,
-        &[(
-            "www-authenticate",
-            r#"Bearer realm="http://127.0.0.2:5001/token",service="reg""#,
-        )],
-    )));
-    assert_eq!(t.method(), Method::GET);
-    assert_eq!(
-        t.uri(),
-        "http://127.0.0.2:5001/token?account=alice&service=reg&scope=repository%3Ateam%2Fapp%2Fweb%3Apull&scope=repository%3Ateam%2Fapp%2Fdb%3Apull"
+    let run = drive(
+        &cfg,
+        req,
+        b"",
+        routes(vec![
+            ("/v2/", bearer("http://127.0.0.2:5001/token?x=1", "")),
+            (
+                "/token",
+                Canned::new(200)
+                    .header("content-type", "application/json")
+                    .header("set-cookie", "s=1")
+                    .body(r#"{"token":"jwt"}"#),
+            ),
+        ]),
     );
-    assert_eq!(t.headers()["authorization"], "Basic YWxpY2U6czNjcmV0");
-    let r = streamed(ex.on_response(upstream(200, &[("content-type", "application/json")])));
-    assert_eq!(r.status(), 200);
+    assert_eq!(status(&run), 200);
+    assert_eq!(run.body, br#"{"token":"jwt"}"#);
+    assert_eq!(header(&run, "set-cookie"), "");
+    let token = &run.sent[1];
+    assert_eq!(
+        token.uri().to_string(),
+        "http://127.0.0.2:5001/token?x=1&service=reg&scope=repository%3Ateam%2Fweb%3Apull"
+    );
+    assert_eq!(token.headers()["authorization"], "Basic YWxpY2U6czNjcmV0");
 }
 
 #[test]
 fn token_post_form_goes_to_the_realm_as_a_form() {
-    let cfg = config(&[("repository_prefix", "p")]);
-    let body = b"grant_type=password&username=alice&password=s3cret&scope=repository%3Aweb%3Apull&service=x&client_id=containerd-client".to_vec();
-    let (mut ex, step) = Exchange::start(cfg, incoming(Method::POST, "/token", &[]), body);
-    sent(step);
-    let t = sent(ex.on_response(upstream(
-        401,
-        &[(
-            "www-authenticate",
-            r#"Bearer realm="http://127.0.0.2:5001/token",service="reg""#,
-        )],
-    )));
-    assert_eq!(t.method(), Method::POST);
-    assert_eq!(
-        t.headers()["content-type"],
-        "application/x-www-form-urlencoded"
+    let cfg = config(&[]);
+    let req = incoming(Method::POST, "/token", &[]);
+    let form = b"grant_type=password&username=alice&password=s3cret&scope=repository%3Aweb%3Apull&service=x&client_id=c";
+    let run = drive(
+        &cfg,
+        req,
+        form,
+        routes(vec![
+            ("/v2/", bearer("http://127.0.0.1:5000/v2/auth", "")),
+            ("/v2/auth", Canned::new(200).body(r#"{"access_token":"t"}"#)),
+        ]),
     );
-    let form = String::from_utf8(t.body().clone()).unwrap();
-    assert_eq!(form, "grant_type=password&username=alice&password=s3cret&client_id=containerd-client&service=reg&scope=repository%3Ap%2Fweb%3Apull");
+    assert_eq!(status(&run), 200);
+    let post = &run.sent[1];
+    assert_eq!(post.method(), Method::POST);
+    assert_eq!(
+        String::from_utf8_lossy(post.body()),
+        "grant_type=password&username=alice&password=s3cret&client_id=c&service=reg&scope=repository%3Aweb%3Apull"
+    );
 }
 
 #[test]
 fn token_never_contacts_an_unconfigured_realm() {
-    let (mut ex, step) = start(
-        config(&[]),
-        incoming(
+    let cfg = config(&[]);
+    for realm in [
+        "http://127.0.0.4:6666/token",
+        "http://127.0.0.1:5000@127.0.0.4:6666/token",
+        "http://127.0.0.3:5002/token",
+        "not a url",
+    ] {
+        let req = incoming(
             Method::GET,
-            "/token?scope=repository%3Aa%3Apull",
-            &[("authorization", "Basic eDp5")],
-        ),
-    );
-    sent(step);
-    let r = responded(ex.on_response(upstream(
-        401,
-        &[(
-            "www-authenticate",
-            r#"Bearer realm="http://127.0.0.4:9/token""#,
-        )],
-    )));
-    assert_eq!(r.status(), 502);
-    assert!(String::from_utf8_lossy(r.body()).contains("127.0.0.4"));
+            "/token?scope=repository:web:pull",
+            &[("authorization", "Basic YWxpY2U6czNjcmV0")],
+        );
+        let run = drive(&cfg, req, b"", |_| Ok(bearer(realm, "")));
+        assert_eq!(status(&run), 502, "{realm}");
+        assert_eq!(run.sent.len(), 1, "{realm}");
+    }
 }
 
 #[test]
-fn basic_upstream_login_wraps_credentials_and_unwraps_them_upstream() {
-    let req = incoming(
-        Method::GET,
-        "/token?account=alice",
-        &[("authorization", "Basic YWxpY2U6czNjcmV0")],
-    );
-    let (mut ex, step) = start(config(&[]), req);
-    sent(step);
-    let check = sent(ex.on_response(upstream(
-        401,
-        &[("www-authenticate", r#"Basic realm="Registry Realm""#)],
-    )));
-    assert_eq!(check.uri(), "http://127.0.0.1:5000/v2/");
-    assert_eq!(check.headers()["authorization"], "Basic YWxpY2U6czNjcmV0");
-    let r = responded(ex.on_response(upstream(200, &[])));
-    let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
-    let token = v["token"].as_str().unwrap().to_string();
-
-    let auth: &'static str = Box::leak(format!("Bearer {token}").into_boxed_str());
-    let (_, step) = start(
-        config(&[]),
+fn token_realm_redirects_are_followed_only_within_configuration() {
+    let cfg = config(&[]);
+    let realm = format!("{AUTH}/token");
+    let req = || {
         incoming(
             Method::GET,
-            "/v2/private/x/manifests/1",
-            &[("authorization", auth)],
-        ),
+            "/token?scope=repository:web:pull",
+            &[("authorization", "Basic YWxpY2U6czNjcmV0")],
+        )
+    };
+    let run = drive(
+        &cfg,
+        req(),
+        b"",
+        routes(vec![
+            ("/v2/", bearer(&realm, "")),
+            (
+                "http://127.0.0.2:5001/token",
+                Canned::new(307).header("location", "/v2/token"),
+            ),
+            (
+                "http://127.0.0.2:5001/v2/token",
+                Canned::new(200).body("{}"),
+            ),
+        ]),
     );
+    assert_eq!(status(&run), 200);
     assert_eq!(
-        sent(step).headers()["authorization"],
+        run.sent[2].headers()["authorization"],
         "Basic YWxpY2U6czNjcmV0"
     );
+    let run = drive(&cfg, req(), b"", |r| {
+        Ok(match r.uri().path() {
+            "/v2/" => bearer(&realm, ""),
+            _ => Canned::new(302).header("location", "http://127.0.0.4:6666/token"),
+        })
+    });
+    assert_eq!(status(&run), 502);
+    assert_eq!(header(&run, "location"), "");
 }
 
 #[test]
-fn basic_upstream_wrong_password_is_unauthorized_with_our_challenge() {
-    let (mut ex, step) = start(
-        config(&[]),
-        incoming(Method::GET, "/token", &[("authorization", "Basic eDp5")]),
+fn anonymous_token_only_without_credentials() {
+    let cfg = config(&[]);
+    let run = drive(
+        &cfg,
+        incoming(Method::GET, "/token?scope=repository:web:pull", &[]),
+        b"",
+        |_| Ok(Canned::new(200)),
     );
-    sent(step);
-    sent(ex.on_response(upstream(401, &[("www-authenticate", r#"Basic realm="R""#)])));
-    let r = responded(ex.on_response(upstream(401, &[("www-authenticate", r#"Basic realm="R""#)])));
-    assert_eq!(r.status(), 401);
-    assert_eq!(error_code(&r), "UNAUTHORIZED");
-    assert!(
-        header(&r, "www-authenticate").contains("realm=\"http://images.example.com:3000/token\"")
-    );
+    assert_eq!(status(&run), 200);
+    assert!(String::from_utf8_lossy(&run.body).contains("anonymous"));
 }
 
 #[test]
-fn anonymous_token_for_open_upstreams() {
-    let (mut ex, step) = start(config(&[]), incoming(Method::GET, "/token", &[]));
-    sent(step);
-    let r = responded(ex.on_response(upstream(200, &[])));
-    assert_eq!(r.status(), 200);
-    let (_, step) = start(
-        config(&[]),
-        incoming(
-            Method::GET,
-            "/v2/a/manifests/1",
-            &[("authorization", "Bearer anonymous")],
-        ),
+fn credentials_find_the_realm_of_a_private_repository_behind_an_open_v2() {
+    let cfg = config(&[("repository_prefix", "team")]);
+    let req = incoming(
+        Method::GET,
+        "/token?scope=repository:private/x:pull",
+        &[("authorization", "Basic YWxpY2U6czNjcmV0")],
     );
-    assert!(sent(step).headers().get("authorization").is_none());
+    let run = drive(
+        &cfg,
+        req,
+        b"",
+        routes(vec![
+            ("/v2/", Canned::new(200)),
+            (
+                "/v2/team/private/x/tags/list?n=1",
+                bearer(&format!("{AUTH}/token"), "repository:team/private/x:pull"),
+            ),
+            (
+                "http://127.0.0.2:5001/token",
+                Canned::new(200).body(r#"{"token":"private"}"#),
+            ),
+        ]),
+    );
+    assert_eq!(status(&run), 200, "{run:?}");
+    assert_eq!(run.body, br#"{"token":"private"}"#);
+    assert_eq!(
+        run.sent[2].headers()["authorization"],
+        "Basic YWxpY2U6czNjcmV0"
+    );
+    // Nowhere for the credentials to go: an error, never an anonymous token.
+    for body in [
+        &b"grant_type=refresh_token&refresh_token=rt"[..],
+        b"grant_type=password&username=a&password=b",
+    ] {
+        let run = drive(&cfg, incoming(Method::POST, "/token", &[]), body, |_| {
+            Ok(Canned::new(200))
+        });
+        assert_eq!(status(&run), 400, "{}", String::from_utf8_lossy(body));
+        assert!(!String::from_utf8_lossy(&run.body).contains("anonymous"));
+    }
 }
 
 #[test]
 fn writes_are_refused_without_contacting_the_upstream() {
+    let cfg = config(&[]);
     for (m, p) in [
-        (Method::PUT, "/v2/a/manifests/1"),
-        (Method::DELETE, &*format!("/v2/a/blobs/{D}")),
-        (Method::POST, "/v2/a/blobs/uploads/"),
-        (Method::GET, "/v2/a/blobs/uploads/abc"),
-        (Method::PATCH, "/v2/a/blobs/uploads/abc"),
+        (Method::PUT, "/v2/web/manifests/1"),
+        (Method::POST, "/v2/web/blobs/uploads/"),
+        (Method::DELETE, "/v2/"),
+        (Method::PATCH, "/v2/web/blobs/uploads/x"),
+        (Method::PUT, "/token"),
     ] {
-        let (_, step) = start(config(&[]), incoming(m.clone(), p, &[]));
-        let r = responded(step);
-        assert_eq!(r.status(), 405, "{m} {p}");
-        assert_eq!(header(&r, "allow"), "GET, HEAD");
-        assert_eq!(error_code(&r), "UNSUPPORTED");
+        let run = drive(&cfg, incoming(m.clone(), p, &[]), b"x", |_| {
+            panic!("{m} {p} reached the upstream")
+        });
+        assert_eq!(status(&run), 405);
+        assert!(header(&run, "allow").starts_with("GET, HEAD"));
+        assert_eq!(error_code(&run), "UNSUPPORTED");
     }
 }
 
 #[test]
-fn tags_list_body_and_link_in_client_names() {
-    let cfg = config(&[("repository_prefix", "team/app")]);
-    let (mut ex, step) = start(cfg, incoming(Method::GET, "/v2/web/tags/list?n=2", &[]));
+fn tags_list_body_and_link_in_client_names_and_head_length_matches() {
+    let cfg = config(&[("repository_prefix", "team")]);
+    let answer = || {
+        routes(vec![(
+            "/v2/team/web/tags/list?n=2",
+            Canned::new(200)
+                .header("content-type", "application/json")
+                .header("content-length", "45")
+                .header("etag", "\"e\"")
+                .header("link", "</v2/team/web/tags/list?last=b&n=2>; rel=\"next\"")
+                .body(r#"{"name":"team/web","tags":["a","b"]}"#),
+        )])
+    };
+    let get = drive(
+        &cfg,
+        incoming(Method::GET, "/v2/web/tags/list?n=2", &[]),
+        b"",
+        answer(),
+    );
+    assert_eq!(get.body, br#"{"name":"web","tags":["a","b"]}"#);
     assert_eq!(
-        sent(step).uri(),
-        "http://127.0.0.1:5000/v2/team/app/web/tags/list?n=2"
+        header(&get, "link"),
+        "</v2/web/tags/list?last=b&n=2>; rel=\"next\""
     );
-    let head = upstream(
-        200,
-        &[
-            ("content-type", "application/json"),
-            (
-                "link",
-                r#"</v2/team/app/web/tags/list?last=b&n=2>; rel="next""#,
-            ),
-            ("content-length", "41"),
-        ],
+    assert_eq!(header(&get, "etag"), "");
+    let head = drive(
+        &cfg,
+        incoming(Method::HEAD, "/v2/web/tags/list?n=2", &[]),
+        b"",
+        answer(),
     );
-    match ex.on_response(head) {
-        Step::ReadBody { limit } => assert_eq!(limit, listing::MAX_LISTING_BYTES),
-        other => panic!("{other:?}"),
+    assert_eq!(head.sent[0].method(), Method::GET);
+    assert_eq!(
+        header(&head, "content-length"),
+        header(&get, "content-length")
+    );
+}
+
+#[test]
+fn listings_the_proxy_cannot_read_are_never_passed_raw() {
+    let cfg = config(&[("repository_prefix", "team")]);
+    for path in ["/v2/_catalog", "/v2/web/tags/list"] {
+        let run = drive(
+            &cfg,
+            incoming(Method::GET, path, &[("accept-encoding", "gzip")]),
+            b"",
+            |r| {
+                assert_eq!(r.headers()["accept-encoding"], "identity");
+                Ok(Canned::new(200)
+                    .header("content-encoding", "gzip")
+                    .body(b"\x1f\x8b\x08\x00compressed"))
+            },
+        );
+        assert_eq!(status(&run), 502, "{path}");
+        assert_eq!(error_code(&run), "UNAVAILABLE");
     }
-    let r = responded(ex.on_body(br#"{"name":"team/app/web","tags":["a","b"]}"#.to_vec()));
-    assert_eq!(r.body(), br#"{"name":"web","tags":["a","b"]}"#);
-    assert_eq!(header(&r, "content-length"), r.body().len().to_string());
-    assert_eq!(
-        header(&r, "link"),
-        r#"</v2/web/tags/list?last=b&n=2>; rel="next""#
-    );
 }
 
 #[test]
 fn catalog_through_a_prefix() {
     let cfg = config(&[("repository_prefix", "team/app")]);
-    let (mut ex, step) = start(cfg, incoming(Method::GET, "/v2/_catalog?n=2", &[]));
+    let run = drive(
+        &cfg,
+        incoming(Method::GET, "/v2/_catalog?n=2", &[]),
+        b"",
+        |r| {
+            assert_eq!(r.uri().query(), Some("n=2&last=team%2Fapp%2F"));
+            Ok(Canned::new(200)
+                .header(
+                    "link",
+                    "</v2/_catalog?last=team%2Fapp%2Fb&n=2>; rel=\"next\"",
+                )
+                .body(r#"{"repositories":["team/app/a","team/app/b"]}"#))
+        },
+    );
+    assert_eq!(run.body, br#"{"repositories":["a","b"]}"#);
     assert_eq!(
-        sent(step).uri(),
-        "http://127.0.0.1:5000/v2/_catalog?n=2&last=team%2Fapp%2F"
-    );
-    let head = upstream(
-        200,
-        &[("link", r#"</v2/_catalog?last=team%2Fapps&n=2>; rel="next""#)],
-    );
-    assert!(matches!(ex.on_response(head), Step::ReadBody { .. }));
-    let r = responded(ex.on_body(br#"{"repositories":["team/app/z","team/apps"]}"#.to_vec()));
-    assert_eq!(r.body(), br#"{"repositories":["z"]}"#);
-    assert!(
-        r.headers().get("link").is_none(),
-        "the last page has no next link"
+        header(&run, "link"),
+        "</v2/_catalog?last=b&n=2>; rel=\"next\""
     );
 }
 
 #[test]
 fn catalog_on_docker_hub_is_unsupported_without_a_request() {
     let cfg = config(&[("upstream", "https://registry-1.docker.io")]);
-    let r = responded(start(cfg, incoming(Method::GET, "/v2/_catalog", &[])).1);
-    assert_eq!(
-        (r.status().as_u16(), error_code(&r).as_str()),
-        (404, "UNSUPPORTED")
+    let run = drive(
+        &cfg,
+        incoming(Method::GET, "/v2/_catalog", &[]),
+        b"",
+        |_| panic!("no request expected"),
     );
+    assert_eq!(status(&run), 404);
 }
 
 #[test]
-fn rate_limits_pass_through_with_retry_after() {
-    let (mut ex, step) = start(config(&[]), incoming(Method::GET, "/v2/a/manifests/1", &[]));
-    sent(step);
-    let r = streamed(ex.on_response(upstream(
-        429,
-        &[("retry-after", "30"), ("content-type", "application/json")],
-    )));
-    assert_eq!(
-        (r.status().as_u16(), header(&r, "retry-after")),
-        (429, "30")
+fn upstream_error_bodies_are_replaced() {
+    let cfg = config(&[("repository_prefix", "team/app")]);
+    let body = r#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry","detail":{"name":"team/app/web"}}]}"#;
+    let run = drive(
+        &cfg,
+        incoming(Method::GET, "/v2/web/manifests/1", &[]),
+        b"",
+        |_| {
+            Ok(Canned::new(404)
+                .header("content-type", "application/json; charset=utf-8")
+                .body(body))
+        },
     );
+    assert_eq!(status(&run), 404);
+    assert_eq!(error_code(&run), "NAME_UNKNOWN");
+    assert!(!String::from_utf8_lossy(&run.body).contains("team/app"));
+    assert_eq!(
+        run.cause.as_deref(),
+        Some("upstream answered 404 Not Found")
+    );
+    let run = drive(
+        &cfg,
+        incoming(Method::GET, "/v2/web/manifests/1", &[]),
+        b"",
+        |_| {
+            Ok(Canned::new(429)
+            .header("retry-after", "37")
+            .body(r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"see https://www.docker.com/increase-rate-limit"}]}"#))
+        },
+    );
+    assert_eq!(status(&run), 429);
+    assert_eq!(header(&run, "retry-after"), "37");
+    assert_eq!(error_code(&run), "TOOMANYREQUESTS");
+    assert!(!String::from_utf8_lossy(&run.body).contains("docker.com"));
 }
 
 #[test]
-fn failures_name_the_upstream() {
-    let (mut ex, step) = start(config(&[]), incoming(Method::GET, "/v2/a/manifests/1", &[]));
-    sent(step);
-    let r = responded(ex.on_failure(Failure::Timeout("HttpResponseTimeout".into())));
-    assert_eq!(r.status(), 504);
-    assert_eq!(error_code(&r), "UNAVAILABLE");
-    assert!(String::from_utf8_lossy(r.body()).contains(UP));
-    let (mut ex, step) = start(
-        config(&[]),
-        incoming(Method::HEAD, "/v2/a/manifests/1", &[]),
-    );
-    sent(step);
-    let r = responded(ex.on_failure(Failure::Unreachable("ConnectionRefused".into())));
-    assert_eq!(r.status(), 502);
-    assert!(r.body().is_empty(), "HEAD has no body");
+fn failures_are_plain_words_and_the_origin_goes_to_the_log_only() {
+    let cfg = config(&[("upstream_timeout", "25")]);
+    for (failure, code, words) in [
+        (Failure::Dns, 502, "does not resolve"),
+        (Failure::Refused, 502, "connection refused"),
+        (Failure::Timeout, 504, "did not answer within 25 s"),
+    ] {
+        let run = drive(
+            &cfg,
+            incoming(Method::GET, "/v2/web/manifests/1", &[]),
+            b"",
+            |_| Err(failure.clone()),
+        );
+        assert_eq!(status(&run), code);
+        let body = String::from_utf8_lossy(&run.body).into_owned();
+        assert!(
+            body.contains(words) && !body.contains("127.0.0.1:5000"),
+            "{body}"
+        );
+        assert!(
+            run.cause.as_deref().unwrap().contains("127.0.0.1"),
+            "{:?}",
+            run.cause
+        );
+    }
 }
 
 #[test]
 fn unknown_paths_and_bad_names_are_oci_errors() {
-    let r = responded(start(config(&[]), incoming(Method::GET, "/favicon.ico", &[])).1);
-    assert_eq!(
-        (r.status().as_u16(), error_code(&r).as_str()),
-        (404, "UNSUPPORTED")
-    );
-    let r = responded(
-        start(
-            config(&[]),
-            incoming(Method::GET, "/v2/UPPER/manifests/1", &[]),
-        )
-        .1,
-    );
-    assert_eq!(
-        (r.status().as_u16(), error_code(&r).as_str()),
-        (400, "NAME_INVALID")
-    );
+    let cfg = config(&[]);
+    for (p, code) in [
+        ("/favicon.ico", 404),
+        ("/v2/A/manifests/1", 400),
+        ("/v2/a/../b/manifests/1", 400),
+        ("/v2/a/blobs/latest", 400),
+    ] {
+        let run = drive(&cfg, incoming(Method::GET, p, &[]), b"", |_| {
+            panic!("no request")
+        });
+        assert_eq!(status(&run), code, "{p}");
+    }
 }
 
 #[test]
-fn home_page_or_redirect() {
-    let r = responded(start(config(&[]), incoming(Method::GET, "/", &[])).1);
-    assert_eq!(r.status(), 200);
-    assert!(String::from_utf8_lossy(r.body()).contains("docker pull images.example.com:3000/"));
-    let r = responded(
-        start(
-            config(&[("home", "https://example.com/docs")]),
-            incoming(Method::GET, "/", &[]),
-        )
-        .1,
-    );
+fn hostile_host_headers_get_a_400_and_no_page() {
+    let cfg = config(&[]);
+    for host in ["[<img src=x onerror=alert(1)>]", "a\",realm=\"evil", "x/y"] {
+        let mut req = incoming(Method::GET, "/", &[]);
+        req.headers
+            .insert("host", HeaderValue::from_str(host).unwrap());
+        let run = drive(&cfg, req, b"", |_| panic!("no request"));
+        assert_eq!(status(&run), 400, "{host}");
+        assert!(!String::from_utf8_lossy(&run.body).contains("<img"));
+    }
+}
+
+#[test]
+fn home_page_escapes_and_home_redirects() {
+    let cfg = config(&[]);
+    let run = drive(&cfg, incoming(Method::GET, "/", &[]), b"", |_| {
+        panic!("no request")
+    });
+    assert_eq!(status(&run), 200);
+    assert!(header(&run, "content-type").starts_with("text/html"));
     assert_eq!(
-        (r.status().as_u16(), header(&r, "location")),
-        (302, "https://example.com/docs")
+        header(&run, "content-security-policy"),
+        "default-src 'none'"
+    );
+    let cfg = config(&[("home", "https://docs.example.com/registry")]);
+    let run = drive(&cfg, incoming(Method::GET, "/", &[]), b"", |_| {
+        panic!("no request")
+    });
+    assert_eq!(status(&run), 302);
+    assert_eq!(
+        header(&run, "location"),
+        "https://docs.example.com/registry"
     );
 }
 
 #[test]
 fn token_scopes_with_invalid_names_are_refused_before_any_request() {
-    let cfg = config(&[("repository_prefix", "team/app")]);
-    let req = incoming(
-        Method::GET,
-        "/token?scope=repository%3A..%2F..%2Fother%2Foutside%3Apull",
-        &[],
-    );
-    let r = responded(start(cfg, req).1);
-    assert_eq!(
-        (r.status().as_u16(), error_code(&r).as_str()),
-        (400, "NAME_INVALID")
-    );
+    let cfg = config(&[("repository_prefix", "team")]);
+    let req = incoming(Method::GET, "/token?scope=repository:../../x:pull", &[]);
+    let run = drive(&cfg, req, b"", |_| panic!("no request"));
+    assert_eq!(status(&run), 400);
+    assert_eq!(error_code(&run), "NAME_INVALID");
+}
+
+#[test]
+fn randomized_exchanges_keep_every_invariant() {
+    let mut seeds = simulate::Seeded::new(0x5eed);
+    for i in 0..20_000 {
+        let data = seeds.fill(192);
+        if let Err(e) = simulate::exchange(&data) {
+            panic!("run {i}: {e}");
+        }
+    }
 }

@@ -1,0 +1,108 @@
+//! What a client learns from an upstream's error: its status and spec code, never its words.
+//!
+//! Upstream messages and details name upstream repositories (distribution's NAME_UNKNOWN detail
+//! holds `<prefix>/x`), projects (Artifact Registry's 403) or storage (an S3 `AccessDenied`
+//! XML names the bucket). The client gets the spec's description of the code and its own
+//! repository name instead.
+
+use crate::error::{ErrorCode, OciError};
+use crate::route::Route;
+use http::StatusCode;
+
+/// Largest upstream error body read to learn its code.
+pub const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// The first error code of an OCI error body, if it is one the spec defines.
+fn code_of(body: &[u8]) -> Option<ErrorCode> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    ErrorCode::parse(v.get("errors")?.get(0)?.get("code")?.as_str()?)
+}
+
+/// The code a status stands for on this route, for bodies without one (HEAD, HTML, XML).
+fn code_for_status(status: StatusCode, route: &Route) -> ErrorCode {
+    match status.as_u16() {
+        401 => ErrorCode::Unauthorized,
+        403 => ErrorCode::Denied,
+        404 => match route {
+            Route::Blob { .. } => ErrorCode::BlobUnknown,
+            Route::Manifest { .. } => ErrorCode::ManifestUnknown,
+            Route::Tags { .. } | Route::Referrers { .. } => ErrorCode::NameUnknown,
+            _ => ErrorCode::Unsupported,
+        },
+        405 => ErrorCode::Unsupported,
+        429 => ErrorCode::TooManyRequests,
+        s if s >= 500 => ErrorCode::Unavailable,
+        _ => ErrorCode::Unknown,
+    }
+}
+
+/// The client's error for an upstream error response (`body` is `None` for a HEAD or a body
+/// that could not be read). The status passes as it came; 401 and 403 keep their codes.
+pub fn client_error(status: StatusCode, body: Option<&[u8]>, route: &Route) -> OciError {
+    let by_status = code_for_status(status, route);
+    let code = match by_status {
+        ErrorCode::Unauthorized | ErrorCode::Denied | ErrorCode::TooManyRequests => by_status,
+        _ => body.and_then(code_of).unwrap_or(by_status),
+    };
+    let message = match route.name() {
+        Some(name) => format!("{}: {name}", code.description()),
+        None => code.description().to_string(),
+    };
+    OciError::new(status, code, message).because(format!("upstream answered {status}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Route {
+        Route::Manifest {
+            name: "web".into(),
+            reference: "1.0".into(),
+        }
+    }
+
+    #[test]
+    fn distribution_name_unknown_loses_its_detail() {
+        let body = br#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry","detail":{"name":"team/app/web"}}]}"#;
+        let e = client_error(StatusCode::NOT_FOUND, Some(body), &manifest());
+        assert_eq!(e.code, ErrorCode::NameUnknown);
+        assert_eq!(e.status, StatusCode::NOT_FOUND);
+        let json = String::from_utf8(e.json()).unwrap();
+        assert!(!json.contains("team/app"), "{json}");
+        assert!(
+            json.contains("repository name not known to registry: web"),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn words_never_pass() {
+        let ar = br#"{"errors":[{"code":"DENIED","message":"Permission \"artifactregistry.repositories.downloadArtifacts\" denied on resource \"projects/my-project-123/locations/europe-west1/repositories/containers\""}]}"#;
+        let e = client_error(StatusCode::FORBIDDEN, Some(ar), &manifest());
+        assert_eq!(e.code, ErrorCode::Denied);
+        assert!(!String::from_utf8(e.json()).unwrap().contains("my-project"));
+        let s3 = b"<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><BucketName>prod-registry</BucketName></Error>";
+        let blob = Route::Blob {
+            name: "web".into(),
+            digest: "sha256:00".into(),
+        };
+        let e = client_error(StatusCode::FORBIDDEN, Some(s3), &blob);
+        assert!(!String::from_utf8(e.json())
+            .unwrap()
+            .contains("prod-registry"));
+        let e = client_error(StatusCode::NOT_FOUND, None, &blob);
+        assert_eq!(e.code, ErrorCode::BlobUnknown);
+    }
+
+    #[test]
+    fn unknown_codes_fall_back_to_the_status() {
+        let body = br#"{"errors":[{"code":"X_SECRET_up.example","message":"m"}]}"#;
+        let e = client_error(StatusCode::SERVICE_UNAVAILABLE, Some(body), &Route::Base);
+        assert_eq!(e.code, ErrorCode::Unavailable);
+        let rate = br#"{"errors":[{"code":"TOOMANYREQUESTS","message":"You have reached your pull rate limit. https://www.docker.com/increase-rate-limit"}]}"#;
+        let e = client_error(StatusCode::TOO_MANY_REQUESTS, Some(rate), &manifest());
+        assert_eq!(e.code, ErrorCode::TooManyRequests);
+        assert!(!String::from_utf8(e.json()).unwrap().contains("docker.com"));
+    }
+}
