@@ -97,6 +97,61 @@ def http_request(method, url, headers=None, body=None, timeout=120, read_body=Tr
         conn.close()
 
 
+class Resp:
+    """One raw exchange's answer (see `call`)."""
+
+    def __init__(self, status, headers, body, elapsed):
+        self.status, self.headers, self.body, self.elapsed = status, headers, body, elapsed
+
+    def header(self, name):
+        vals = self.header_all(name)
+        return vals[0] if vals else None
+
+    def header_all(self, name):
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+    def json(self):
+        return json.loads(self.body)
+
+    def describe(self):
+        return f"{self.status} {self.headers} {self.body[:400]!r}"
+
+    __repr__ = describe
+
+
+def call(base: str, method: str, path: str, headers=(), body=None, timeout: float = 30.0) -> Resp:
+    """One request on a fresh connection, headers sent exactly as given (none added but
+    Host and, with a body, Content-Length)."""
+    u = urlsplit(base)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    t0 = time.monotonic()
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True,
+                        skip_host=any(k.lower() == "host" for k, _ in headers))
+        for k, v in headers:
+            conn.putheader(k, v)
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        r = conn.getresponse()
+        data = r.read()
+        return Resp(r.status, r.getheaders(), data, time.monotonic() - t0)
+    finally:
+        conn.close()
+
+
+def oci_error_of(resp) -> dict:
+    """Assert `resp` is an OCI error body with application/json and return its first error."""
+    ctype = resp.header("Content-Type") or ""
+    assert ctype.startswith("application/json"), f"error not JSON: {resp!r}"
+    doc = resp.json()
+    assert isinstance(doc.get("errors"), list) and doc["errors"], repr(resp)
+    err = doc["errors"][0]
+    assert isinstance(err.get("code"), str) and err["code"], repr(resp)
+    assert isinstance(err.get("message"), str), repr(resp)
+    return err
+
+
 def parse_challenges(value: str) -> list:
     """Parse a WWW-Authenticate value into [(scheme_lower, {param: value})] (RFC 7235)."""
     out = []

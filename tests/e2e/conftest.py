@@ -22,6 +22,7 @@ import clients  # noqa: E402
 import harness  # noqa: E402
 import images  # noqa: E402
 import upstreams  # noqa: E402
+from upstream_double import UpstreamDouble  # noqa: E402
 
 WASM = harness.ROOT / "target" / "wasm32-wasip2" / "release" / "spin_registry_proxy.wasm"
 DIRECT = os.environ.get("E2E_DIRECT") == "1"
@@ -101,10 +102,11 @@ def make_target(request, ups, seeded):
     started = []
     request.node.e2e_proxies = started
 
-    def make(kind, prefix="", blob_redirect="pass", paged_tags=False, **extra):
+    def make(kind, prefix="", blob_redirect="pass", paged_tags=False, front=None, **extra):
         """paged_tags: put tagpager.py between proxy and registry (distribution 2.8 does not
-        paginate tags/list)."""
-        reg = ups.paged(kind) if paged_tags else ups.registries[kind]
+        paginate tags/list); front="gzip": nginx compressing JSON in front of the registry."""
+        front = "paged" if paged_tags else front
+        reg = ups.front(kind, front) if front else ups.registries[kind]
         if DIRECT:
             return Target(reg, prefix, blob_redirect, seeded)
         missing = missing_binaries()
@@ -137,6 +139,16 @@ def needs_proxy():
     """For tests of what only the proxy does (realm, prefix rewriting, redirect handling)."""
     if DIRECT:
         pytest.skip("checks proxy behaviour; E2E_DIRECT=1 talks to the registry")
+
+
+@pytest.fixture(autouse=True)
+def _proxies_never_crash():
+    """Every proxy running after a test (the test's own and shared ones) shows no crash."""
+    yield
+    for p in harness.PROXIES:
+        marker = harness.crash_in(p)
+        assert not marker, f"{p.name} {p.url}: '{marker}' in the host log:\n{p.log()[-3000:]}"
+    harness.PROXIES[:] = [p for p in harness.PROXIES if p.running()]
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -195,3 +207,84 @@ def podman():
     p = clients.Podman()
     yield p
     p.cleanup()
+
+
+# ---------------------------------------------------------------- upstream doubles
+
+
+class Doubles:
+    """Upstream doubles on four loopback addresses: the upstream, its token realm, its blob
+    storage, and a host configuration never names."""
+
+    def __init__(self):
+        self.up = UpstreamDouble("127.0.0.1", name="upstream").start()
+        self.auth = UpstreamDouble("127.0.0.2", name="auth").start()
+        self.cdn = UpstreamDouble("127.0.0.3", name="cdn").start()
+        self.evil = UpstreamDouble("127.0.0.4", name="unconfigured").start()
+        self.all = [self.up, self.auth, self.cdn, self.evil]
+
+    def variables(self, **over) -> dict:
+        v = {"upstream": self.up.url, "upstream_auth": self.auth.url, "upstream_cdn": self.cdn.url,
+             "blob_redirect": "follow", "upstream_timeout": "10"}
+        v.update(over)
+        return {k: val for k, val in v.items() if val is not None}
+
+
+@pytest.fixture(scope="module")
+def doubles():
+    d = Doubles()
+    yield d
+    for x in d.all:
+        x.stop()
+
+
+@pytest.fixture
+def env(doubles):
+    for x in doubles.all:
+        x.reset()
+    yield doubles
+
+
+class ProxyPool:
+    """Starts proxies on demand; the module-wide ones are reused across tests."""
+
+    def __init__(self):
+        self.started = []
+
+    def start(self, variables, name="proxy"):
+        p = harness.start_proxy(variables, name=name)
+        self.started.append(p)
+        return p
+
+    def stop_all(self):
+        for p in self.started:
+            p.stop()
+
+
+@pytest.fixture(scope="module")
+def shared(doubles):
+    """Module-wide proxies: blob_redirect=follow and =pass, against the doubles."""
+    pool = ProxyPool()
+    cache = {}
+
+    def get(mode="follow"):
+        if mode not in cache:
+            cache[mode] = pool.start(doubles.variables(blob_redirect=mode), name=f"proxy-{mode}")
+        return cache[mode]
+
+    yield get
+    pool.stop_all()
+
+
+@pytest.fixture
+def proxy(env, shared):
+    """The shared follow-mode proxy; checked for panics after each test."""
+    return shared("follow")
+
+
+@pytest.fixture
+def fresh():
+    """Start a dedicated proxy with given variables; stopped (and checked) after the test."""
+    pool = ProxyPool()
+    yield pool.start
+    pool.stop_all()

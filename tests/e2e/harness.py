@@ -60,8 +60,22 @@ class Service:
         return f"http://{self.host}:{self.port}"
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, predicate, timeout: float = 10.0) -> str:
+        """The log once `predicate(text)` holds (a line is written after the answer it
+        describes: never read it without waiting), or as it is at the deadline."""
+        deadline = time.monotonic() + timeout
+        text = self.log()
+        while not predicate(text) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            text = self.log()
+        return text
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -83,6 +97,18 @@ class Service:
         self.stop()
 
 
+# Every proxy any test started; conftest checks each for crashes after every test.
+PROXIES = []
+
+CRASH_MARKERS = ("panicked", "wasm trap", "wasm backtrace", "trapped", "component returned without")
+
+
+def crash_in(proxy: Service) -> str:
+    """The first crash marker in a proxy's log, or ""."""
+    text = proxy.log()
+    return next((m for m in CRASH_MARKERS if m in text), "")
+
+
 def start_proxy(variables: dict, host: str = "127.0.0.1", name: str = "proxy") -> Service:
     """Run the exact .wasm that spin.toml names in the test host.
 
@@ -91,5 +117,7 @@ def start_proxy(variables: dict, host: str = "127.0.0.1", name: str = "proxy") -
     """
     port = free_port(host)
     env = {f"SPIN_VARIABLE_{k.upper()}": v for k, v in variables.items()}
-    return Service(name, [HOST_BIN, "--from", SPIN_TOML, "--listen", f"{host}:{port}"],
-                   env=env, host=host, port=port)
+    proxy = Service(name, [HOST_BIN, "--from", SPIN_TOML, "--listen", f"{host}:{port}"],
+                    env=env, host=host, port=port)
+    PROXIES.append(proxy)
+    return proxy

@@ -5,8 +5,9 @@
 Serves GET and HEAD of files under DIR (query strings ignored). A single `Range: bytes=a-b`,
 `bytes=a-` or `bytes=-n` gets 206 with Content-Range; an unsatisfiable one 416; several ranges
 are answered with the whole file (200), which RFC 9110 allows. Every request is logged to stdout
-as `CDNLOG {json}` with method, path, range, status, bytes sent and whether an Authorization
-header came along (its value is never logged).
+as `CDNLOG {json}` with method, path, range, status and whether an Authorization header came
+along (its value is never logged). The line is written before the answer, so a client that
+has its answer finds the line in the log.
 """
 import argparse
 import json
@@ -33,13 +34,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def _error(self, status, method, path, rng):
         body = b"" if method == "HEAD" else f"{status}\n".encode()
+        self._log(method=method, path=path, range=rng, status=status,
+                  authorization="Authorization" in self.headers)
         self.send_response(status)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-        self._log(method=method, path=path, range=rng, status=status, sent=0,
-                  authorization="Authorization" in self.headers)
 
     def _serve(self, method):
         path = unquote(urlsplit(self.path).path)
@@ -58,15 +59,17 @@ class Handler(BaseHTTPRequestHandler):
                 else:
                     start = max(size - int(m.group(2)), 0)
                 if start >= size or start > end:
+                    self._log(method=method, path=path, range=rng, status=416,
+                              authorization="Authorization" in self.headers)
                     self.send_response(416)
                     self.send_header("Content-Range", f"bytes */{size}")
                     self.send_header("Content-Length", "0")
                     self.end_headers()
-                    self._log(method=method, path=path, range=rng, status=416, sent=0,
-                              authorization="Authorization" in self.headers)
                     return
                 status = 206
         length = end - start + 1 if size else 0
+        self._log(method=method, path=path, range=rng, status=status,
+                  authorization="Authorization" in self.headers)
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(length))
@@ -74,7 +77,6 @@ class Handler(BaseHTTPRequestHandler):
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.end_headers()
-        sent = 0
         if method == "GET" and length:
             try:
                 with open(full, "rb") as fh:
@@ -85,12 +87,9 @@ class Handler(BaseHTTPRequestHandler):
                         if not chunk:
                             break
                         self.wfile.write(chunk)
-                        sent += len(chunk)
                         left -= len(chunk)
             except (BrokenPipeError, ConnectionResetError):
                 pass
-        self._log(method=method, path=path, range=rng, status=status, sent=sent,
-                  authorization="Authorization" in self.headers)
 
     def do_GET(self):
         self._serve("GET")

@@ -21,11 +21,17 @@ def leaks(target, ups, resp, allow_cdn=False):
 
 
 def assert_proxy_challenge(target, ups, resp, scope=None):
+    """The proxy's own challenge: Basic for a Basic upstream (credentials then travel with
+    each request and the proxy forwards them), else Bearer on the proxy's token endpoint."""
     assert resp.status == 401, f"expected 401, got {resp!r}"
     values = resp.header_all("WWW-Authenticate")
-    assert values, f"401 without WWW-Authenticate: {resp!r}"
-    challenges = [c for v in values for c in parse_challenges(v)]
-    assert challenges, f"unparseable WWW-Authenticate {values}"
+    assert len(values) == 1, f"401 without exactly one WWW-Authenticate: {resp!r}"
+    challenges = parse_challenges(values[0])
+    assert len(challenges) == 1, f"not one challenge: {values}"
+    if target.registry.kind == "basic":
+        assert challenges == [("basic", {"realm": target.hostport})], f"{values}: {resp!r}"
+        assert not leaks(target, ups, resp), f"upstream address leaks: {leaks(target, ups, resp)}"
+        return
     for scheme, params in challenges:
         assert scheme == "bearer", f"non-Bearer challenge {values} from the proxy: {resp!r}"
         assert params.get("realm") == target.url + "/token", (
@@ -78,10 +84,9 @@ def test_insufficient_scope_challenge_is_rewritten(prefix, make_target, ups, bui
         assert t.status == 200 and not leaks(target, ups, t), f"token response {t!r}"
 
 
-@pytest.mark.parametrize("kind", ["basic", "token"])
-def test_token_endpoint_without_scope(kind, make_target, ups, needs_proxy):
+def test_token_endpoint_without_scope(make_target, ups, needs_proxy):
     """docker login: GET /v2/ -> 401, then GET <realm>?service=... with Basic and no scope."""
-    target = make_target(kind)
+    target = make_target("token")
     ch = dict(parse_challenges(http_request("GET", target.url + "/v2/").header("WWW-Authenticate")))
     realm = ch["bearer"]["realm"]
     q = urlencode({"service": ch["bearer"]["service"]})
@@ -94,6 +99,31 @@ def test_token_endpoint_without_scope(kind, make_target, ups, needs_proxy):
     assert r2.status == 200, f"/v2/ with the login token: {r2!r}"
     bad = http_request("GET", f"{realm}?{q}", {"Authorization": basic_header(WRONG)})
     assert bad.status == 401, f"wrong password was accepted by {realm}: {bad!r}"
+
+
+def test_basic_upstream_login_forwards_credentials_and_mints_nothing(make_target, ups, needs_proxy):
+    """A Basic upstream: the proxy challenges with Basic, forwards the client's credentials to
+    the upstream with each request, and its token endpoint hands out no token (a token of the
+    proxy's making would have to carry the password)."""
+    target = make_target("basic", prefix=PREFIX)
+    r = http_request("GET", target.url + "/v2/")
+    assert_proxy_challenge(target, ups, r)
+    ok = http_request("GET", target.url + "/v2/", {"Authorization": basic_header(ALICE)})
+    assert ok.status == 200, ok
+    bad = http_request("GET", target.url + "/v2/", {"Authorization": basic_header(WRONG)})
+    assert_proxy_challenge(target, ups, bad)
+    head = http_request("HEAD", target.url + "/v2/private/secret/manifests/latest",
+                        {"Accept": clients.MANIFEST_ACCEPT, "Authorization": basic_header(ALICE)})
+    assert head.header("Docker-Content-Digest") == target.digest("private/secret"), head
+    for q in ["service=x", "service=x&scope=repository:private/secret:pull"]:
+        t = http_request("GET", f"{target.url}/token?{q}", {"Authorization": basic_header(ALICE)})
+        assert t.status == 400, f"token endpoint for a Basic upstream: {t!r}"
+        assert ALICE[1] not in t.body.decode() and "YWxpY2" not in t.body.decode(), t
+    form = urlencode({"grant_type": "password", "username": ALICE[0], "password": ALICE[1],
+                      "scope": "repository:private/secret:pull", "service": "x"}).encode()
+    t = http_request("POST", target.url + "/token",
+                     {"Content-Type": "application/x-www-form-urlencoded"}, form)
+    assert t.status == 400 and ALICE[1] not in t.body.decode(), t
 
 
 @pytest.mark.parametrize("prefix", ["", PREFIX])

@@ -41,7 +41,7 @@ def test_pass_redirects_client_to_cdn(prefix, make_target, ups, built, needs_pro
     assert not cdn.since(mark), f"the proxy fetched from the CDN itself in pass mode: {cdn.since(mark)}"
     got = clients.http_request("GET", loc)
     assert got.status == 200 and clients.sha256_bytes(got.body) == dgst, f"CDN GET {got!r}"
-    log = cdn.since(mark)
+    log = cdn.wait_since(mark)
     assert [e["method"] for e in log] == ["GET"] and log[0]["path"] == blob_path(dgst), log
 
 
@@ -51,15 +51,20 @@ def test_pass_clients_fetch_from_cdn(make_target, ups, built, needs_proxy, conta
     mark = cdn.mark()
     copy = clients.skopeo_copy_all(target.ref("layers20"))
     clients.verify_dir_image(copy.dest, built["layers20"])
-    gets = {e["path"] for e in cdn.since(mark) if e["method"] == "GET" and e["status"] == 200}
     want = {blob_path(d) for d in built["layers20"]["blobs"]}
+
+    def got(entries):
+        return {e["path"] for e in entries if e["method"] == "GET" and e["status"] == 200}
+
+    gets = got(cdn.wait_since(mark, lambda es: want <= got(es)))
     assert want <= gets, f"skopeo did not GET these blobs from the CDN: {sorted(want - gets)}"
     mark = cdn.mark()
     containerd.pull(ctr_ns, target.ref("multiarch"))
-    gets = {e["path"] for e in cdn.since(mark) if e["method"] == "GET"}
     inst = [i for i in built["multiarch"]["instances"].values()
             if i["platform"]["architecture"] == "amd64"][0]
-    assert {blob_path(d) for d in [inst["config"], *inst["layers"]]} <= gets, cdn.since(mark)
+    want = {blob_path(d) for d in [inst["config"], *inst["layers"]]}
+    gets = got(cdn.wait_since(mark, lambda es: want <= got(es)))
+    assert want <= gets, cdn.since(mark)
     assert not any(e["authorization"] for e in cdn.entries()), "a client sent Authorization to the CDN"
 
 
@@ -76,7 +81,7 @@ def test_follow_streams_blob(prefix, make_target, ups, built, needs_proxy):
     assert int(r.header("Content-Length", -1)) == len(r.body), r
     assert not r.header("Location"), r
     assert not [v for k, v in r.headers if cdn.service.host in v], f"CDN address leaks: {r!r}"
-    log = cdn.since(mark)
+    log = cdn.wait_since(mark)
     assert any(e["method"] == "GET" and e["path"] == blob_path(dgst) for e in log), (
         f"the component did not fetch {blob_path(dgst)} from the CDN: {log}")
     assert not any(e["authorization"] for e in log), f"Authorization forwarded to the CDN: {log}"
@@ -119,6 +124,8 @@ def test_follow_clients_never_see_cdn(make_target, ups, built, needs_proxy, cont
     dump = p.stdout + p.stderr
     assert cdn.service.host not in dump, "ctr saw the CDN address:\n" + dump[-3000:]
     assert " 307 " not in dump and "Temporary Redirect" not in dump, "a redirect reached ctr"
-    gets = {e["path"] for e in cdn.since(mark) if e["method"] == "GET"}
-    assert {blob_path(d) for d in built["layers20"]["blobs"]} <= gets, (
+    want = {blob_path(d) for d in built["layers20"]["blobs"]}
+    gets = {e["path"] for e in cdn.wait_since(
+        mark, lambda es: want <= {e["path"] for e in es if e["method"] == "GET"}) if e["method"] == "GET"}
+    assert want <= gets, (
         f"the component's CDN fetches are missing from the CDN log: {cdn.since(mark)}")

@@ -38,6 +38,7 @@ import argparse
 import base64
 import hashlib
 import json
+import os
 import re
 import socket
 import sys
@@ -262,6 +263,18 @@ def acr_tags_page(origin: str, name: str, tags: list, next_last: Optional[str], 
 
 def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# Sample content the double serves in tests.
+NAME = "team/app"  # two segments: no Docker Hub `library/` rule can apply
+MANIFEST = json.dumps({
+    "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "size": 2,
+               "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"},
+    "layers": [],
+}, indent=3).encode()  # indent: bytes a re-serializer would change
+BLOB = os.urandom(300_000)
+BLOB_DIGEST = digest_of(BLOB)
 
 
 def manifest(body: bytes, media_type: str = "application/vnd.oci.image.manifest.v1+json") -> Response:

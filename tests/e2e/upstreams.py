@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -54,6 +55,16 @@ class LoggingServer:
 
     def since(self, mark):
         return self.entries()[mark:]
+
+    def wait_since(self, mark, predicate=lambda entries: bool(entries), timeout=10.0):
+        """Entries since `mark` once `predicate(entries)` holds: a server may log a request
+        after it has answered it, so a test never reads the log without waiting."""
+        deadline = time.monotonic() + timeout
+        got = self.since(mark)
+        while not predicate(got) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            got = self.since(mark)
+        return got
 
     def stop(self):
         self.service.stop()
@@ -174,6 +185,50 @@ def start_tag_pager(registry: Registry) -> Registry:
                     token=registry.token, cdn=registry.cdn, extra={"pager_of": registry})
 
 
+NGINX_GZIP = """worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  gzip on;
+  gzip_types application/json;
+  gzip_min_length 1;
+  gzip_proxied any;
+  server {{
+    listen {host}:{port};
+    location / {{
+      proxy_pass {upstream};
+      proxy_http_version 1.1;
+      proxy_set_header Host $http_host;
+      proxy_buffering off;
+    }}
+  }}
+}}
+"""
+
+
+def start_gzip_front(registry: Registry) -> Registry:
+    """`registry` behind nginx compressing JSON (`gzip_types application/json`), as many
+    deployments do: tags lists and catalogs come gzip-encoded to a client that asks for it."""
+    host = registry.service.host
+    port = free_port(host)
+    d = Path(tempfile.mkdtemp(prefix="nginx-gzip-", dir=WORK))
+    conf = d / "nginx.conf"
+    conf.write_text(NGINX_GZIP.format(dir=d, host=host, port=port, upstream=registry.url))
+    svc = Service(f"nginx-gzip-{registry.kind}", ["nginx", "-c", conf, "-p", d], host=host,
+                  port=port)
+    return Registry(kind=registry.kind, service=svc, storage=registry.storage,
+                    push_creds=registry.push_creds, pull_creds=registry.pull_creds,
+                    token=registry.token, cdn=registry.cdn, extra={"front_of": registry})
+
+
 class Upstreams:
     """All upstream services for one test session."""
 
@@ -200,14 +255,16 @@ class Upstreams:
     def registries(self):
         return {"anon": self.anon, "basic": self.basic, "token": self.token}
 
-    def paged(self, kind: str) -> Registry:
-        """The registry of `kind` behind a tag pager, started on first use."""
-        if not hasattr(self, "_pagers"):
-            self._pagers = {}
-        if kind not in self._pagers:
-            self._pagers[kind] = start_tag_pager(self.registries[kind])
-            self._stoppables.append(self._pagers[kind])
-        return self._pagers[kind]
+    def front(self, kind: str, what: str) -> Registry:
+        """The registry of `kind` behind a front, started on first use: "paged" (tagpager.py)
+        or "gzip" (nginx compressing JSON)."""
+        if not hasattr(self, "_fronts"):
+            self._fronts = {}
+        if (kind, what) not in self._fronts:
+            start = {"paged": start_tag_pager, "gzip": start_gzip_front}[what]
+            self._fronts[kind, what] = start(self.registries[kind])
+            self._stoppables.append(self._fronts[kind, what])
+        return self._fronts[kind, what]
 
     def stop(self):
         for s in reversed(self._stoppables):

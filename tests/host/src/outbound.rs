@@ -52,10 +52,12 @@ impl OutboundPolicy {
             if entry.is_empty() {
                 continue;
             }
-            allowed.push(
-                AllowedHost::parse(entry)
-                    .with_context(|| format!("invalid allowed_outbound_hosts entry {entry:?}"))?,
-            );
+            allowed.push(AllowedHost::parse(entry).with_context(|| {
+                format!(
+                    "invalid allowed_outbound_hosts entry {:?}",
+                    without_userinfo(entry)
+                )
+            })?);
         }
         Ok(Self { allowed })
     }
@@ -70,6 +72,14 @@ impl OutboundPolicy {
         };
         let host = authority.host().to_ascii_lowercase();
         self.allowed.iter().any(|a| a.matches(&scheme, &host, port))
+    }
+}
+
+/// An entry as it may be shown: a `user:password@` in it is a credential.
+fn without_userinfo(entry: &str) -> String {
+    match (entry.find("://"), entry.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &entry[..s + 3], &entry[at..]),
+        _ => entry.to_string(),
     }
 }
 
@@ -222,6 +232,13 @@ mod tests {
         ));
         assert!(allows(&["*://a.example:443"], "https://a.example/"));
         assert!(allows(&["https://*"], "https://x.y/"));
+    }
+
+    #[test]
+    fn errors_never_show_userinfo() {
+        let e = OutboundPolicy::parse(&["https://robot:TOKEN@ghcr.io"]).unwrap_err();
+        let text = format!("{e:#}");
+        assert!(!text.contains("TOKEN") && text.contains("***@ghcr.io"), "{text}");
     }
 
     #[test]

@@ -1,0 +1,308 @@
+"""The response rules, end to end: what a client's headers, or an upstream's answer, can make
+the proxy say or send. Real registry where it shows the behaviour; the upstream double
+(conftest `env`) for what no real registry does on purpose."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import clients
+from clients import call, oci_error_of, parse_challenges
+from images import PAGED_REPO, PREFIX, push_plan
+from upstream_double import (
+    BLOB, BLOB_DIGEST, MANIFEST, NAME, Response, blob, bearer_challenge, docker_hub_cdn_redirect,
+    manifest, oci_error, token_response,
+)
+from upstreams import ALICE
+
+# Host values an HTTP server hands on as an authority; each must be refused by the proxy.
+HOSTILE_HOSTS = ["[<img src=x onerror=alert(1)>]", "user@evil.example", "evil.example:99999",
+                 "[::1]x"]
+
+
+def bearer_of(resp) -> dict:
+    values = resp.header_all("WWW-Authenticate")
+    assert len(values) == 1, f"want exactly one challenge: {resp!r}"
+    (scheme, params), = parse_challenges(values[0])
+    assert scheme == "bearer", resp
+    return params
+
+
+# ---------------------------------------------------------------------------------------------
+# bodies the proxy rewrites
+
+
+def test_gzip_listings_are_filtered_never_passed_raw(make_target, ups, needs_proxy):
+    """An upstream behind nginx `gzip_types application/json` compresses tags and catalog pages
+    for a client that asks (Go clients do): the proxy still filters and renames them."""
+    target = make_target("anon", prefix=PREFIX, front="gzip")
+    direct = call(target.registry.url, "GET", "/v2/_catalog?n=1000",
+                  headers=[("Accept-Encoding", "gzip")])
+    assert direct.header("Content-Encoding") == "gzip", f"the front does not gzip: {direct!r}"
+    want = sorted({repo[len(PREFIX) + 1:] for repo, _, _ in push_plan()
+                   if repo.startswith(PREFIX + "/")})
+    r = call(target.url, "GET", "/v2/_catalog?n=1000", headers=[("Accept-Encoding", "gzip")])
+    assert r.status == 200, r
+    assert r.header("Content-Encoding") is None, r
+    assert r.json()["repositories"] == want, r
+    r = call(target.url, "GET", f"/v2/{PAGED_REPO}/tags/list",
+             headers=[("Accept-Encoding", "gzip")])
+    assert r.status == 200 and r.json()["name"] == PAGED_REPO, r
+
+
+def test_head_of_a_rewritten_tag_list_announces_the_get_length(make_target, needs_proxy):
+    target = make_target("anon", prefix=PREFIX)
+    get = call(target.url, "GET", f"/v2/{PAGED_REPO}/tags/list")
+    head = call(target.url, "HEAD", f"/v2/{PAGED_REPO}/tags/list")
+    assert get.status == head.status == 200, (get, head)
+    assert int(get.header("Content-Length")) == len(get.body), get
+    assert head.header("Content-Length") == get.header("Content-Length"), (head, get)
+    assert head.body == b""
+
+
+def test_upstream_error_details_never_name_the_prefix(make_target, needs_proxy):
+    """distribution's NAME_UNKNOWN/MANIFEST_UNKNOWN details name the upstream repository."""
+    target = make_target("anon", prefix=PREFIX)
+    direct = call(target.registry.url, "GET", f"/v2/{PREFIX}/nosuch/tags/list")
+    assert PREFIX.encode() in direct.body, f"the registry no longer names it: {direct!r}"
+    for path in ["/v2/nosuch/tags/list", "/v2/multiarch/manifests/nosuch",
+                 "/v2/multiarch/blobs/sha256:" + "0" * 64]:
+        r = call(target.url, "GET", path)
+        assert r.status == 404, r
+        err = oci_error_of(r)
+        assert err["code"] in ("NAME_UNKNOWN", "MANIFEST_UNKNOWN", "BLOB_UNKNOWN"), r
+        assert PREFIX.encode() not in r.body and target.registry.hostport not in r.describe(), r
+
+
+# ---------------------------------------------------------------------------------------------
+# the public origin: Host and X-Forwarded-*
+
+
+@pytest.mark.parametrize("host", HOSTILE_HOSTS)
+def test_hostile_host_is_refused_everywhere(make_target, host, needs_proxy):
+    """Refused by the runtime (an HTTP server may reject what is no URI authority) or by the
+    proxy, never put into a page, a realm or a Link."""
+    target = make_target("token")
+    for path in ["/", "/v2/", "/v2/multiarch/manifests/latest"]:
+        r = call(target.url, "GET", path, headers=[("Host", host)])
+        assert r.status == 400, f"{path}: {r!r}"
+        assert b"<img" not in r.body and "evil" not in r.describe(), r
+        if (r.header("Content-Type") or "").startswith("application/json"):
+            oci_error_of(r)
+
+
+def test_forwarded_headers_are_ignored_unless_trusted(make_target, needs_proxy):
+    target = make_target("token")
+    sent = [("X-Forwarded-Host", "evil.example"), ("X-Forwarded-Proto", "https")]
+    r = call(target.url, "GET", "/v2/", headers=sent)
+    assert bearer_of(r)["realm"] == f"{target.url}/token", r
+    page = call(target.url, "GET", "/", headers=sent + [("X-Forwarded-Host", "<script>")])
+    assert b"evil" not in page.body and b"<script>" not in page.body, page
+    trusting = make_target("token", trust_forwarded="true")
+    appended = [("X-Forwarded-Host", "evil.example, images.example.com"),
+                ("X-Forwarded-Proto", "https")]
+    r = call(trusting.url, "GET", "/v2/", headers=appended)
+    assert bearer_of(r)["realm"] == "https://images.example.com/token", r
+    r = call(trusting.url, "GET", "/v2/", headers=[("X-Forwarded-Host", "[<img src=x>]"),
+                                                    ("X-Forwarded-Proto", "https")])
+    assert r.status == 400 and b"<img" not in r.body, r
+
+
+def test_a_plain_http_dns_name_gets_an_https_realm(make_target, needs_proxy):
+    """What Fermyon Cloud's TLS front hands Spin: plain HTTP, Host without a port."""
+    target = make_target("token")
+    r = call(target.url, "GET", "/v2/", headers=[("Host", "images.example.com")])
+    assert bearer_of(r)["realm"] == "https://images.example.com/token", r
+
+
+# ---------------------------------------------------------------------------------------------
+# challenges
+
+
+@pytest.mark.parametrize("challenge", [
+    "Bearer realm=\"https://r\u00e9alm.example/token\",service=\"x\"",  # not ASCII
+    "Bearer realm=",                                                   # unparseable
+    "Newfangled k=v",                                                  # unknown scheme
+    None,                                                              # no challenge at all
+])
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_every_401_carries_the_proxy_challenge(proxy, env, challenge, method):
+    headers = [("WWW-Authenticate", challenge)] if challenge else []
+    headers += [("Content-Encoding", "gzip"), ("ETag", '"e"'), ("Docker-Content-Digest", "sha256:0")]
+    env.up.route(f"/v2/{NAME}/manifests/v1", Response(401, headers, gzip.compress(b"{}")))
+    r = call(proxy.url, method, f"/v2/{NAME}/manifests/v1")
+    assert r.status == 401, r
+    params = bearer_of(r)
+    assert params == {"realm": f"{proxy.url}/token", "service": f"127.0.0.1:{proxy.port}",
+                      "scope": f"repository:{NAME}:pull"}, r
+    for h in ("Content-Encoding", "ETag", "Docker-Content-Digest"):
+        assert r.header(h) is None, f"{h} on a body the proxy replaced: {r!r}"
+    if method == "GET":
+        assert oci_error_of(r)["code"] == "UNAUTHORIZED" and int(r.header("Content-Length")) == len(r.body)
+
+
+def test_credentials_reach_the_realm_of_a_private_repository_behind_an_open_v2(proxy, env):
+    """`/v2/` answers 200 anonymously but a private repository challenges: a token request with
+    credentials must take them to that realm, never answer with an anonymous token."""
+    env.up.route("/v2/", Response(200, [("Content-Type", "application/json")], b"{}"))
+    env.up.route(f"/v2/{NAME}/tags/list",
+                 bearer_challenge(f"{env.auth.url}/token", "reg", f"repository:{NAME}:pull"))
+    env.auth.route("/token", token_response("private-token"))
+    basic = clients.basic_header(ALICE)
+    t = call(proxy.url, "GET", f"/token?service=x&scope=repository:{NAME}:pull",
+             headers=[("Authorization", basic)])
+    assert t.status == 200 and t.json()["token"] == "private-token", t
+    (got,) = env.auth.requests_to("/token")
+    assert got.header("Authorization") == basic, got.headers
+    # A refresh token the proxy has nowhere to take is an error.
+    env.up.reset()
+    env.up.route("/v2/", Response(200, [("Content-Type", "application/json")], b"{}"))
+    env.up.route(f"/v2/{NAME}/tags/list", Response(200, [], b'{"name":"x","tags":[]}'))
+    t = call(proxy.url, "POST", "/token", headers=[("Content-Type", "application/x-www-form-urlencoded")],
+             body=f"grant_type=refresh_token&refresh_token=rt&scope=repository:{NAME}:pull".encode())
+    assert t.status == 400 and b"anonymous" not in t.body, t
+
+
+# ---------------------------------------------------------------------------------------------
+# headers, both ways
+
+
+CLIENT_JUNK = [("Cookie", "session=s3cr3t"), ("Origin", "https://evil.example"),
+               ("Referer", "https://evil.example/page"), ("CF-Connecting-IP", "203.0.113.9"),
+               ("X-Forwarded-For", "203.0.113.9"), ("X-Custom", "1")]
+UPSTREAM_JUNK = [("Set-Cookie", "upstream=1"), ("Alt-Svc", 'h3=":443"'),
+                 ("Strict-Transport-Security", "max-age=31536000"),
+                 ("Content-Location", "http://127.0.0.1:1/x"), ("X-Amz-Request-Id", "r")]
+
+
+def test_only_allowlisted_headers_cross_either_way(proxy, env):
+    cdn_path = "/blobs/x"
+    env.up.route(f"/v2/{NAME}/manifests/v1", Response(200, manifest(MANIFEST).headers + UPSTREAM_JUNK
+                                                      + [("Location", env.up.url + "/elsewhere")],
+                                                      MANIFEST))
+    env.up.route(f"/v2/{NAME}/blobs/{BLOB_DIGEST}", docker_hub_cdn_redirect(env.cdn.url + cdn_path))
+    env.cdn.route(cdn_path, lambda req: Response(200, [("Content-Type", "application/octet-stream")]
+                                                 + UPSTREAM_JUNK, BLOB))
+    sent = CLIENT_JUNK + [("Accept-Encoding", "gzip"), ("Authorization", "Bearer t")]
+    r = call(proxy.url, "GET", f"/v2/{NAME}/manifests/v1", headers=sent)
+    b = call(proxy.url, "GET", f"/v2/{NAME}/blobs/{BLOB_DIGEST}", headers=sent)
+    assert r.status == 200 and r.body == MANIFEST, r
+    assert b.status == 200 and b.body == BLOB
+    for resp in (r, b):
+        names = {k.lower() for k, _ in resp.headers}
+        leaked = names & {k.lower() for k, _ in UPSTREAM_JUNK} | names & {"location"}
+        assert not leaked, f"reached the client: {leaked}"
+    (up,) = env.up.requests_to(f"/v2/{NAME}/manifests/v1")
+    (cdn,) = env.cdn.requests_to(cdn_path)
+    for got in (up, cdn):
+        leaked = got.header_names() & {k.lower() for k, _ in CLIENT_JUNK}
+        assert not leaked, f"reached {got.target}: {leaked}"
+        assert got.header("Accept-Encoding") == "identity", got.headers
+    assert up.header("Authorization") == "Bearer t"
+    assert cdn.header("Authorization") is None and cdn.header("User-Agent") is None, cdn.headers
+
+
+def test_client_query_parameters_stop_at_the_proxy(proxy, env):
+    env.up.route(f"/v2/{NAME}/manifests/v1", manifest(MANIFEST))
+    env.up.route(f"/v2/{NAME}/tags/list", Response(200, [], json.dumps({"name": NAME, "tags": []}).encode()))
+    call(proxy.url, "GET", f"/v2/{NAME}/manifests/v1?ns=docker.io&debug=1&token=x")
+    call(proxy.url, "GET", f"/v2/{NAME}/tags/list?n=2&last=a&debug=1")
+    assert [x.query for x in env.up.requests_to(f"/v2/{NAME}/manifests/v1")] == [""]
+    assert [x.query for x in env.up.requests_to(f"/v2/{NAME}/tags/list")] == ["n=2&last=a"]
+
+
+def test_links_on_any_path_never_point_at_the_upstream(proxy, env, shared):
+    """ACR-style absolute Links, also on a manifest and on a pass-mode redirect."""
+    links = (f'<{env.up.url}/v2/{NAME}/manifests/{BLOB_DIGEST}>; rel="alternate", '
+             f'<{env.cdn.url}/x>; rel="x", </docs/api>; rel="help"')
+    env.up.route(f"/v2/{NAME}/manifests/v1", Response(200, manifest(MANIFEST).headers
+                                                      + [("Link", links)], MANIFEST))
+    env.up.route(f"/v2/{NAME}/blobs/{BLOB_DIGEST}",
+                 Response(307, [("Location", env.cdn.url + "/b"), ("Link", links),
+                                ("Set-Cookie", "a=b")], b"redirect"))
+    r = call(proxy.url, "GET", f"/v2/{NAME}/manifests/v1")
+    assert r.header_all("Link") == [
+        f'<http://127.0.0.1:{proxy.port}/v2/{NAME}/manifests/{BLOB_DIGEST}>; rel="alternate"'], r
+    p = call(shared("pass").url, "GET", f"/v2/{NAME}/blobs/{BLOB_DIGEST}")
+    assert p.status == 307 and p.header("Location") == env.cdn.url + "/b", p
+    assert p.header("Set-Cookie") is None and p.body == b"", p
+    assert all(env.cdn.url not in v and env.up.url not in v for v in p.header_all("Link")), p
+
+
+def test_token_realm_redirects_are_followed_within_configuration(proxy, env):
+    env.up.route("/v2/", bearer_challenge(f"{env.auth.url}/token", "reg"))
+    env.auth.route("/token", Response(307, [("Location", "/v2/token")]))
+    env.auth.route("/v2/token", token_response("moved-token"))
+    t = call(proxy.url, "GET", f"/token?scope=repository:{NAME}:pull",
+             headers=[("Authorization", clients.basic_header(ALICE))])
+    assert t.status == 200 and t.json()["token"] == "moved-token", t
+    (moved,) = env.auth.requests_to("/v2/token")
+    assert moved.header("Authorization") == clients.basic_header(ALICE)
+    env.auth.reset()
+    env.auth.route("/token", Response(302, [("Location", env.evil.url + "/token")]))
+    t = call(proxy.url, "GET", f"/token?scope=repository:{NAME}:pull",
+             headers=[("Authorization", clients.basic_header(ALICE))])
+    assert t.status == 502 and t.header("Location") is None and env.evil.url not in t.describe(), t
+    assert env.evil.requests == []
+
+
+# ---------------------------------------------------------------------------------------------
+# the log
+
+
+def test_completed_downloads_are_logged_complete(proxy, env):
+    """curl closes once it has Content-Length bytes; that is a complete download, not a
+    client that went away."""
+    data = os.urandom(1 << 20)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    env.up.route(f"/v2/{NAME}/blobs/{digest}", blob(data))
+    url = f"{proxy.url}/v2/{NAME}/blobs/{digest}"
+
+    def fetch(_):
+        p = subprocess.run(["curl", "-sf", "--max-time", "60", url], capture_output=True)
+        return p.returncode, hashlib.sha256(p.stdout).hexdigest()
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(fetch, range(100)))
+    assert results == [(0, digest.split(":")[1])] * 100, results[:3]
+    marker = f"GET /v2/{NAME}/blobs/{digest} "
+    log = proxy.wait_log(lambda t: t.count(marker) >= 100)
+    lines = [ln for ln in log.splitlines() if marker in ln]
+    assert len(lines) == 100, f"{len(lines)} lines"
+    short = [ln for ln in lines if f"bytes={len(data)} " not in ln or "error=" in ln]
+    assert not short, f"{len(short)} complete downloads logged as incomplete: {short[:3]}"
+
+
+def test_a_manifest_cut_short_is_never_served_as_complete(proxy, env):
+    cut = Response(200, manifest(MANIFEST).headers + [("Content-Length", str(len(MANIFEST)))],
+                   MANIFEST[: len(MANIFEST) // 2], cut=True)
+    env.up.route(f"/v2/{NAME}/manifests/v1", cut)
+    got = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{size_download}",
+                          "--max-time", "20", f"{proxy.url}/v2/{NAME}/manifests/v1"],
+                         capture_output=True, text=True)
+    assert got.returncode != 0 and got.stdout != str(len(MANIFEST)), got
+    log = proxy.wait_log(lambda t: f"/v2/{NAME}/manifests/v1 status=200" in t)
+    line = [ln for ln in log.splitlines() if f"/v2/{NAME}/manifests/v1 status=200" in ln][-1]
+    assert "error=" in line, line
+
+
+def test_upstream_words_never_reach_the_client(proxy, env):
+    """Artifact Registry's 403 names the project; an S3 error names the bucket."""
+    env.up.route(f"/v2/{NAME}/manifests/v1", oci_error(
+        403, "DENIED", 'Permission "artifactregistry.repositories.downloadArtifacts" denied on '
+        'resource "projects/my-project-123/locations/europe-west1/repositories/containers"'))
+    env.up.route(f"/v2/{NAME}/blobs/{BLOB_DIGEST}", docker_hub_cdn_redirect(env.cdn.url + "/s3"))
+    env.cdn.route("/s3", Response(403, [("Content-Type", "application/xml")],
+                                  b"<Error><Code>AccessDenied</Code><BucketName>prod-bucket"
+                                  b"</BucketName></Error>"))
+    r = call(proxy.url, "GET", f"/v2/{NAME}/manifests/v1")
+    assert r.status == 403 and oci_error_of(r)["code"] == "DENIED" and b"my-project" not in r.body, r
+    r = call(proxy.url, "GET", f"/v2/{NAME}/blobs/{BLOB_DIGEST}")
+    assert r.status == 403 and b"prod-bucket" not in r.body, r
+    assert oci_error_of(r)["code"] == "DENIED"
