@@ -718,7 +718,7 @@ impl Exchange {
 
     fn error(&mut self, e: OciError) -> Step {
         self.cause = Some(match &e.cause {
-            Some(c) => format!("{}: {c}", e.message),
+            Some(c) => format!("{} ({c})", e.message),
             None => e.message.clone(),
         });
         self.reply(Draft::error(&e))

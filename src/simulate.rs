@@ -235,8 +235,13 @@ pub fn check(config: &Config, req: &Incoming, run: &Run) -> Result<(), String> {
     let pass_redirect = location.is_some()
         && config.blob_redirect == BlobRedirect::Pass
         && req.path.contains("/blobs/");
-    // NAMES: no upstream origin in a client-facing header or a body the proxy made.
-    let texts = upstream_texts(config);
+    // NAMES: no upstream origin in a client-facing header or a body the proxy made, unless the
+    // client itself sent that text (an echo of its own path is not a leak).
+    let sent_by_client = format!("{} {:?} {:?}", req.path, req.query, req.headers);
+    let texts: Vec<String> = upstream_texts(config)
+        .into_iter()
+        .filter(|t| !sent_by_client.contains(t.as_str()))
+        .collect();
     for (n, v) in h {
         if n == header::LOCATION && pass_redirect {
             continue;

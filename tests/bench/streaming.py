@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import http.client
-import os
 import shutil
 import subprocess
 import sys
@@ -33,139 +31,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-import harness  # noqa: E402
+from benchlib import ROOT, MiB, RssSampler, harness, make_blob, push_blob, rss_kb, start_registry
 
-MiB = 1 << 20
 NAME = "bench/blobs"
 CONCURRENCY = 4
 HELD_BELOW = 8 * MiB   # blobs this small are also pulled rate-limited, all 4 in flight at once
 HELD_RATE = "512k"
-
-
-# ------------------------------------------------------------------------------ registry
-
-
-def start_registry(workdir: Path) -> harness.Service:
-    exe = shutil.which("docker-registry") or shutil.which("registry")
-    if not exe:
-        sys.exit("docker-registry not found (apt-get install docker-registry)")
-    port = harness.free_port()
-    storage = workdir / "storage"
-    storage.mkdir()
-    cfg = workdir / "registry.yml"
-    cfg.write_text(f"""version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: {storage}
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: 127.0.0.1:{port}
-  secret: streaming-bench-secret
-""")
-    return harness.Service("bench-registry", [exe, "serve", cfg], port=port, wait=60)
-
-
-def make_blob(path: Path, size: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            chunk = os.urandom(min(left, 4 * MiB))
-            h.update(chunk)
-            f.write(chunk)
-            left -= len(chunk)
-    return "sha256:" + h.hexdigest()
-
-
-def push_blob(registry: str, path: Path, digest: str) -> None:
-    u = urlsplit(registry)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=600, blocksize=MiB)
-    conn.request("POST", f"/v2/{NAME}/blobs/uploads/", headers={"Content-Length": "0"})
-    r = conn.getresponse()
-    r.read()
-    if r.status != 202:
-        sys.exit(f"upload start: {r.status} {r.getheaders()}")
-    loc = urlsplit(r.getheader("Location"))
-    target = loc.path + "?" + (loc.query + "&" if loc.query else "") + "digest=" + digest
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        conn.request("PUT", target, body=f, headers={"Content-Length": str(size),
-                                                     "Content-Type": "application/octet-stream"})
-        r = conn.getresponse()
-        body = r.read()
-    if r.status != 201:
-        sys.exit(f"upload PUT: {r.status} {body[:300]!r}")
-    conn.request("HEAD", f"/v2/{NAME}/blobs/{digest}")
-    r = conn.getresponse()
-    r.read()
-    if r.status != 200 or int(r.getheader("Content-Length")) != size:
-        sys.exit(f"blob HEAD after push: {r.status} {r.getheaders()}")
-    conn.close()
-
-
-# ------------------------------------------------------------------------------ measuring
-
-
-def _status_kb(pid: int, key: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return 0
-
-
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                kids = [int(x) for x in (task / "children").read_text().split()]
-            except (FileNotFoundError, ProcessLookupError, ValueError):
-                kids = []
-            out.extend(kids)
-            todo.extend(kids)
-    return out
-
-
-class RssSampler:
-    """Peak RSS of a process tree: VmHWM of the process plus the children's peak, sampled."""
-
-    def __init__(self, pid: int):
-        self.pid = pid
-        self.children_peak_kb = 0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.wait(0.05):
-            kids = _descendants(self.pid)
-            if kids:
-                now = sum(_status_kb(k, "VmHWM") for k in kids)
-                self.children_peak_kb = max(self.children_peak_kb, now)
-
-    def __enter__(self):
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-
-    def peak_mb(self) -> float:
-        return (_status_kb(self.pid, "VmHWM") + self.children_peak_kb) / 1024
 
 
 def pull_timed(url: str, size: int, extra=()) -> float:
@@ -245,14 +117,14 @@ def main() -> int:
     registry = None
     rows = []
     try:
-        registry = start_registry(work)
+        registry = start_registry(work, "streaming-bench")
         print(f"registry {registry.url} (docker-registry, storage {work}/storage)", flush=True)
         blobs = []
         for size in sizes:
             path = work / f"blob-{size}"
             t0 = time.monotonic()
             digest = make_blob(path, size)
-            push_blob(registry.url, path, digest)
+            push_blob(registry.url, NAME, path, digest)
             path.unlink()  # the registry has its own copy
             print(f"pushed {fmt_size(size):>8} {digest} in {time.monotonic() - t0:.1f}s", flush=True)
             blobs.append((size, digest))
@@ -263,7 +135,7 @@ def main() -> int:
             try:
                 warm = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
                                        proxy.url + "/v2/"], capture_output=True, text=True)
-                idle_mb = _status_kb(proxy.pid, "VmHWM") / 1024
+                idle_mb = rss_kb(proxy.pid, "VmHWM") / 1024
                 with RssSampler(proxy.pid) as s:
                     t_proxy = pull_timed(proxy.url + path, size)
                     if size <= HELD_BELOW:

@@ -220,6 +220,15 @@ def bearer_challenge(resp: Response) -> dict:
     return None
 
 
+def only_bearer(resp) -> dict:
+    """The params of a response's one challenge, which must be Bearer."""
+    values = resp.header_all("WWW-Authenticate")
+    assert len(values) == 1, f"want exactly one WWW-Authenticate: {resp!r}"
+    challenges = parse_challenges(values[0])
+    assert len(challenges) == 1 and challenges[0][0] == "bearer", f"{challenges}: {resp!r}"
+    return challenges[0][1]
+
+
 def basic_header(creds) -> str:
     return "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
 

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, urljoin, urlsplit
 import pytest
 
 import harness
-from clients import call, oci_error_of, parse_challenges
+from clients import call, oci_error_of, only_bearer
 from upstream_double import (
     DOCKER_HUB_RATE_LIMIT_MESSAGE, Response, acr_tags_page,
     artifact_registry_redirect, blob, closed_port, docker_hub_cdn_redirect, docker_hub_rate_limit,
@@ -251,15 +251,6 @@ def test_invalid_configuration_is_500_naming_the_variable(env, variable, value):
 # auth challenges and the token endpoint
 
 
-def proxy_bearer(resp: Resp) -> dict:
-    """Exactly one challenge, Bearer; return its params."""
-    values = resp.header_all("WWW-Authenticate")
-    assert values, f"401 without WWW-Authenticate: {resp.describe()}"
-    ch = parse_challenges(", ".join(values))
-    assert len(ch) == 1 and ch[0][0].lower() == "bearer", f"challenges {ch} from {values}"
-    return ch[0][1]
-
-
 @pytest.mark.parametrize("style", ["quay", "reordered", "separate", "escaped"])
 @pytest.mark.parametrize("probe", ["GET /v2/", f"HEAD /v2/{NAME}/manifests/v1"])
 def test_multi_challenge_becomes_one_bearer_on_proxy_realm(proxy, env, style, probe):
@@ -272,7 +263,7 @@ def test_multi_challenge_becomes_one_bearer_on_proxy_realm(proxy, env, style, pr
     method, path = probe.split(" ", 1)
     r = call(proxy.url, method, path)
     assert r.status == 401, r.describe()
-    params = proxy_bearer(r)
+    params = only_bearer(r)
     assert params.get("realm") == proxy.url + "/token", params
     for v in params.values():
         assert env.up.url not in v, f"upstream origin leaked in challenge: {params}"
@@ -297,7 +288,7 @@ def test_token_realm_on_upstream_auth_host(proxy, env):
     env.auth.route("/token", token_response("hub-token"))
     r = call(proxy.url, "GET", "/v2/")
     assert r.status == 401, r.describe()
-    assert proxy_bearer(r).get("realm") == proxy.url + "/token"
+    assert only_bearer(r).get("realm") == proxy.url + "/token"
     t = call(proxy.url, "GET", f"/token?service=registry.docker.io&scope=repository:{NAME}:pull")
     assert t.status == 200, t.describe()
     assert env.auth.requests_to("/token"), "token request did not reach upstream_auth"
@@ -321,7 +312,7 @@ def test_realm_uses_public_url(fresh, env):
     p = fresh(env.variables(public_url="https://registry.example.test"))
     r = call(p.url, "GET", "/v2/")
     assert r.status == 401, r.describe()
-    assert proxy_bearer(r).get("realm") == "https://registry.example.test/token"
+    assert only_bearer(r).get("realm") == "https://registry.example.test/token"
 
 
 FOREIGN = ["unconfigured-host", "userinfo-trick", "cdn-is-no-realm"]

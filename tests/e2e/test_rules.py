@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import clients
-from clients import call, oci_error_of, parse_challenges
+from clients import call, oci_error_of, only_bearer
 from images import PAGED_REPO, PREFIX, push_plan
 from upstream_double import (
     BLOB, BLOB_DIGEST, MANIFEST, NAME, Response, blob, bearer_challenge, docker_hub_cdn_redirect,
@@ -24,14 +24,6 @@ from upstreams import ALICE
 # Host values an HTTP server hands on as an authority; each must be refused by the proxy.
 HOSTILE_HOSTS = ["[<img src=x onerror=alert(1)>]", "user@evil.example", "evil.example:99999",
                  "[::1]x"]
-
-
-def bearer_of(resp) -> dict:
-    values = resp.header_all("WWW-Authenticate")
-    assert len(values) == 1, f"want exactly one challenge: {resp!r}"
-    (scheme, params), = parse_challenges(values[0])
-    assert scheme == "bearer", resp
-    return params
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,14 +93,14 @@ def test_forwarded_headers_are_ignored_unless_trusted(make_target, needs_proxy):
     target = make_target("token")
     sent = [("X-Forwarded-Host", "evil.example"), ("X-Forwarded-Proto", "https")]
     r = call(target.url, "GET", "/v2/", headers=sent)
-    assert bearer_of(r)["realm"] == f"{target.url}/token", r
+    assert only_bearer(r)["realm"] == f"{target.url}/token", r
     page = call(target.url, "GET", "/", headers=sent + [("X-Forwarded-Host", "<script>")])
     assert b"evil" not in page.body and b"<script>" not in page.body, page
     trusting = make_target("token", trust_forwarded="true")
     appended = [("X-Forwarded-Host", "evil.example, images.example.com"),
                 ("X-Forwarded-Proto", "https")]
     r = call(trusting.url, "GET", "/v2/", headers=appended)
-    assert bearer_of(r)["realm"] == "https://images.example.com/token", r
+    assert only_bearer(r)["realm"] == "https://images.example.com/token", r
     r = call(trusting.url, "GET", "/v2/", headers=[("X-Forwarded-Host", "[<img src=x>]"),
                                                     ("X-Forwarded-Proto", "https")])
     assert r.status == 400 and b"<img" not in r.body, r
@@ -118,7 +110,7 @@ def test_a_plain_http_dns_name_gets_an_https_realm(make_target, needs_proxy):
     """What Fermyon Cloud's TLS front hands Spin: plain HTTP, Host without a port."""
     target = make_target("token")
     r = call(target.url, "GET", "/v2/", headers=[("Host", "images.example.com")])
-    assert bearer_of(r)["realm"] == "https://images.example.com/token", r
+    assert only_bearer(r)["realm"] == "https://images.example.com/token", r
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,7 +130,7 @@ def test_every_401_carries_the_proxy_challenge(proxy, env, challenge, method):
     env.up.route(f"/v2/{NAME}/manifests/v1", Response(401, headers, gzip.compress(b"{}")))
     r = call(proxy.url, method, f"/v2/{NAME}/manifests/v1")
     assert r.status == 401, r
-    params = bearer_of(r)
+    params = only_bearer(r)
     assert params == {"realm": f"{proxy.url}/token", "service": f"127.0.0.1:{proxy.port}",
                       "scope": f"repository:{NAME}:pull"}, r
     for h in ("Content-Encoding", "ETag", "Docker-Content-Digest"):

@@ -103,6 +103,10 @@ impl AllowedHost {
             Some(_) => bail!("it has a path; only scheme://host[:port] is allowed"),
             None => rest,
         };
+        ensure!(
+            !rest.contains('@'),
+            "it has user information; only scheme://host[:port] is allowed"
+        );
         // Split host and port, keeping bracketed IPv6 literals whole.
         let (host, port) = match rest.rfind(':') {
             Some(i) if !rest[i..].contains(']') => (&rest[..i], Some(&rest[i + 1..])),
@@ -238,7 +242,10 @@ mod tests {
     fn errors_never_show_userinfo() {
         let e = OutboundPolicy::parse(&["https://robot:TOKEN@ghcr.io"]).unwrap_err();
         let text = format!("{e:#}");
-        assert!(!text.contains("TOKEN") && text.contains("***@ghcr.io"), "{text}");
+        assert!(
+            !text.contains("TOKEN") && text.contains("***@ghcr.io"),
+            "{text}"
+        );
     }
 
     #[test]

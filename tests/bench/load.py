@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Load benchmark: many clients at once, every kind of request, through the proxy and direct.
+
+Starts a real `docker-registry serve` (anonymous) with a one-layer image, the test host running
+the component spin.toml names in front of it (blob_redirect = follow), then drives 64 concurrent
+clients for 60 s, as 4 `hey` runs side by side, 16 connections each:
+
+  HEAD manifest by tag | GET manifest by digest | GET blob (64 KiB) | GET /token
+
+and the same 64 clients against the registry directly (the token request there is `GET /v2/`,
+what the proxy's token endpoint asks an anonymous upstream). Prints, per kind and in total,
+requests/s through the proxy and directly and their ratio, the errors (non-2xx answers and
+transport errors: must be 0), and the test host's RSS at the start, the peak and the end of
+the run (must be flat: no growth with the number of requests).
+
+Numbers only, no assertion on speed; the exit status is non-zero when there were errors.
+
+    python3 tests/bench/load.py               # 64 clients, 60 s each way
+    python3 tests/bench/load.py --seconds 10  # a short run
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from benchlib import ROOT, harness, image, rss_kb, start_registry
+
+NAME = "bench/app"
+ACCEPT = ("application/vnd.oci.image.index.v1+json, "
+          "application/vnd.oci.image.manifest.v1+json")
+
+
+def kinds(img: dict, token_path: str) -> list:
+    """(label, hey arguments after the URL base) for each request kind."""
+    return [
+        ("HEAD manifest", ["-m", "HEAD", "-H", f"Accept: {ACCEPT}"],
+         f"/v2/{NAME}/manifests/latest"),
+        ("GET manifest", ["-H", f"Accept: {ACCEPT}"], f"/v2/{NAME}/manifests/{img['manifest']}"),
+        ("GET blob", [], f"/v2/{NAME}/blobs/{img['layer']}"),
+        ("token", [], token_path),
+    ]
+
+
+def parse_hey(out: str) -> dict:
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    codes = {int(c): int(n) for c, n in re.findall(r"\[(\d{3})\]\s+(\d+) responses", out)}
+    errors = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]\s+(?!.*responses)", out, re.M))
+    return {"rps": float(rps.group(1)) if rps else 0.0, "codes": codes, "errors": errors,
+            "bad": sum(n for c, n in codes.items() if not 200 <= c < 300) + errors}
+
+
+def drive(base: str, plan: list, clients: int, seconds: int) -> list:
+    """Runs every kind at once, `clients` connections in all; returns parsed results."""
+    per = max(1, clients // len(plan))
+    procs = []
+    for label, args, path in plan:
+        argv = ["hey", "-z", f"{seconds}s", "-c", str(per), *args, base + path]
+        procs.append((label, subprocess.Popen(argv, stdout=subprocess.PIPE,
+                                              stderr=subprocess.STDOUT, text=True)))
+    results = []
+    for label, p in procs:
+        out, _ = p.communicate()
+        results.append((label, parse_hey(out), out))
+    return results
+
+
+class RssTrace:
+    """The test host's RSS, sampled every 0.2 s while the load runs."""
+
+    def __init__(self, pid: int):
+        self.pid, self.samples = pid, []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(0.2):
+            self.samples.append(rss_kb(self.pid) / 1024)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=int, default=60)
+    ap.add_argument("--clients", type=int, default=64)
+    args = ap.parse_args()
+    if not shutil.which("hey"):
+        sys.exit("hey not found (apt-get install hey)")
+    for exe in (harness.HOST_BIN,
+                ROOT / "target" / "wasm32-wasip2" / "release" / "spin_registry_proxy.wasm"):
+        if not Path(exe).exists():
+            sys.exit(f"missing {exe}: build it first (tests/run does)")
+    work = Path(tempfile.mkdtemp(prefix="load-bench-"))
+    registry = proxy = None
+    try:
+        registry = start_registry(work, "load-bench")
+        img = image(registry.url, NAME, "latest", work, os.urandom(64 << 10))
+        proxy = harness.start_proxy({
+            "upstream": registry.url,
+            "upstream_auth": "http://127.0.0.2:9",  # loopback dummies: the registry is anonymous
+            "upstream_cdn": "http://127.0.0.3:9",
+            "blob_redirect": "follow",
+        }, name="load-proxy")
+        # Warm up: every kind once, so the start RSS is the host's working size.
+        warm = drive(proxy.url, kinds(img, f"/token?service=x&scope=repository:{NAME}:pull"),
+                     len(kinds(img, "")), 2)
+        start_mb = rss_kb(proxy.pid) / 1024
+        with RssTrace(proxy.pid) as trace:
+            via = drive(proxy.url, kinds(img, f"/token?service=x&scope=repository:{NAME}:pull"),
+                        args.clients, args.seconds)
+        time.sleep(1)
+        end_mb = rss_kb(proxy.pid) / 1024
+        direct = drive(registry.url, kinds(img, "/v2/"), args.clients, args.seconds)
+        lines = len([ln for ln in proxy.log().splitlines() if " status=" in ln])
+    finally:
+        for s in (proxy, registry):
+            if s:
+                s.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"{args.clients} concurrent clients ({args.clients // 4} per kind), {args.seconds} s "
+          f"each way; blob_redirect=follow; upstream distribution 2.8 on loopback")
+    hdr = ("kind", "proxy req/s", "direct req/s", "proxy/direct", "proxy errors", "direct errors")
+    print(" | ".join(hdr))
+    print(" | ".join("-" * len(h) for h in hdr))
+    tot_p = tot_d = bad = 0
+    for (label, p, _), (_, d, _) in zip(via, direct):
+        tot_p, tot_d, bad = tot_p + p["rps"], tot_d + d["rps"], bad + p["bad"] + d["bad"]
+        print(" | ".join([label, f"{p['rps']:.0f}", f"{d['rps']:.0f}",
+                          f"{p['rps'] / d['rps']:.2f}" if d["rps"] else "-",
+                          str(p["bad"]), str(d["bad"])]))
+    print(" | ".join(["all", f"{tot_p:.0f}", f"{tot_d:.0f}",
+                      f"{tot_p / tot_d:.2f}" if tot_d else "-", "", ""]))
+    peak = max(trace.samples or [end_mb])
+    print(f"test host RSS: start {start_mb:.1f} MiB, peak {peak:.1f} MiB, end {end_mb:.1f} MiB "
+          f"(end - start {end_mb - start_mb:+.1f} MiB); log lines written: {lines}")
+    warm_bad = sum(r["bad"] for _, r, _ in warm)
+    print(f"errors: {bad} (warm-up: {warm_bad})")
+    for label, r, out in via + direct:
+        if r["bad"]:
+            print(f"--- {label}\n{out[-1500:]}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

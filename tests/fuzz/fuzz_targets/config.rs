@@ -1,0 +1,70 @@
+//! Any variable values: a configuration or an error naming a variable, never a panic, and an
+//! error is always one of the fixed descriptions: it never repeats a value (which may hold a
+//! credential).
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use spin_registry_proxy::config::Config;
+use spin_registry_proxy::origin::OriginError;
+
+const NAMES: [&str; 9] = [
+    "upstream",
+    "upstream_auth",
+    "upstream_cdn",
+    "repository_prefix",
+    "public_url",
+    "trust_forwarded",
+    "blob_redirect",
+    "home",
+    "upstream_timeout",
+];
+
+fn descriptions() -> Vec<String> {
+    let mut d: Vec<String> = [
+        OriginError::NoScheme,
+        OriginError::Scheme,
+        OriginError::NotAnOrigin,
+        OriginError::Host,
+        OriginError::Port,
+        OriginError::Wildcard,
+    ]
+    .iter()
+    .map(|e| e.to_string())
+    .collect();
+    d.extend(
+        [
+            "is empty",
+            "not a URL",
+            "expected \"pass\" or \"follow\"",
+            "not a repository name",
+            "expected \"true\" or \"false\"",
+            "expected seconds (0 < s <= 3600)",
+            "expected an http(s) URL without user",
+        ]
+        .map(String::from),
+    );
+    d
+}
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    let values: Vec<&str> = text.split('\n').collect();
+    let get = |name: &str| {
+        let i = NAMES.iter().position(|n| *n == name)?;
+        let v = values.get(i)?;
+        // The first variable falls back to a valid upstream half the time, so the others are
+        // reached too.
+        if i == 0 && v.len() % 2 == 1 {
+            return Some("https://registry-1.docker.io".to_string());
+        }
+        Some(v.to_string())
+    };
+    if let Err(e) = Config::from_variables(get) {
+        let e = e.to_string();
+        let known = NAMES.iter().any(|n| {
+            descriptions()
+                .iter()
+                .any(|d| e == format!("invalid configuration: variable {n}: {d}"))
+        });
+        assert!(known, "{e:?} is not a fixed description");
+    }
+});
