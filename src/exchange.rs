@@ -196,6 +196,16 @@ impl Exchange {
         matches!(self.route, Some(Route::Tags { .. } | Route::Catalog)) && !self.names.is_identity()
     }
 
+    /// HEAD stays HEAD upstream (Docker Hub does not count it against the pull limit), except
+    /// for a rewritten listing: its HEAD announces the rewritten length, so it needs the body.
+    fn upstream_method(&self) -> Method {
+        if self.head_only && !self.rewrites_listing() {
+            Method::HEAD
+        } else {
+            Method::GET
+        }
+    }
+
     fn registry_request(&mut self, route: &Route, req: Incoming) -> Step {
         let path = match route.name() {
             Some(n) => route.with_name(self.names.to_upstream(n)).path(),
@@ -205,12 +215,7 @@ impl Exchange {
         let headers = headers::registry_request(&req.headers);
         let authorization = token::upstream_authorization(req.headers.get(header::AUTHORIZATION));
         let url = self.upstream_url(&path, query.as_deref());
-        // A HEAD of a rewritten listing announces the rewritten length: it needs the body.
-        let method = if self.head_only && !self.rewrites_listing() {
-            Method::HEAD
-        } else {
-            Method::GET
-        };
+        let method = self.upstream_method();
         self.waiting = Waiting::RegistryAnswer {
             headers: headers.clone(),
             authorization: authorization.clone(),
@@ -310,6 +315,9 @@ impl Exchange {
                 limit: MAX_ERROR_BODY,
             };
         }
+        if status.is_client_error() || status.is_server_error() {
+            self.cause = Some(format!("upstream answered {status}"));
+        }
         if let Some(Route::Blob { digest, .. }) = &self.route {
             // Blob storage answers without it; the digest is the blob's name.
             if status.is_success() && !head.headers().contains_key("docker-content-digest") {
@@ -353,11 +361,7 @@ impl Exchange {
             return self.error(bad("too many redirects"));
         }
         self.hops += 1;
-        let method = if self.head_only {
-            Method::HEAD
-        } else {
-            Method::GET
-        };
+        let method = self.upstream_method();
         if origin == self.config.upstream {
             // The upstream's own host: the client may not reach it, so the proxy follows.
             self.waiting = Waiting::RegistryAnswer {
@@ -442,13 +446,19 @@ impl Exchange {
                 "invalid repository name in scope: {name}"
             )));
         }
-        self.waiting = Waiting::RealmDiscovery(req);
-        let url = self.upstream_url("/v2/", None);
+        self.probe("/v2/", None, Waiting::RealmDiscovery(req))
+    }
+
+    /// An anonymous GET to the registry, to learn how it authenticates.
+    fn probe(&mut self, path: &str, query: Option<&str>, waiting: Waiting) -> Step {
+        let url = self.upstream_url(path, query);
+        self.waiting = waiting;
+        let no_headers = HeaderMap::new();
         self.send(
             Role::Registry,
             Method::GET,
             url,
-            HeaderMap::new(),
+            no_headers,
             None,
             Vec::new(),
         )
@@ -476,16 +486,7 @@ impl Exchange {
                 name: self.names.to_upstream(&name),
             }
             .path();
-            let url = self.upstream_url(&path, Some("n=1"));
-            self.waiting = Waiting::RepositoryChallenge(req);
-            return self.send(
-                Role::Registry,
-                Method::GET,
-                url,
-                HeaderMap::new(),
-                None,
-                Vec::new(),
-            );
+            return self.probe(&path, Some("n=1"), Waiting::RepositoryChallenge(req));
         }
         if status == StatusCode::UNAUTHORIZED {
             return self.authenticate(&challenge::from_headers(head.headers()), req);

@@ -95,6 +95,21 @@ pub fn client_response(from: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// Whether a header may be on a request the proxy sends: the allowlists, plus what the proxy
+/// sets itself.
+pub fn is_upstream_request_header(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    REGISTRY_REQUEST.contains(&n)
+        || CONDITIONAL.contains(&n)
+        || [
+            header::ACCEPT_ENCODING,
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::CONTENT_LENGTH,
+        ]
+        .contains(name)
+}
+
 pub fn is_client_response_header(name: &HeaderName) -> bool {
     RESPONSE.contains(&name.as_str())
         || [header::LOCATION, header::WWW_AUTHENTICATE, header::LINK].contains(name)

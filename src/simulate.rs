@@ -171,25 +171,12 @@ pub fn check(config: &Config, req: &Incoming, run: &Run) -> Result<(), String> {
             return fail("READ_ONLY", format!("{} {} sent", r.method(), r.uri()));
         }
         // REQUEST_HEADERS: only allowlisted headers leave.
-        for name in r.headers().keys() {
-            let ok = [
-                "accept",
-                "user-agent",
-                "accept-encoding",
-                "authorization",
-                "content-type",
-                "content-length",
-                "range",
-                "if-range",
-                "if-match",
-                "if-none-match",
-                "if-modified-since",
-                "if-unmodified-since",
-            ]
-            .contains(&name.as_str());
-            if !ok {
-                return fail("REQUEST_HEADERS", format!("{name} sent to {o}"));
-            }
+        if let Some(name) = r
+            .headers()
+            .keys()
+            .find(|n| !headers::is_upstream_request_header(n))
+        {
+            return fail("REQUEST_HEADERS", format!("{name} sent to {o}"));
         }
     }
     let head = run.reply.head();

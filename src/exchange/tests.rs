@@ -99,6 +99,17 @@ fn error_code(run: &Run) -> String {
     v["errors"][0]["code"].as_str().unwrap().to_string()
 }
 
+/// A token request with Basic credentials.
+fn token_get(query: &str) -> Incoming {
+    let path = format!("/token?{query}");
+    let mut req = incoming(Method::GET, &path, &[]);
+    req.headers.insert(
+        header::AUTHORIZATION,
+        HeaderValue::from_static("Basic YWxpY2U6czNjcmV0"),
+    );
+    req
+}
+
 fn bearer(realm: &str, scope: &str) -> Canned {
     Canned::new(401).header(
         "www-authenticate",
@@ -216,11 +227,7 @@ fn basic_upstreams_get_a_basic_challenge_and_credentials_pass_through() {
     });
     assert_eq!(status(&run), 200);
     // The token endpoint mints nothing for a Basic upstream.
-    let req = incoming(
-        Method::GET,
-        "/token?service=x&scope=repository:web:pull",
-        &[("authorization", "Basic YWxpY2U6czNjcmV0")],
-    );
+    let req = token_get("service=x&scope=repository:web:pull");
     let run = drive(&cfg, req, b"", |_| {
         Ok(Canned::new(401).header("www-authenticate", "Basic realm=\"upstream-realm\""))
     });
@@ -347,11 +354,7 @@ fn redirect_loops_end() {
 #[test]
 fn token_get_discovers_realm_and_maps_scopes() {
     let cfg = config(&[("repository_prefix", "team")]);
-    let req = incoming(
-        Method::GET,
-        "/token?service=127.0.0.1:3000&scope=repository:web:pull&evil=1",
-        &[("authorization", "Basic YWxpY2U6czNjcmV0")],
-    );
+    let req = token_get("service=127.0.0.1:3000&scope=repository:web:pull&evil=1");
     let run = drive(
         &cfg,
         req,
@@ -410,11 +413,7 @@ fn token_never_contacts_an_unconfigured_realm() {
         "http://127.0.0.3:5002/token",
         "not a url",
     ] {
-        let req = incoming(
-            Method::GET,
-            "/token?scope=repository:web:pull",
-            &[("authorization", "Basic YWxpY2U6czNjcmV0")],
-        );
+        let req = token_get("scope=repository:web:pull");
         let run = drive(&cfg, req, b"", |_| Ok(bearer(realm, "")));
         assert_eq!(status(&run), 502, "{realm}");
         assert_eq!(run.sent.len(), 1, "{realm}");
@@ -425,13 +424,7 @@ fn token_never_contacts_an_unconfigured_realm() {
 fn token_realm_redirects_are_followed_only_within_configuration() {
     let cfg = config(&[]);
     let realm = format!("{AUTH}/token");
-    let req = || {
-        incoming(
-            Method::GET,
-            "/token?scope=repository:web:pull",
-            &[("authorization", "Basic YWxpY2U6czNjcmV0")],
-        )
-    };
+    let req = || token_get("scope=repository:web:pull");
     let run = drive(
         &cfg,
         req(),
@@ -479,11 +472,7 @@ fn anonymous_token_only_without_credentials() {
 #[test]
 fn credentials_find_the_realm_of_a_private_repository_behind_an_open_v2() {
     let cfg = config(&[("repository_prefix", "team")]);
-    let req = incoming(
-        Method::GET,
-        "/token?scope=repository:private/x:pull",
-        &[("authorization", "Basic YWxpY2U6czNjcmV0")],
-    );
+    let req = token_get("scope=repository:private/x:pull");
     let run = drive(
         &cfg,
         req,

@@ -108,16 +108,19 @@ def _descendants(pid: int) -> list[int]:
 
 
 class RssSampler:
-    """Peak RSS of a process tree: VmHWM of the process plus the children's peak, sampled."""
+    """Peak RSS of a process tree: VmHWM of the process plus the children's peak, sampled every
+    `every` seconds; `samples` keeps the process's own VmRSS (MiB) at each sample."""
 
-    def __init__(self, pid: int):
-        self.pid = pid
+    def __init__(self, pid: int, every: float = 0.05):
+        self.pid, self.every = pid, every
         self.children_peak_kb = 0
+        self.samples = []
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
-        while not self._stop.wait(0.05):
+        while not self._stop.wait(self.every):
+            self.samples.append(rss_kb(self.pid) / 1024)
             kids = _descendants(self.pid)
             if kids:
                 now = sum(rss_kb(k, "VmHWM") for k in kids)
@@ -133,8 +136,6 @@ class RssSampler:
 
     def peak_mb(self) -> float:
         return (rss_kb(self.pid, "VmHWM") + self.children_peak_kb) / 1024
-
-
 
 
 def push_manifest(registry: str, name: str, tag: str, body: bytes, media_type: str) -> str:

@@ -27,11 +27,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from benchlib import ROOT, harness, image, rss_kb, start_registry
+from benchlib import ROOT, RssSampler, harness, image, rss_kb, start_registry
 
 NAME = "bench/app"
 ACCEPT = ("application/vnd.oci.image.index.v1+json, "
@@ -72,27 +71,6 @@ def drive(base: str, plan: list, clients: int, seconds: int) -> list:
     return results
 
 
-class RssTrace:
-    """The test host's RSS, sampled every 0.2 s while the load runs."""
-
-    def __init__(self, pid: int):
-        self.pid, self.samples = pid, []
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.wait(0.2):
-            self.samples.append(rss_kb(self.pid) / 1024)
-
-    def __enter__(self):
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=int, default=60)
@@ -119,7 +97,7 @@ def main() -> int:
         warm = drive(proxy.url, kinds(img, f"/token?service=x&scope=repository:{NAME}:pull"),
                      len(kinds(img, "")), 2)
         start_mb = rss_kb(proxy.pid) / 1024
-        with RssTrace(proxy.pid) as trace:
+        with RssSampler(proxy.pid, every=0.2) as trace:
             via = drive(proxy.url, kinds(img, f"/token?service=x&scope=repository:{NAME}:pull"),
                         args.clients, args.seconds)
         time.sleep(1)
