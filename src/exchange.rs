@@ -207,6 +207,10 @@ impl Exchange {
     }
 
     fn registry_request(&mut self, route: &Route, req: Incoming) -> Step {
+        if let Some(n) = route.name().filter(|n| !self.names.is_valid_client_name(n)) {
+            let e = OciError::name_invalid(format!("repository name too long: {n}"));
+            return self.error(e);
+        }
         let path = match route.name() {
             Some(n) => route.with_name(self.names.to_upstream(n)).path(),
             None => route.path(),
@@ -441,7 +445,7 @@ impl Exchange {
     }
 
     fn token_request(&mut self, req: TokenRequest) -> Step {
-        if let Some(name) = scope::first_invalid_name(req.scopes()) {
+        if let Some(name) = scope::first_invalid_name(&self.names, req.scopes()) {
             return self.error(OciError::name_invalid(format!(
                 "invalid repository name in scope: {name}"
             )));

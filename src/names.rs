@@ -55,6 +55,12 @@ impl NameMap {
         Some(name.to_string())
     }
 
+    /// Whether a client name is valid and stays valid as the upstream's name (a prefix or
+    /// Docker Hub's `library/` can take it past the 255-character limit).
+    pub fn is_valid_client_name(&self, client: &str) -> bool {
+        crate::route::valid_name(client) && crate::route::valid_name(&self.to_upstream(client))
+    }
+
     /// Whether upstream and client names differ at all.
     pub fn is_identity(&self) -> bool {
         self.prefix.is_empty() && !self.docker_hub
@@ -95,6 +101,16 @@ mod tests {
         let m = NameMap::new("myorg", true);
         assert_eq!(m.to_upstream("app"), "myorg/app");
         assert_eq!(m.to_client("myorg/app").as_deref(), Some("app"));
+    }
+
+    #[test]
+    fn names_too_long_upstream_are_invalid() {
+        let m = NameMap::new("team/app", false);
+        let long = "a".repeat(250);
+        assert!(crate::route::valid_name(&long));
+        assert!(!m.is_valid_client_name(&long));
+        assert!(!NameMap::new("", true).is_valid_client_name(&"b".repeat(250)));
+        assert!(m.is_valid_client_name("web"));
     }
 
     #[test]

@@ -35,9 +35,13 @@ fn map_all<'a>(
     out
 }
 
-/// The first repository name in the scopes that is not a valid repository name: a name such
-/// as `../x` would otherwise step outside the prefix at a token server that normalises paths.
-pub fn first_invalid_name<'a>(scopes: impl IntoIterator<Item = &'a str>) -> Option<String> {
+/// The first repository name in the scopes that is not a valid repository name, in client or
+/// upstream form: a name such as `../x` would otherwise step outside the prefix at a token
+/// server that normalises paths.
+pub fn first_invalid_name<'a>(
+    names: &NameMap,
+    scopes: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     scopes
         .into_iter()
         .flat_map(str::split_whitespace)
@@ -45,7 +49,7 @@ pub fn first_invalid_name<'a>(scopes: impl IntoIterator<Item = &'a str>) -> Opti
             let (kind, rest) = s.split_once(':')?;
             let (name, _) = rest.rsplit_once(':')?;
             let repository = kind == "repository" || kind.starts_with("repository(");
-            (repository && !crate::route::valid_name(name)).then(|| name.to_string())
+            (repository && !names.is_valid_client_name(name)).then(|| name.to_string())
         })
 }
 
@@ -77,7 +81,9 @@ pub fn to_client<'a>(names: &NameMap, scopes: impl IntoIterator<Item = &'a str>)
                 .is_some_and(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphanumeric()));
         let mapped = match kind {
             "registry" if name == "catalog" => Some(name.to_string()),
-            _ if kind_ok && crate::route::valid_name(name) => names.to_client(name),
+            _ if kind_ok && crate::route::valid_name(name) => names
+                .to_client(name)
+                .filter(|c| names.is_valid_client_name(c)),
             _ => None,
         };
         if let (Some(n), true) = (mapped, actions_ok) {
@@ -150,19 +156,25 @@ mod tests {
 
     #[test]
     fn names_that_could_leave_the_prefix_are_found() {
+        let m = NameMap::new("p", false);
         let bad = ["repository:ok:pull repository:../../other/outside:pull"];
         assert_eq!(
-            first_invalid_name(bad).as_deref(),
+            first_invalid_name(&m, bad).as_deref(),
             Some("../../other/outside")
         );
         assert_eq!(
-            first_invalid_name(["repository:team/../../x:pull"]).as_deref(),
+            first_invalid_name(&m, ["repository:team/../../x:pull"]).as_deref(),
             Some("team/../../x")
         );
         assert_eq!(
-            first_invalid_name(["repository:a/b:pull", "registry:catalog:*"]),
+            first_invalid_name(&m, ["repository:a/b:pull", "registry:catalog:*"]),
             None
         );
+        let long = format!("repository:{}:pull", "a".repeat(254));
+        assert!(first_invalid_name(&m, [long.as_str()]).is_some());
+        let hub = NameMap::new("", true);
+        let up = format!("repository:{}:pull", "r".repeat(250));
+        assert!(to_client(&hub, [up.as_str()]).is_empty());
     }
 
     #[test]

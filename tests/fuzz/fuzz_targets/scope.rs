@@ -11,7 +11,7 @@ fuzz_target!(|text: &str| {
         NameMap::new("", false),
     ] {
         let _ = scope::to_upstream(&names, [text]);
-        let _ = scope::first_invalid_name([text]);
+        let _ = scope::first_invalid_name(&names, [text]);
         for c in scope::to_client(&names, [text]) {
             assert!(c.is_ascii() && !c.contains(['"', '\\', ' ']), "{c:?}");
             let up = scope::to_upstream(&names, [c.as_str()]);

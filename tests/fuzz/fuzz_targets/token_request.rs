@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let url = req.upstream_url(&realm, Some("svc"), &names);
     let form = req.upstream_form(Some("svc"), &names);
     let _ = (req.offers_credentials(), req.first_repository());
-    if spin_registry_proxy::scope::first_invalid_name(req.scopes()).is_none() {
+    if spin_registry_proxy::scope::first_invalid_name(&names, req.scopes()).is_none() {
         let sent: Vec<String> = url
             .query_pairs()
             .chain(url::form_urlencoded::parse(form.as_bytes()))
