@@ -62,7 +62,10 @@ mod tests {
             r#"</v2/a/tags/list>; rel="next""#
         );
         let v = "</v2/a/tags/list>\u{3}127.0.0.1:5000";
-        assert_eq!(rewrite(v, |t| Some(t.to_string())).unwrap(), "</v2/a/tags/list>");
+        assert_eq!(
+            rewrite(v, |t| Some(t.to_string())).unwrap(),
+            "</v2/a/tags/list>"
+        );
     }
 
     #[test]

@@ -527,7 +527,7 @@ pub fn canned(src: &mut Source) -> Result<Canned, Failure> {
     if status == 401 && src.chance(230) {
         c = c.header("www-authenticate", challenge(src));
     }
-    let extra: [(&str, &[u8]); 11] = [
+    let extra: [(&str, &[u8]); 12] = [
         ("content-type", b"application/json"),
         ("content-encoding", b"gzip"),
         ("etag", b"\"sha256:00\""),
@@ -543,6 +543,10 @@ pub fn canned(src: &mut Source) -> Result<Canned, Failure> {
         (
             "link",
             b"<http://127.0.0.3:5002/x>; rel=\"next\", </v2/other/tags/list>; rel=\"next\"",
+        ),
+        (
+            "link",
+            b"</v2/team/web/tags/list>; anchor=\"http://127.0.0.1:5000/\"; rel=\"next\"",
         ),
         ("retry-after", b"30"),
     ];
