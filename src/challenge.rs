@@ -3,7 +3,6 @@
 
 use crate::names::NameMap;
 use crate::origin::Origin;
-use crate::route::TOKEN_PATH;
 use crate::scope;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,6 +192,7 @@ pub fn proxy_scheme(upstream: &[Challenge]) -> ProxyScheme {
 /// the client may see) and its RFC 6750 error.
 pub fn proxy_challenge(
     upstream: &[Challenge],
+    realm: &str,
     public: &Origin,
     names: &NameMap,
     fallback_scope: Option<String>,
@@ -205,7 +205,7 @@ pub fn proxy_challenge(
     }
     let bearer = upstream.iter().find(|c| c.scheme == "bearer");
     let mut params = vec![
-        ("realm".to_string(), format!("{public}{TOKEN_PATH}")),
+        ("realm".to_string(), realm.to_string()),
         ("service".to_string(), public.authority()),
     ];
     let mut scopes = bearer
@@ -279,11 +279,17 @@ mod tests {
 
     #[test]
     fn proxy_challenge_bearer_in_client_names() {
-        let names = NameMap::new("team", false);
+        let names = NameMap::new("", "team", false);
         let up = parse(
             r#"Bearer realm="https://auth.up/token",service="up",scope="repository:team/web:pull",error="insufficient_scope""#,
         );
-        let c = proxy_challenge(&up, &origin(), &names, None);
+        let c = proxy_challenge(
+            &up,
+            "https://images.example.com/token",
+            &origin(),
+            &names,
+            None,
+        );
         assert_eq!(
             c.render(),
             r#"Bearer realm="https://images.example.com/token",service="images.example.com",scope="repository:web:pull",error="insufficient_scope""#
@@ -292,11 +298,17 @@ mod tests {
 
     #[test]
     fn proxy_challenge_never_repeats_what_the_upstream_made_up() {
-        let names = NameMap::new("team", false);
+        let names = NameMap::new("", "team", false);
         let up = parse(
             r#"Bearer realm="https://auth.up/token",scope="repository:other/x:pull https://up.example/x",error="see https://up.example""#,
         );
-        let c = proxy_challenge(&up, &origin(), &names, Some("repository:web:pull".into()));
+        let c = proxy_challenge(
+            &up,
+            "https://images.example.com/token",
+            &origin(),
+            &names,
+            Some("repository:web:pull".into()),
+        );
         let r = c.render();
         assert!(!r.contains("up.example") && !r.contains("other"), "{r}");
         assert_eq!(c.param("scope"), Some("repository:web:pull"));
@@ -305,9 +317,15 @@ mod tests {
 
     #[test]
     fn proxy_challenge_basic_only_for_basic_upstreams() {
-        let names = NameMap::new("", false);
+        let names = NameMap::default();
         let basic = parse(r#"Basic realm="upstream-realm""#);
-        let c = proxy_challenge(&basic, &origin(), &names, None);
+        let c = proxy_challenge(
+            &basic,
+            "https://images.example.com/token",
+            &origin(),
+            &names,
+            None,
+        );
         assert_eq!(c.render(), r#"Basic realm="images.example.com""#);
         let quay = parse(r#"Basic realm="quay.io", Bearer realm="https://quay.io/v2/auth""#);
         assert_eq!(proxy_scheme(&quay), ProxyScheme::Bearer);

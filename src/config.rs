@@ -1,9 +1,11 @@
 //! Configuration from Spin variables, validated once per request before anything is sent.
 //!
-//! Errors name the variable and what is wrong with it, never its value: a value may hold a
-//! credential, and configuration errors reach every client and the log.
+//! Errors name the variable (and the route) and what is wrong, never a value: a value may hold
+//! a credential, and configuration errors reach every client and the log. Few variables are
+//! read (each read costs the host memory): with a `routes` table, only the four that apply.
 
 use crate::origin::Origin;
+use crate::routes::{self, Defaults, Route, Routes};
 use std::time::Duration;
 
 /// What the component does when the upstream redirects a blob to another host.
@@ -17,22 +19,13 @@ pub enum BlobRedirect {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    pub upstream: Origin,
-    /// `upstream` as a URL: the base every registry request is built on.
-    pub upstream_url: url::Url,
-    /// Origin of the upstream's token realm (Docker Hub: auth.docker.io).
-    pub upstream_auth: Option<Origin>,
-    /// Origin pattern of blob redirect targets the component may follow (`*.` allowed).
-    pub upstream_cdn: Option<Origin>,
-    pub repository_prefix: String,
+    pub routes: Routes,
     pub public_url: Option<Origin>,
     /// Take the public origin from `X-Forwarded-Proto`/`X-Forwarded-Host`: only behind a
     /// front proxy that overwrites them, since otherwise every client picks its own realm.
     pub trust_forwarded: bool,
-    pub blob_redirect: BlobRedirect,
     /// Where `/` sends a person; a short page when unset.
     pub home: Option<url::Url>,
-    pub upstream_timeout: Duration,
 }
 
 /// A configuration error, naming the variable.
@@ -52,59 +45,105 @@ const DOCKER_HUB_HOSTS: [&str; 4] = [
     "docker.io",
 ];
 
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(25);
+
 fn error(name: &str, what: impl std::fmt::Display) -> ConfigError {
     ConfigError(format!("variable {name}: {what}"))
 }
 
-impl Config {
-    /// Reads every variable through `get`, which returns `None` for an unset variable.
-    pub fn from_variables(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let var = |name: &str| get(name).map(|v| v.trim().to_string()).unwrap_or_default();
-        let origin = |name: &str, pattern: bool| -> Result<Option<Origin>, ConfigError> {
-            let value = var(name);
-            if value.is_empty() {
-                return Ok(None);
-            }
-            let parsed = if pattern {
-                Origin::parse_pattern(&value)
-            } else {
-                Origin::parse(&value)
-            };
-            parsed.map(Some).map_err(|e| error(name, e))
-        };
-        let upstream = origin("upstream", false)?.ok_or_else(|| error("upstream", "is empty"))?;
-        let upstream_url = upstream
-            .url()
-            .ok_or_else(|| error("upstream", "not a URL"))?;
-        let blob_redirect = match var("blob_redirect").as_str() {
-            "" | "pass" => BlobRedirect::Pass,
-            "follow" => BlobRedirect::Follow,
-            _ => return Err(error("blob_redirect", "expected \"pass\" or \"follow\"")),
-        };
-        let prefix = var("repository_prefix").trim_matches('/').to_string();
-        if !prefix.is_empty() && !crate::route::valid_name(&prefix) {
-            return Err(error("repository_prefix", "not a repository name"));
+/// A variable's trimmed value; empty when unset.
+struct Variables<F: Fn(&str) -> Option<String>>(F);
+
+impl<F: Fn(&str) -> Option<String>> Variables<F> {
+    fn get(&self, name: &str) -> String {
+        (self.0)(name)
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    }
+
+    fn origin(&self, name: &str, pattern: bool) -> Result<Option<Origin>, ConfigError> {
+        let value = self.get(name);
+        if value.is_empty() {
+            return Ok(None);
         }
-        let trust_forwarded = match var("trust_forwarded").as_str() {
+        let parsed = if pattern {
+            Origin::parse_pattern(&value)
+        } else {
+            Origin::parse(&value)
+        };
+        parsed.map(Some).map_err(|e| error(name, e))
+    }
+}
+
+/// The one route the single-upstream variables describe: every host, every name.
+fn single_route<F: Fn(&str) -> Option<String>>(v: &Variables<F>) -> Result<Route, ConfigError> {
+    let upstream = v
+        .origin("upstream", false)?
+        .ok_or_else(|| error("upstream", "is empty"))?;
+    let upstream_url = upstream
+        .url()
+        .ok_or_else(|| error("upstream", "not a URL"))?;
+    let blob_redirect = routes::parse_blob_redirect(&v.get("blob_redirect"))
+        .ok_or_else(|| error("blob_redirect", "expected \"pass\" or \"follow\""))?;
+    let prefix = v.get("repository_prefix").trim_matches('/').to_string();
+    if !prefix.is_empty() && !crate::endpoint::valid_name(&prefix) {
+        return Err(error("repository_prefix", "not a repository name"));
+    }
+    let timeout = match v.get("upstream_timeout").as_str() {
+        "" => DEFAULT_TIMEOUT,
+        t => t
+            .parse::<f64>()
+            .ok()
+            .and_then(routes::parse_timeout)
+            .ok_or_else(|| error("upstream_timeout", "expected seconds (0 < s <= 3600)"))?,
+    };
+    let docker_hub = DOCKER_HUB_HOSTS.contains(&upstream.host.as_str());
+    // containerd names the registry it mirrors in `ns`: this route is that registry.
+    let registry = if docker_hub {
+        "docker.io".to_string()
+    } else {
+        upstream.authority()
+    };
+    Ok(Route {
+        name: "default".into(),
+        hosts: Vec::new(),
+        path: String::new(),
+        mirrors: vec![registry],
+        ns_only: false,
+        upstream_url,
+        auth: v.origin("upstream_auth", false)?.into_iter().collect(),
+        cdn: v.origin("upstream_cdn", true)?.into_iter().collect(),
+        upstream,
+        prefix,
+        library: docker_hub,
+        catalog: !docker_hub,
+        blob_redirect,
+        timeout,
+        credentials: None,
+        public: false,
+    })
+}
+
+impl Config {
+    /// Reads the variables through `get`, which returns `None` for an unset variable.
+    pub fn from_variables(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let v = Variables(get);
+        let table = v.get("routes");
+        let routes = if table.is_empty() {
+            Routes(vec![single_route(&v)?])
+        } else {
+            let defaults = Defaults {
+                blob_redirect: BlobRedirect::Pass,
+                timeout: DEFAULT_TIMEOUT,
+            };
+            routes::parse(&table, defaults)?
+        };
+        let trust_forwarded = match v.get("trust_forwarded").as_str() {
             "" | "false" => false,
             "true" => true,
             _ => return Err(error("trust_forwarded", "expected \"true\" or \"false\"")),
         };
-        let timeout = var("upstream_timeout");
-        let upstream_timeout = if timeout.is_empty() {
-            Duration::from_secs(25)
-        } else {
-            match timeout.parse::<f64>() {
-                Ok(s) if s > 0.0 && s <= 3600.0 => Duration::from_secs_f64(s),
-                _ => {
-                    return Err(error(
-                        "upstream_timeout",
-                        "expected seconds (0 < s <= 3600)",
-                    ))
-                }
-            }
-        };
-        let home = match var("home").as_str() {
+        let home = match v.get("home").as_str() {
             "" => None,
             h => {
                 let url = url::Url::parse(h)
@@ -115,39 +154,11 @@ impl Config {
             }
         };
         Ok(Self {
-            upstream,
-            upstream_url,
-            upstream_auth: origin("upstream_auth", false)?,
-            upstream_cdn: origin("upstream_cdn", true)?,
-            repository_prefix: prefix,
-            public_url: origin("public_url", false)?,
+            routes,
+            public_url: v.origin("public_url", false)?,
             trust_forwarded,
-            blob_redirect,
             home,
-            upstream_timeout,
         })
-    }
-
-    /// Docker Hub keeps official images under `library/`.
-    pub fn is_docker_hub(&self) -> bool {
-        DOCKER_HUB_HOSTS.contains(&self.upstream.host.as_str())
-    }
-
-    /// Hosts the token endpoint may send credentials to: the upstream and its auth origin.
-    pub fn allows_realm(&self, realm: &Origin) -> bool {
-        *realm == self.upstream || self.upstream_auth.as_ref() == Some(realm)
-    }
-
-    /// Hosts a followed blob redirect may reach (never with the client's credentials).
-    pub fn allows_cdn(&self, target: &Origin) -> bool {
-        self.upstream_cdn
-            .as_ref()
-            .is_some_and(|c| c.matches(target))
-    }
-
-    /// Every host the component may send a request to.
-    pub fn allows_destination(&self, target: &Origin) -> bool {
-        self.allows_realm(target) || self.allows_cdn(target)
     }
 }
 
@@ -164,26 +175,29 @@ mod tests {
         Config::from_variables(|k| map.get(k).cloned())
     }
 
+    fn single(pairs: &[(&str, &str)]) -> Route {
+        config(pairs).unwrap().routes.0.remove(0)
+    }
+
     #[test]
     fn spin_toml_defaults_give_docker_hub() {
-        let c = config(&[
+        let r = single(&[
             ("upstream", "https://registry-1.docker.io"),
             ("upstream_auth", "https://auth.docker.io"),
             ("upstream_cdn", "https://production.cloudflare.docker.com"),
             ("blob_redirect", "pass"),
             ("trust_forwarded", "false"),
             ("upstream_timeout", "25"),
-        ])
-        .unwrap();
-        assert!(c.is_docker_hub());
-        assert!(!c.trust_forwarded);
-        assert_eq!(c.blob_redirect, BlobRedirect::Pass);
-        assert_eq!(c.upstream_timeout, Duration::from_secs(25));
-        assert!(c.allows_realm(&Origin::parse("https://auth.docker.io").unwrap()));
-        assert!(!c.allows_realm(&Origin::parse("https://evil.example").unwrap()));
-        assert!(!c.allows_realm(&Origin::parse("http://auth.docker.io").unwrap()));
+        ]);
+        assert!(r.library && !r.catalog);
+        assert_eq!(r.mirrors, ["docker.io"]);
+        assert_eq!(r.blob_redirect, BlobRedirect::Pass);
+        assert_eq!(r.timeout, Duration::from_secs(25));
+        assert!(r.allows_realm(&Origin::parse("https://auth.docker.io").unwrap()));
+        assert!(!r.allows_realm(&Origin::parse("https://evil.example").unwrap()));
+        assert!(!r.allows_realm(&Origin::parse("http://auth.docker.io").unwrap()));
         assert!(
-            !c.allows_realm(&Origin::parse("https://production.cloudflare.docker.com").unwrap())
+            !r.allows_realm(&Origin::parse("https://production.cloudflare.docker.com").unwrap())
         );
     }
 
@@ -213,6 +227,7 @@ mod tests {
                 vec![("upstream", "http://r"), ("home", "javascript:alert(1)")],
                 "home",
             ),
+            (vec![("routes", "[{\"upstream\": \"nope\"}]")], "routes"),
         ] {
             let e = config(&pairs).unwrap_err().to_string();
             assert!(e.contains(name), "{e}");
@@ -246,24 +261,38 @@ mod tests {
             let e = config(&pairs).unwrap_err().to_string();
             assert!(e.contains(var), "{e}");
         }
-        let c = config(&[
+        let r = single(&[
             ("upstream", "http://127.0.0.1:5000"),
             ("upstream_cdn", "https://*.cdn.example"),
-        ])
-        .unwrap();
-        assert!(c.allows_cdn(&Origin::parse("https://a.cdn.example").unwrap()));
-        assert!(!c.allows_cdn(&Origin::parse("https://cdn.example.evil").unwrap()));
-        assert!(c.allows_destination(&Origin::parse("http://127.0.0.1:5000").unwrap()));
+        ]);
+        assert!(r.allows_cdn(&Origin::parse("https://a.cdn.example").unwrap()));
+        assert!(!r.allows_cdn(&Origin::parse("https://cdn.example.evil").unwrap()));
+        assert!(r.allows_destination(&Origin::parse("http://127.0.0.1:5000").unwrap()));
+        assert_eq!(r.mirrors, ["127.0.0.1:5000"]);
     }
 
     #[test]
     fn prefix_slashes_are_trimmed() {
-        let c = config(&[
+        let r = single(&[
             ("upstream", "http://127.0.0.1:5000"),
             ("repository_prefix", "/team/app/"),
-        ])
+        ]);
+        assert_eq!(r.prefix, "team/app");
+        assert!(!r.library);
+    }
+
+    #[test]
+    fn a_route_table_reads_only_what_applies() {
+        let read = std::cell::RefCell::new(Vec::new());
+        let c = Config::from_variables(|k| {
+            read.borrow_mut().push(k.to_string());
+            (k == "routes").then(|| r#"[{"preset": "ghcr"}]"#.to_string())
+        })
         .unwrap();
-        assert_eq!(c.repository_prefix, "team/app");
-        assert!(!c.is_docker_hub());
+        assert_eq!(c.routes.0[0].upstream.to_string(), "https://ghcr.io");
+        assert_eq!(
+            *read.borrow(),
+            ["routes", "trust_forwarded", "home", "public_url"]
+        );
     }
 }

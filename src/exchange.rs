@@ -6,6 +6,7 @@
 
 use crate::challenge::{self, Challenge};
 use crate::config::{BlobRedirect, Config, ConfigError};
+use crate::endpoint::Endpoint;
 use crate::error::OciError;
 use crate::headers;
 use crate::home;
@@ -13,11 +14,12 @@ use crate::listing;
 use crate::names::NameMap;
 use crate::origin::Origin;
 use crate::reply::{self, ClientResponse, Draft};
-use crate::route::Route;
+use crate::routes::{Credentials, Route};
 use crate::scope;
 use crate::token::{self, TokenRequest};
 use crate::upstream_error::{self, MAX_ERROR_BODY};
 use crate::upstream_failure::{Failure, Role};
+use crate::upstream_token::{self, Realm};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
@@ -33,6 +35,17 @@ pub struct Incoming {
     pub headers: HeaderMap,
     pub scheme: Option<String>,
     pub authority: Option<String>,
+    /// Unix seconds, for the lifetimes of stored tokens.
+    pub now: u64,
+}
+
+/// A change to the key-value store the exchange asks for. The adapter performs the writes
+/// `take_writes` returns before it performs each step; a write that fails is lost, never an
+/// error (the store only saves upstream requests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    Set(String, Vec<u8>),
+    Delete(String),
 }
 
 /// What the adapter does next. After each step it calls exactly one method of the exchange,
@@ -49,6 +62,9 @@ pub enum Step {
     /// Read the body of the response last handed to `on_response`, at most `limit` bytes,
     /// and call `on_body`, or `on_failure`.
     ReadResponse { limit: usize },
+    /// Read these keys from the key-value store and call `on_loaded` with their values, in
+    /// order (`None` for a missing key, or when the store cannot be reached).
+    Load(Vec<String>),
     /// Send this response and stop. `ClientBody::Upstream` is the body of the response last
     /// handed to `on_response`, streamed as it comes; `ClientBody::None` is a HEAD's answer:
     /// the head alone.
@@ -84,13 +100,37 @@ enum Waiting {
     Token {
         request: Request<Vec<u8>>,
     },
+    /// What the store knows of the route's realm and token (`credentials_loaded`).
+    OwnCredentials {
+        scope: Option<String>,
+    },
+    /// The realm's answer to the route's credentials (`own_token_answered`).
+    OwnToken {
+        scope: Option<String>,
+    },
+    /// Its body (`own_token_read`).
+    OwnTokenBody {
+        scope: Option<String>,
+    },
+}
+
+/// The registry request the route's own credentials are being got for, to send (again).
+#[derive(Debug, Clone)]
+struct Pending {
+    method: Method,
+    url: url::Url,
+    headers: HeaderMap,
 }
 
 pub struct Exchange {
     config: Config,
     public: Option<Origin>,
-    names: NameMap,
+    /// The route serving the request, once chosen; its names.
     route: Option<Route>,
+    names: NameMap,
+    /// containerd's `ns`: the registry the client thinks it talks to.
+    ns: Option<String>,
+    endpoint: Option<Endpoint>,
     head_only: bool,
     client_headers: HeaderMap,
     waiting: Waiting,
@@ -102,11 +142,17 @@ pub struct Exchange {
     pub upstream_status: Option<StatusCode>,
     /// Why the answer is an error, for the log only.
     cause: Option<String>,
+    now: u64,
+    writes: Vec<Write>,
+    pending: Option<Pending>,
+    /// Whether the route's token came from the store.
+    own_cached: bool,
+    /// Whether the route's credentials have been presented afresh: once per request.
+    own_fresh: bool,
 }
 
 impl Exchange {
     pub fn start(config: Config, req: Incoming) -> (Exchange, Step) {
-        let names = NameMap::new(&config.repository_prefix, config.is_docker_hub());
         let head_only = req.method == Method::HEAD;
         let public = crate::public_url::public_origin(
             &config,
@@ -114,12 +160,17 @@ impl Exchange {
             req.scheme.as_deref(),
             req.authority.as_deref(),
         );
-        let route = Route::parse(&req.path);
+        let endpoint = Endpoint::parse(&req.path);
+        let ns = url::form_urlencoded::parse(req.query.as_deref().unwrap_or("").as_bytes())
+            .find(|(k, _)| k == "ns")
+            .map(|(_, v)| v.to_ascii_lowercase());
         let mut ex = Exchange {
             public: public.as_ref().ok().cloned(),
             config,
-            names,
-            route: route.as_ref().ok().cloned(),
+            route: None,
+            names: NameMap::default(),
+            ns,
+            endpoint: endpoint.as_ref().ok().cloned(),
             head_only,
             client_headers: req.headers.clone(),
             waiting: Waiting::Nothing,
@@ -128,8 +179,13 @@ impl Exchange {
             hops: 0,
             upstream_status: None,
             cause: None,
+            now: req.now,
+            writes: Vec::new(),
+            pending: None,
+            own_cached: false,
+            own_fresh: false,
         };
-        let step = match (public, route) {
+        let step = match (public, endpoint) {
             (Err(e), _) | (_, Err(e)) => ex.error(e),
             (Ok(_), Ok(_)) => ex.begin(req),
         };
@@ -138,15 +194,27 @@ impl Exchange {
 
     /// The answer to every request while the configuration is invalid.
     pub fn unconfigured(e: &ConfigError, head_only: bool) -> ClientResponse {
-        let names = NameMap::new("", false);
+        let names = NameMap::default();
         let ctx = reply::Context {
             public: None,
+            realm: String::new(),
             upstream: None,
             names: &names,
-            route: None,
+            endpoint: None,
             head_only,
         };
         reply::finish(&ctx, Draft::error(&OciError::config(e.to_string())))
+    }
+
+    /// How long the upstream may take to connect, to answer and between bytes.
+    pub fn timeout(&self) -> std::time::Duration {
+        self.route()
+            .map_or(std::time::Duration::from_secs(25), |r| r.timeout)
+    }
+
+    /// The key-value writes to perform before the next step.
+    pub fn take_writes(&mut self) -> Vec<Write> {
+        std::mem::take(&mut self.writes)
     }
 
     /// What the log should say about an error answer: its cause, never a credential.
@@ -155,18 +223,18 @@ impl Exchange {
     }
 
     fn begin(&mut self, req: Incoming) -> Step {
-        let Some(route) = self.route.clone() else {
-            return self.error(OciError::internal("no route"));
+        let Some(endpoint) = self.endpoint.clone() else {
+            return self.error(OciError::internal("no endpoint"));
         };
         let read_only = matches!(req.method, Method::GET | Method::HEAD);
-        match route {
-            Route::Token if req.method == Method::POST => {
+        match endpoint {
+            Endpoint::Token if req.method == Method::POST => {
                 self.waiting = Waiting::TokenForm;
                 Step::ReadRequest {
                     limit: token::MAX_FORM_BYTES,
                 }
             }
-            Route::Token if read_only => {
+            Endpoint::Token if read_only => {
                 let query = req.query.unwrap_or_default();
                 self.token_request(TokenRequest::new(
                     false,
@@ -175,25 +243,63 @@ impl Exchange {
                 ))
             }
             _ if !read_only => self.method_not_allowed(&req.method),
-            Route::Upload { .. } | Route::Token => self.method_not_allowed(&req.method),
-            Route::Home => match self.public.clone() {
+            Endpoint::Upload { .. } | Endpoint::Token => self.method_not_allowed(&req.method),
+            Endpoint::Home => match self.public.clone() {
                 Some(public) => {
                     let draft = home::draft(&self.config, &public);
                     self.reply(draft)
                 }
                 None => self.error(OciError::internal("no public origin")),
             },
-            Route::Catalog if self.config.is_docker_hub() => self.error(OciError::unsupported(
-                StatusCode::NOT_FOUND,
-                "this registry has no catalog",
-            )),
-            route => self.registry_request(&route, req),
+            endpoint => {
+                let host = self
+                    .public
+                    .as_ref()
+                    .map(|p| p.host.clone())
+                    .unwrap_or_default();
+                if endpoint == Endpoint::Base
+                    && self.ns.is_none()
+                    && self.config.routes.paths_only(&host)
+                {
+                    // Several registries by path: none of them speaks for the domain. Clients
+                    // store a login unchecked; each route checks it at its first pull.
+                    return self.reply(Draft::made(
+                        StatusCode::OK,
+                        b"{}".to_vec(),
+                        "application/json",
+                    ));
+                }
+                let selected =
+                    self.config
+                        .routes
+                        .select(&host, endpoint.name(), self.ns.as_deref());
+                match selected.cloned() {
+                    Ok(route) => {
+                        self.use_route(route);
+                        self.registry_request(&endpoint, req)
+                    }
+                    Err(e) => self.error(e),
+                }
+            }
         }
     }
 
-    /// Whether the route's body must be rewritten into client names.
+    fn use_route(&mut self, route: Route) {
+        self.names = route.names();
+        self.route = Some(route);
+    }
+
+    /// The route in use; every upstream request has one.
+    pub fn route(&self) -> Option<&Route> {
+        self.route.as_ref()
+    }
+
+    /// Whether the endpoint's body must be rewritten into client names.
     fn rewrites_listing(&self) -> bool {
-        matches!(self.route, Some(Route::Tags { .. } | Route::Catalog)) && !self.names.is_identity()
+        matches!(
+            self.endpoint,
+            Some(Endpoint::Tags { .. } | Endpoint::Catalog)
+        ) && !self.names.is_identity()
     }
 
     /// HEAD stays HEAD upstream (Docker Hub does not count it against the pull limit), except
@@ -206,33 +312,230 @@ impl Exchange {
         }
     }
 
-    fn registry_request(&mut self, route: &Route, req: Incoming) -> Step {
-        if let Some(n) = route.name().filter(|n| !self.names.is_valid_client_name(n)) {
-            let e = OciError::name_invalid(format!("repository name too long: {n}"));
-            return self.error(e);
+    fn registry_request(&mut self, endpoint: &Endpoint, req: Incoming) -> Step {
+        if *endpoint == Endpoint::Catalog && !self.route().is_some_and(|r| r.catalog) {
+            return self.error(OciError::unsupported(
+                StatusCode::NOT_FOUND,
+                "this registry has no catalog",
+            ));
         }
-        let path = match route.name() {
-            Some(n) => route.with_name(self.names.to_upstream(n)).path(),
-            None => route.path(),
+        let path = match endpoint.name() {
+            Some(n) => match self
+                .names
+                .to_upstream(n)
+                .filter(|_| self.names.is_valid_client_name(n))
+            {
+                Some(up) => endpoint.with_name(up).path(),
+                None => {
+                    let e = OciError::name_invalid(format!("invalid repository name: {n}"));
+                    return self.error(e);
+                }
+            },
+            None => endpoint.path(),
         };
-        let query = listing::upstream_query(route, req.query.as_deref(), &self.names);
+        let query = listing::upstream_query(endpoint, req.query.as_deref(), &self.names);
         let headers = headers::registry_request(&req.headers);
         let authorization = token::upstream_authorization(req.headers.get(header::AUTHORIZATION));
-        let url = self.upstream_url(&path, query.as_deref());
+        let Some(url) = self.upstream_url(&path, query.as_deref()) else {
+            return self.error(OciError::internal("no route"));
+        };
         let method = self.upstream_method();
+        self.pending = Some(Pending {
+            method,
+            url,
+            headers,
+        });
+        match self.route().and_then(|r| r.credentials.clone()) {
+            // The route authenticates upstream itself: the client's Authorization stays here.
+            Some(_) if *endpoint == Endpoint::Base => self.reply(Draft::made(
+                StatusCode::OK,
+                b"{}".to_vec(),
+                "application/json",
+            )),
+            Some(Credentials::Token(t)) => {
+                self.send_pending(upstream_token::authorization(&Credentials::Token(t)))
+            }
+            Some(Credentials::Basic { .. }) => {
+                let scope = self.own_scope();
+                let Some(route) = self.route() else {
+                    return self.error(OciError::internal("no route"));
+                };
+                let keys = vec![
+                    upstream_token::realm_key(route),
+                    upstream_token::token_key(route, scope.as_deref().unwrap_or("")),
+                ];
+                self.waiting = Waiting::OwnCredentials { scope };
+                Step::Load(keys)
+            }
+            None => self.send_pending(authorization),
+        }
+    }
+
+    /// Sends the pending registry request with `authorization`.
+    fn send_pending(&mut self, authorization: Option<HeaderValue>) -> Step {
+        let Some(p) = self.pending.clone() else {
+            return self.error(OciError::internal("nothing to send"));
+        };
         self.waiting = Waiting::RegistryAnswer {
-            headers: headers.clone(),
+            headers: p.headers.clone(),
             authorization: authorization.clone(),
             hop: Role::Registry,
         };
         self.send(
             Role::Registry,
-            method,
-            url,
-            headers,
+            p.method,
+            p.url,
+            p.headers,
             authorization,
             Vec::new(),
         )
+    }
+
+    /// The scope the route's own token needs for this request, in upstream names.
+    fn own_scope(&self) -> Option<String> {
+        match self.endpoint.as_ref()? {
+            Endpoint::Catalog => Some("registry:catalog:*".into()),
+            e => {
+                let name = self.names.to_upstream(e.name()?)?;
+                Some(format!("repository:{name}:pull"))
+            }
+        }
+    }
+
+    pub fn on_loaded(&mut self, values: Vec<Option<Vec<u8>>>) -> Step {
+        match std::mem::replace(&mut self.waiting, Waiting::Nothing) {
+            Waiting::OwnCredentials { scope } => self.credentials_loaded(values, scope),
+            _ => self.out_of_order("stored values"),
+        }
+    }
+
+    fn credentials_loaded(&mut self, values: Vec<Option<Vec<u8>>>, scope: Option<String>) -> Step {
+        let mut values = values.into_iter();
+        let realm = values.next().flatten().and_then(|v| Realm::decode(&v));
+        let token = values
+            .next()
+            .flatten()
+            .and_then(|v| upstream_token::Token::decode_valid(&v, self.now));
+        if let Some(t) = token {
+            self.own_cached = true;
+            return self.send_pending(upstream_token::bearer(&t.token));
+        }
+        match realm {
+            Some(Realm::Basic) => {
+                self.own_fresh = true;
+                let auth = self.own_credentials();
+                self.send_pending(auth)
+            }
+            Some(realm) => self.fetch_own_token(&realm, scope.as_deref(), scope.clone()),
+            // Unknown yet: the upstream's 401 will say.
+            None => self.send_pending(None),
+        }
+    }
+
+    fn own_credentials(&self) -> Option<HeaderValue> {
+        let creds = self.route()?.credentials.as_ref()?;
+        upstream_token::authorization(creds)
+    }
+
+    /// Asks the realm for a token for `scope` with the route's credentials; it is stored
+    /// under `key_scope` (the request's own scope, which the next request will look for).
+    fn fetch_own_token(
+        &mut self,
+        realm: &Realm,
+        scope: Option<&str>,
+        key_scope: Option<String>,
+    ) -> Step {
+        self.own_fresh = true;
+        let url = realm.token_url(scope);
+        let allowed = url
+            .as_ref()
+            .and_then(Origin::of_url)
+            .is_some_and(|o| self.route().is_some_and(|r| r.allows_realm(&o)));
+        let Some(url) = url.filter(|_| allowed) else {
+            return self.error(
+                OciError::unavailable(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream token service is not configured",
+                )
+                .because("the route's realm is neither its upstream nor one of its auth origins"),
+            );
+        };
+        let auth = self.own_credentials();
+        self.waiting = Waiting::OwnToken { scope: key_scope };
+        self.send(
+            Role::TokenService,
+            Method::GET,
+            url,
+            HeaderMap::new(),
+            auth,
+            Vec::new(),
+        )
+    }
+
+    fn own_token_answered(&mut self, head: Response<()>, scope: Option<String>) -> Step {
+        if head.status().is_success() {
+            self.waiting = Waiting::OwnTokenBody { scope };
+            return Step::ReadResponse {
+                limit: upstream_token::MAX_TOKEN_BODY,
+            };
+        }
+        self.error(
+            OciError::unavailable(
+                StatusCode::BAD_GATEWAY,
+                "the upstream token service refused the route's credentials",
+            )
+            .because(format!("token realm answered {}", head.status())),
+        )
+    }
+
+    fn own_token_read(&mut self, body: Vec<u8>, scope: Option<String>) -> Step {
+        let Some(token) = upstream_token::Token::from_response(&body, self.now) else {
+            return self.error(
+                OciError::unavailable(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream token service sent no token",
+                )
+                .because("token realm answer without a token"),
+            );
+        };
+        if let Some(route) = self.route() {
+            let key = upstream_token::token_key(route, scope.as_deref().unwrap_or(""));
+            self.writes.push(Write::Set(key, token.encode()));
+        }
+        self.send_pending(upstream_token::bearer(&token.token))
+    }
+
+    /// A 401 to the route's own credentials (or to none yet): learn the realm, drop a stored
+    /// token the upstream refused, and present the credentials afresh, once.
+    fn own_credentials_refused(&mut self, head: Response<()>) -> Option<Step> {
+        let route = self.route()?.clone();
+        if !matches!(route.credentials, Some(Credentials::Basic { .. })) || self.own_fresh {
+            return None;
+        }
+        let challenges = challenge::from_headers(head.headers());
+        let realm = Realm::from_challenges(&challenges)?;
+        let scope = self.own_scope();
+        self.writes.push(Write::Set(
+            upstream_token::realm_key(&route),
+            realm.encode(),
+        ));
+        if self.own_cached {
+            let key = upstream_token::token_key(&route, scope.as_deref().unwrap_or(""));
+            self.writes.push(Write::Delete(key));
+        }
+        if realm == Realm::Basic {
+            self.own_fresh = true;
+            let auth = self.own_credentials();
+            return Some(self.send_pending(auth));
+        }
+        // Harbor's challenges carry no scope: then the request's own.
+        let asked = challenges
+            .iter()
+            .find(|c| c.scheme == "bearer")
+            .and_then(|c| c.param("scope"))
+            .map(String::from)
+            .or_else(|| scope.clone());
+        Some(self.fetch_own_token(&realm, asked.as_deref(), scope))
     }
 
     pub fn on_request_body(&mut self, body: Vec<u8>) -> Step {
@@ -253,6 +556,7 @@ impl Exchange {
             Waiting::RealmDiscovery(req) => self.realm_discovered(head, req),
             Waiting::RepositoryChallenge(req) => self.repository_challenged(head, req),
             Waiting::Token { request } => self.token_issued(head, request),
+            Waiting::OwnToken { scope } => self.own_token_answered(head, scope),
             _ => self.out_of_order("a response"),
         }
     }
@@ -261,6 +565,7 @@ impl Exchange {
         match std::mem::replace(&mut self.waiting, Waiting::Nothing) {
             Waiting::ListingBody { head } => self.listing_read(head, body),
             Waiting::ErrorBody { head } => self.error_read(head, Some(&body)),
+            Waiting::OwnTokenBody { scope } => self.own_token_read(body, scope),
             _ => self.out_of_order("a body"),
         }
     }
@@ -275,7 +580,8 @@ impl Exchange {
             )),
             _ => {
                 let origin = self.current.as_ref().and_then(Origin::of_url);
-                let e = failure.to_error(self.role, origin.as_ref(), self.config.upstream_timeout);
+                let timeout = self.route().map(|r| r.timeout).unwrap_or_default();
+                let e = failure.to_error(self.role, origin.as_ref(), timeout);
                 self.error(e)
             }
         }
@@ -289,6 +595,11 @@ impl Exchange {
         hop: Role,
     ) -> Step {
         let status = head.status();
+        if status == StatusCode::UNAUTHORIZED && hop == Role::Registry {
+            if let Some(step) = self.own_credentials_refused(head.clone()) {
+                return step;
+            }
+        }
         if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
             let location = head.headers().get(header::LOCATION).cloned();
             return match location {
@@ -322,7 +633,7 @@ impl Exchange {
         if status.is_client_error() || status.is_server_error() {
             self.cause = Some(format!("upstream answered {status}"));
         }
-        if let Some(Route::Blob { digest, .. }) = &self.route {
+        if let Some(Endpoint::Blob { digest, .. }) = &self.endpoint {
             // Blob storage answers without it; the digest is the blob's name.
             if status.is_success() && !head.headers().contains_key("docker-content-digest") {
                 if let Ok(v) = HeaderValue::from_str(digest) {
@@ -366,7 +677,10 @@ impl Exchange {
         }
         self.hops += 1;
         let method = self.upstream_method();
-        if origin == self.config.upstream {
+        let Some(route) = self.route().cloned() else {
+            return self.error(OciError::internal("redirect without a route"));
+        };
+        if origin == route.upstream {
             // The upstream's own host: the client may not reach it, so the proxy follows.
             self.waiting = Waiting::RegistryAnswer {
                 headers: headers.clone(),
@@ -375,13 +689,13 @@ impl Exchange {
             };
             return self.send(Role::Registry, method, target, headers, auth, Vec::new());
         }
-        let is_blob = matches!(self.route, Some(Route::Blob { .. }));
-        if is_blob && self.config.blob_redirect == BlobRedirect::Pass {
+        let is_blob = matches!(self.endpoint, Some(Endpoint::Blob { .. }));
+        if is_blob && route.blob_redirect == BlobRedirect::Pass {
             return self.reply(Draft::redirect(status, target));
         }
-        if !self.config.allows_cdn(&origin) {
+        if !route.allows_cdn(&origin) {
             let e = bad(&format!(
-                "redirect to {origin}, which upstream_cdn does not allow"
+                "redirect to {origin}, which the route's cdn does not allow"
             ));
             return self.error(e);
         }
@@ -404,8 +718,8 @@ impl Exchange {
     }
 
     fn listing_read(&mut self, head: Response<()>, body: Vec<u8>) -> Step {
-        let rewritten = match self.route {
-            Some(Route::Catalog) => listing::client_catalog_body(&body, &self.names),
+        let rewritten = match self.endpoint {
+            Some(Endpoint::Catalog) => listing::client_catalog_body(&body, &self.names),
             _ => listing::client_tags_body(&body, &self.names).map(|b| (b, false)),
         };
         let Some((bytes, past_end)) = rewritten else {
@@ -433,10 +747,10 @@ impl Exchange {
     }
 
     fn error_read(&mut self, head: Response<()>, body: Option<&[u8]>) -> Step {
-        let Some(route) = self.route.as_ref() else {
-            return self.error(OciError::internal("no route"));
+        let Some(endpoint) = self.endpoint.as_ref() else {
+            return self.error(OciError::internal("no endpoint"));
         };
-        let e = upstream_error::client_error(head.status(), body, route);
+        let e = upstream_error::client_error(head.status(), body, endpoint);
         self.cause = e.cause.clone();
         let (parts, ()) = head.into_parts();
         let mut draft = Draft::error(&e);
@@ -445,17 +759,70 @@ impl Exchange {
     }
 
     fn token_request(&mut self, req: TokenRequest) -> Step {
+        let route = match self.token_route(&req) {
+            Ok(Some(route)) => route,
+            Ok(None) => return self.anonymous_token(),
+            Err(e) => return self.error(e),
+        };
+        let authenticates_itself = route.credentials.is_some();
+        self.use_route(route);
         if let Some(name) = scope::first_invalid_name(&self.names, req.scopes()) {
             return self.error(OciError::name_invalid(format!(
                 "invalid repository name in scope: {name}"
             )));
         }
+        if authenticates_itself {
+            // The route uses its own credentials upstream for every client.
+            return self.anonymous_token();
+        }
         self.probe("/v2/", None, Waiting::RealmDiscovery(req))
+    }
+
+    /// The route a token request is for: the one serving every repository its scopes name
+    /// (or containerd's `ns`), else the host's own. `None`: nothing upstream to ask.
+    fn token_route(&self, req: &TokenRequest) -> Result<Option<Route>, OciError> {
+        let host = self
+            .public
+            .as_ref()
+            .map(|p| p.host.clone())
+            .unwrap_or_default();
+        let routes = &self.config.routes;
+        let names = req.repositories();
+        if names.is_empty() {
+            if self.ns.is_none() && routes.paths_only(&host) {
+                if req.offers_credentials() {
+                    return Err(OciError::unsupported(
+                        StatusCode::BAD_REQUEST,
+                        "this domain serves several registries by path: credentials are checked \
+                         by the registry a pull goes to",
+                    ));
+                }
+                return Ok(None);
+            }
+            return routes
+                .select(&host, None, self.ns.as_deref())
+                .cloned()
+                .map(Some);
+        }
+        let mut chosen: Option<&Route> = None;
+        for name in &names {
+            let route = routes.select(&host, Some(name), self.ns.as_deref())?;
+            if chosen.is_some_and(|c| c.name != route.name) {
+                return Err(OciError::unsupported(
+                    StatusCode::BAD_REQUEST,
+                    "the scopes name repositories of different registries",
+                ));
+            }
+            chosen = Some(route);
+        }
+        Ok(chosen.cloned())
     }
 
     /// An anonymous GET to the registry, to learn how it authenticates.
     fn probe(&mut self, path: &str, query: Option<&str>, waiting: Waiting) -> Step {
-        let url = self.upstream_url(path, query);
+        let Some(url) = self.upstream_url(path, query) else {
+            return self.error(OciError::internal("no route"));
+        };
         self.waiting = waiting;
         let no_headers = HeaderMap::new();
         self.send(
@@ -481,15 +848,15 @@ impl Exchange {
             }
             // `/v2/` is open, but a private repository may still challenge: its realm is
             // where the credentials go.
-            let Some(name) = req.first_repository() else {
+            let upstream = req
+                .first_repository()
+                .and_then(|n| self.names.to_upstream(&n));
+            let Some(name) = upstream else {
                 return self.error(credentials_unused(
                     "the upstream registry asks for no credentials",
                 ));
             };
-            let path = Route::Tags {
-                name: self.names.to_upstream(&name),
-            }
-            .path();
+            let path = Endpoint::Tags { name }.path();
             return self.probe(&path, Some("n=1"), Waiting::RepositoryChallenge(req));
         }
         if status == StatusCode::UNAUTHORIZED {
@@ -537,7 +904,7 @@ impl Exchange {
                 .because("challenge realm is not an http(s) URL"),
             );
         };
-        if !self.config.allows_realm(&origin) {
+        if !self.route().is_some_and(|r| r.allows_realm(&origin)) {
             return self.error(
                 OciError::unavailable(
                     StatusCode::BAD_GATEWAY,
@@ -596,7 +963,7 @@ impl Exchange {
             );
         }
         if status.is_client_error() {
-            let e = upstream_error::client_error(status, None, &Route::Token);
+            let e = upstream_error::client_error(status, None, &Endpoint::Token);
             return self.error(e);
         }
         self.error(self.unexpected(status))
@@ -617,7 +984,7 @@ impl Exchange {
         let allowed = target
             .as_ref()
             .and_then(Origin::of_url)
-            .is_some_and(|o| self.config.allows_realm(&o));
+            .is_some_and(|o| self.route().is_some_and(|r| r.allows_realm(&o)));
         let (Some(target), true, true) = (target, allowed, self.hops < MAX_HOPS) else {
             return self.error(
                 OciError::unavailable(
@@ -655,11 +1022,11 @@ impl Exchange {
         self.reply(draft)
     }
 
-    fn upstream_url(&self, path: &str, query: Option<&str>) -> url::Url {
-        let mut url = self.config.upstream_url.clone();
+    fn upstream_url(&self, path: &str, query: Option<&str>) -> Option<url::Url> {
+        let mut url = self.route()?.upstream_url.clone();
         url.set_path(path);
         url.set_query(query);
-        url
+        Some(url)
     }
 
     fn send(
@@ -672,7 +1039,8 @@ impl Exchange {
         body: Vec<u8>,
     ) -> Step {
         // The last guard of "no request reaches a host configuration did not name".
-        let allowed = Origin::of_url(&url).is_some_and(|o| self.config.allows_destination(&o));
+        let allowed = Origin::of_url(&url)
+            .is_some_and(|o| self.route().is_some_and(|r| r.allows_destination(&o)));
         if !allowed {
             return self.error(OciError::internal("destination outside configuration"));
         }
@@ -700,7 +1068,7 @@ impl Exchange {
             format!("{method} is not supported: this registry proxy is read-only"),
         );
         self.cause = Some(e.message.clone());
-        let allow = if self.route == Some(Route::Token) {
+        let allow = if self.endpoint == Some(Endpoint::Token) {
             "GET, HEAD, POST"
         } else {
             "GET, HEAD"
@@ -732,11 +1100,17 @@ impl Exchange {
     /// Every answer leaves through here.
     fn reply(&mut self, draft: Draft) -> Step {
         self.waiting = Waiting::Nothing;
+        let realm = match (&self.public, &self.ns) {
+            (Some(p), Some(ns)) => format!("{p}{}?ns={ns}", crate::endpoint::TOKEN_PATH),
+            (Some(p), None) => format!("{p}{}", crate::endpoint::TOKEN_PATH),
+            _ => String::new(),
+        };
         let ctx = reply::Context {
             public: self.public.as_ref(),
-            upstream: Some(&self.config.upstream),
+            realm,
+            upstream: self.route.as_ref().map(|r| &r.upstream),
             names: &self.names,
-            route: self.route.as_ref(),
+            endpoint: self.endpoint.as_ref(),
             head_only: self.head_only,
         };
         Step::Reply(reply::finish(&ctx, draft))

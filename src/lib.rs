@@ -1,9 +1,10 @@
-//! spin-registry-proxy: the OCI Distribution API of one upstream registry on a custom domain.
+//! spin-registry-proxy: the OCI Distribution API of upstream registries on a custom domain.
 //!
 //! Everything but `spin_adapter` is plain Rust over `http` types, tested on the host.
 
 pub mod challenge;
 pub mod config;
+pub mod endpoint;
 pub mod error;
 pub mod exchange;
 pub mod headers;
@@ -13,15 +14,17 @@ pub mod listing;
 pub mod log;
 pub mod names;
 pub mod origin;
+pub mod presets;
 pub mod public_url;
 pub mod reply;
-pub mod route;
+pub mod routes;
 pub mod scope;
 #[cfg(any(test, feature = "simulate"))]
 pub mod simulate;
 pub mod token;
 pub mod upstream_error;
 pub mod upstream_failure;
+pub mod upstream_token;
 
 #[cfg(target_arch = "wasm32")]
 mod spin_adapter;

@@ -1,8 +1,8 @@
 //! Tag lists and the catalog: their queries, JSON bodies and `Link` targets in client names.
 
+use crate::endpoint::Endpoint;
 use crate::names::NameMap;
 use crate::origin::Origin;
-use crate::route::Route;
 use serde_json::Value;
 use url::form_urlencoded;
 
@@ -21,35 +21,39 @@ fn encode(pairs: &[(String, String)]) -> String {
         .finish()
 }
 
-/// Query parameters a route takes; whatever else a client adds goes nowhere. containerd's
+/// Query parameters a endpoint takes; whatever else a client adds goes nowhere. containerd's
 /// mirror parameter `ns` names the registry the client thought it was talking to.
-fn allowed_params(route: &Route) -> &'static [&'static str] {
-    match route {
-        Route::Tags { .. } | Route::Catalog => &["n", "last"],
-        Route::Referrers { .. } => &["artifactType"],
+fn allowed_params(endpoint: &Endpoint) -> &'static [&'static str] {
+    match endpoint {
+        Endpoint::Tags { .. } | Endpoint::Catalog => &["n", "last"],
+        Endpoint::Referrers { .. } => &["artifactType"],
         _ => &[],
     }
 }
 
 /// The query to send upstream.
-pub fn upstream_query(route: &Route, query: Option<&str>, names: &NameMap) -> Option<String> {
-    let allowed = allowed_params(route);
+pub fn upstream_query(endpoint: &Endpoint, query: Option<&str>, names: &NameMap) -> Option<String> {
+    let allowed = allowed_params(endpoint);
     let mut p: Vec<_> = pairs(query.unwrap_or(""))
         .into_iter()
         .filter(|(k, _)| allowed.contains(&k.as_str()))
         .collect();
-    if *route == Route::Catalog && !names.prefix().is_empty() {
-        match p.iter_mut().find(|(k, _)| k == "last") {
-            Some((_, last)) => *last = names.to_upstream(last),
-            // Catalogs are sorted: start just before the prefix's first repository.
-            None => p.push(("last".into(), format!("{}/", names.prefix()))),
-        }
+    if *endpoint == Endpoint::Catalog && !names.prefix().is_empty() {
+        let last = p.iter().position(|(k, _)| k == "last");
+        let mapped = last.and_then(|i| names.to_upstream(&p[i].1));
+        p.retain(|(k, _)| k != "last");
+        // Catalogs are sorted: without a `last` of its own, start just before the prefix's
+        // first repository.
+        p.push((
+            "last".into(),
+            mapped.unwrap_or_else(|| format!("{}/", names.prefix())),
+        ));
     }
     (!p.is_empty()).then(|| encode(&p))
 }
 
 /// A `Link` target in client terms, or `None` to drop the link: only targets on the upstream
-/// that name an API route inside the prefix survive. Relative targets stay relative; absolute
+/// that name an API endpoint inside the prefix survive. Relative targets stay relative; absolute
 /// ones move to the public origin; a catalog page past the prefix is dropped.
 pub fn client_link_target(
     target: &str,
@@ -61,14 +65,14 @@ pub fn client_link_target(
     if Origin::of_url(&url).as_ref() != Some(upstream) {
         return None;
     }
-    let route = Route::parse(url.path()).ok()?;
-    let allowed = allowed_params(&route);
+    let endpoint = Endpoint::parse(url.path()).ok()?;
+    let allowed = allowed_params(&endpoint);
     let mut query: Vec<_> = pairs(url.query().unwrap_or(""))
         .into_iter()
         .filter(|(k, _)| allowed.contains(&k.as_str()))
         .collect();
-    let route = match &route {
-        Route::Catalog => {
+    let endpoint = match &endpoint {
+        Endpoint::Catalog => {
             if !names.prefix().is_empty() {
                 for (k, v) in query.iter_mut() {
                     if k == "last" {
@@ -76,12 +80,12 @@ pub fn client_link_target(
                     }
                 }
             }
-            route
+            endpoint
         }
-        Route::Home | Route::Token | Route::Upload { .. } => return None,
-        _ => match route.name() {
-            Some(name) => route.with_name(names.to_client(name)?),
-            None => route,
+        Endpoint::Home | Endpoint::Token | Endpoint::Upload { .. } => return None,
+        _ => match endpoint.name() {
+            Some(name) => endpoint.with_name(names.to_client(name)?),
+            None => endpoint,
         },
     };
     let q = if query.is_empty() {
@@ -94,7 +98,7 @@ pub fn client_link_target(
     } else {
         String::new()
     };
-    Some(format!("{origin}{}{q}", route.path()))
+    Some(format!("{origin}{}{q}", endpoint.path()))
 }
 
 /// A tags/list body with its `name` in client terms; `None` if it is not the expected JSON.
@@ -134,21 +138,21 @@ mod tests {
 
     #[test]
     fn catalog_query_starts_at_the_prefix_and_maps_last() {
-        let m = NameMap::new("team/app", false);
+        let m = NameMap::new("", "team/app", false);
         assert_eq!(
-            upstream_query(&Route::Catalog, Some("n=2"), &m).unwrap(),
+            upstream_query(&Endpoint::Catalog, Some("n=2"), &m).unwrap(),
             "n=2&last=team%2Fapp%2F"
         );
         assert_eq!(
-            upstream_query(&Route::Catalog, Some("n=2&last=web"), &m).unwrap(),
+            upstream_query(&Endpoint::Catalog, Some("n=2&last=web"), &m).unwrap(),
             "n=2&last=team%2Fapp%2Fweb"
         );
-        let tags = Route::Tags { name: "web".into() };
+        let tags = Endpoint::Tags { name: "web".into() };
         assert_eq!(
             upstream_query(&tags, Some("n=2&last=v1&ns=docker.io&x=1"), &m).unwrap(),
             "n=2&last=v1"
         );
-        let manifest = Route::Manifest {
+        let manifest = Endpoint::Manifest {
             name: "web".into(),
             reference: "1".into(),
         };
@@ -158,7 +162,7 @@ mod tests {
         );
         assert_eq!(upstream_query(&tags, None, &m), None);
         assert_eq!(
-            upstream_query(&Route::Catalog, None, &NameMap::new("", false)),
+            upstream_query(&Endpoint::Catalog, None, &NameMap::default()),
             None
         );
     }
@@ -166,7 +170,7 @@ mod tests {
     #[test]
     fn link_targets_in_client_names() {
         let (up, public) = (o("http://127.0.0.1:5000"), o("https://images.example.com"));
-        let m = NameMap::new("team/app", false);
+        let m = NameMap::new("", "team/app", false);
         let t = client_link_target("/v2/team/app/web/tags/list?last=v2&n=2", &up, &public, &m);
         assert_eq!(t.unwrap(), "/v2/web/tags/list?last=v2&n=2");
         let t = client_link_target(
@@ -188,7 +192,7 @@ mod tests {
     #[test]
     fn links_elsewhere_are_dropped_or_mapped() {
         let (up, public) = (o("http://127.0.0.1:5000"), o("https://images.example.com"));
-        let m = NameMap::new("team/app", false);
+        let m = NameMap::new("", "team/app", false);
         let d = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
         let t = format!("http://127.0.0.1:5000/v2/team/app/web/manifests/{d}");
         assert_eq!(
@@ -210,7 +214,7 @@ mod tests {
 
     #[test]
     fn tags_body_name() {
-        let m = NameMap::new("", true);
+        let m = NameMap::new("", "", true);
         let out =
             client_tags_body(br#"{"name":"library/alpine","tags":["3.20","latest"]}"#, &m).unwrap();
         assert_eq!(out, br#"{"name":"alpine","tags":["3.20","latest"]}"#);
@@ -219,7 +223,7 @@ mod tests {
 
     #[test]
     fn catalog_filtered_to_prefix() {
-        let m = NameMap::new("team/app", false);
+        let m = NameMap::new("", "team/app", false);
         let (body, past) =
             client_catalog_body(br#"{"repositories":["team/app/a","team/app/b/c"]}"#, &m).unwrap();
         assert_eq!(body, br#"{"repositories":["a","b/c"]}"#);

@@ -1,69 +1,90 @@
 //! Repository names in both directions: what the client says and what the upstream stores.
+//!
+//! A route may own leading path segments of the client's names (`ghcr/owner/app` is
+//! `owner/app` at GHCR), add an upstream prefix (`web` is `team/app/web`), and follow Docker
+//! Hub's rule that one-segment names live under `library/`.
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+use crate::endpoint::valid_name;
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NameMap {
-    /// `team/app`: client `x` is upstream `team/app/x`. Empty for none.
+    /// `ghcr`: client `ghcr/x` is this route's `x`. Empty for none.
+    path: String,
+    /// `team/app`: the route's `x` is upstream `team/app/x`. Empty for none.
     prefix: String,
     /// Docker Hub keeps one-segment names under `library/`.
-    docker_hub: bool,
+    library: bool,
 }
 
 const LIBRARY: &str = "library/";
 
+fn join(a: &str, b: &str) -> String {
+    if a.is_empty() {
+        b.to_string()
+    } else {
+        format!("{a}/{b}")
+    }
+}
+
+/// `name` without the leading segments `lead`; `None` when it does not start with them.
+fn strip<'a>(name: &'a str, lead: &str) -> Option<&'a str> {
+    if lead.is_empty() {
+        return Some(name);
+    }
+    name.strip_prefix(lead)?.strip_prefix('/')
+}
+
 impl NameMap {
-    pub fn new(prefix: &str, docker_hub: bool) -> Self {
+    pub fn new(path: &str, prefix: &str, library: bool) -> Self {
         Self {
+            path: path.trim_matches('/').to_string(),
             prefix: prefix.trim_matches('/').to_string(),
-            docker_hub,
+            library,
         }
+    }
+
+    /// The client's path segments this map owns.
+    pub fn path(&self) -> &str {
+        &self.path
     }
 
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
-    pub fn to_upstream(&self, client: &str) -> String {
-        let name = if self.prefix.is_empty() {
-            client.to_string()
-        } else {
-            format!("{}/{}", self.prefix, client)
-        };
-        if self.docker_hub && !name.contains('/') {
+    /// The upstream's name for a client name; `None` when the name is not this route's.
+    pub fn to_upstream(&self, client: &str) -> Option<String> {
+        let own = strip(client, &self.path).filter(|n| !n.is_empty())?;
+        let name = join(&self.prefix, own);
+        Some(if self.library && !name.contains('/') {
             format!("{LIBRARY}{name}")
         } else {
             name
-        }
+        })
     }
 
     /// The client's name for an upstream name; `None` when it lies outside the prefix.
     pub fn to_client(&self, upstream: &str) -> Option<String> {
-        let name = if self.prefix.is_empty() {
-            upstream
-        } else {
-            upstream.strip_prefix(&self.prefix)?.strip_prefix('/')?
-        };
-        if name.is_empty() {
-            return None;
-        }
-        if self.docker_hub && self.prefix.is_empty() {
-            if let Some(short) = name.strip_prefix(LIBRARY) {
+        let mut own = strip(upstream, &self.prefix).filter(|n| !n.is_empty())?;
+        if self.library && self.prefix.is_empty() {
+            if let Some(short) = own.strip_prefix(LIBRARY) {
                 if !short.is_empty() && !short.contains('/') {
-                    return Some(short.to_string());
+                    own = short;
                 }
             }
         }
-        Some(name.to_string())
+        Some(join(&self.path, own))
     }
 
-    /// Whether a client name is valid and stays valid as the upstream's name (a prefix or
-    /// Docker Hub's `library/` can take it past the 255-character limit).
+    /// Whether a client name is valid, is this route's, and stays valid as the upstream's
+    /// name (a prefix or `library/` can take it past the 255-character limit).
     pub fn is_valid_client_name(&self, client: &str) -> bool {
-        crate::route::valid_name(client) && crate::route::valid_name(&self.to_upstream(client))
+        valid_name(client) && self.to_upstream(client).is_some_and(|u| valid_name(&u))
     }
 
     /// Whether upstream and client names differ at all.
     pub fn is_identity(&self) -> bool {
-        self.prefix.is_empty() && !self.docker_hub
+        self.path.is_empty() && self.prefix.is_empty() && !self.library
     }
 }
 
@@ -73,9 +94,9 @@ mod tests {
 
     #[test]
     fn prefix_both_ways() {
-        let m = NameMap::new("team/app", false);
-        assert_eq!(m.to_upstream("web"), "team/app/web");
-        assert_eq!(m.to_upstream("a/b"), "team/app/a/b");
+        let m = NameMap::new("", "team/app", false);
+        assert_eq!(m.to_upstream("web").as_deref(), Some("team/app/web"));
+        assert_eq!(m.to_upstream("a/b").as_deref(), Some("team/app/a/b"));
         assert_eq!(m.to_client("team/app/web").as_deref(), Some("web"));
         assert_eq!(m.to_client("team/apple/web"), None);
         assert_eq!(m.to_client("team/app"), None);
@@ -83,11 +104,38 @@ mod tests {
     }
 
     #[test]
+    fn path_segments_belong_to_the_route() {
+        let m = NameMap::new("ghcr", "", false);
+        assert_eq!(
+            m.to_upstream("ghcr/owner/app").as_deref(),
+            Some("owner/app")
+        );
+        assert_eq!(m.to_upstream("ghcrx/owner/app"), None);
+        assert_eq!(m.to_upstream("ghcr"), None);
+        assert_eq!(m.to_client("owner/app").as_deref(), Some("ghcr/owner/app"));
+        let hub = NameMap::new("hub", "", true);
+        assert_eq!(
+            hub.to_upstream("hub/alpine").as_deref(),
+            Some("library/alpine")
+        );
+        assert_eq!(
+            hub.to_client("library/alpine").as_deref(),
+            Some("hub/alpine")
+        );
+    }
+
+    #[test]
     fn docker_hub_library() {
-        let m = NameMap::new("", true);
-        assert_eq!(m.to_upstream("alpine"), "library/alpine");
-        assert_eq!(m.to_upstream("library/alpine"), "library/alpine");
-        assert_eq!(m.to_upstream("bitnami/redis"), "bitnami/redis");
+        let m = NameMap::new("", "", true);
+        assert_eq!(m.to_upstream("alpine").as_deref(), Some("library/alpine"));
+        assert_eq!(
+            m.to_upstream("library/alpine").as_deref(),
+            Some("library/alpine")
+        );
+        assert_eq!(
+            m.to_upstream("bitnami/redis").as_deref(),
+            Some("bitnami/redis")
+        );
         assert_eq!(m.to_client("library/alpine").as_deref(), Some("alpine"));
         assert_eq!(
             m.to_client("bitnami/redis").as_deref(),
@@ -98,26 +146,27 @@ mod tests {
     #[test]
     fn docker_hub_with_a_one_segment_prefix() {
         // `myorg` on Docker Hub: client `app` is `myorg/app`, never `library/...`.
-        let m = NameMap::new("myorg", true);
-        assert_eq!(m.to_upstream("app"), "myorg/app");
+        let m = NameMap::new("", "myorg", true);
+        assert_eq!(m.to_upstream("app").as_deref(), Some("myorg/app"));
         assert_eq!(m.to_client("myorg/app").as_deref(), Some("app"));
     }
 
     #[test]
     fn names_too_long_upstream_are_invalid() {
-        let m = NameMap::new("team/app", false);
+        let m = NameMap::new("", "team/app", false);
         let long = "a".repeat(250);
-        assert!(crate::route::valid_name(&long));
+        assert!(valid_name(&long));
         assert!(!m.is_valid_client_name(&long));
-        assert!(!NameMap::new("", true).is_valid_client_name(&"b".repeat(250)));
+        assert!(!NameMap::new("", "", true).is_valid_client_name(&"b".repeat(250)));
         assert!(m.is_valid_client_name("web"));
+        assert!(!NameMap::new("ghcr", "", false).is_valid_client_name("other/x"));
     }
 
     #[test]
     fn identity() {
-        let m = NameMap::new("", false);
+        let m = NameMap::default();
         assert!(m.is_identity());
-        assert_eq!(m.to_upstream("a/b"), "a/b");
+        assert_eq!(m.to_upstream("a/b").as_deref(), Some("a/b"));
         assert_eq!(m.to_client("a/b").as_deref(), Some("a/b"));
     }
 }

@@ -7,7 +7,7 @@
 //! - **R2 challenge**: a 401 carries exactly one `WWW-Authenticate`, the proxy's own; no other
 //!   status carries one.
 //! - **R3 location**: only a redirect carries `Location`, and only the one the exchange chose.
-//! - **R4 links**: a `Link` target names an API route in client names on the public origin
+//! - **R4 links**: a `Link` target names an API endpoint in client names on the public origin
 //!   (or relative), or the link is dropped.
 //! - **R5 made bodies**: a body the proxy made carries its own type and length and none of the
 //!   upstream's entity headers (encoding, digest, ETag, range).
@@ -15,12 +15,12 @@
 //! - **R7 HEAD**: a HEAD response has no body and the length the GET would have.
 
 use crate::challenge;
+use crate::endpoint::Endpoint;
 use crate::error::OciError;
 use crate::headers;
 use crate::listing;
 use crate::names::NameMap;
 use crate::origin::Origin;
-use crate::route::Route;
 use crate::upstream_error;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
@@ -29,10 +29,12 @@ use http::{Response, StatusCode};
 pub struct Context<'a> {
     /// Unknown only when the request's own Host could not be read.
     pub public: Option<&'a Origin>,
+    /// The proxy's token endpoint for this request (with containerd's `ns`, when it sent one).
+    pub realm: String,
     /// The upstream registry, whose Link targets are mapped.
     pub upstream: Option<&'a Origin>,
     pub names: &'a NameMap,
-    pub route: Option<&'a Route>,
+    pub endpoint: Option<&'a Endpoint>,
     pub head_only: bool,
 }
 
@@ -155,10 +157,10 @@ fn rewrite_links(ctx: &Context, offered: &HeaderMap, out: &mut HeaderMap) {
     }
 }
 
-/// The scope a client needs for the route, for a challenge whose upstream named none usable.
-fn route_scope(route: Option<&Route>) -> Option<String> {
-    match route? {
-        Route::Catalog => Some("registry:catalog:*".into()),
+/// The scope a client needs for the endpoint, for a challenge whose upstream named none usable.
+fn endpoint_scope(endpoint: Option<&Endpoint>) -> Option<String> {
+    match endpoint? {
+        Endpoint::Catalog => Some("registry:catalog:*".into()),
         r => r.name().map(|n| format!("repository:{n}:pull")),
     }
 }
@@ -174,7 +176,7 @@ pub fn finish(ctx: &Context, draft: Draft) -> ClientResponse {
     // R6: whatever an upstream said in an error body stays home.
     if status.is_client_error() || status.is_server_error() {
         if let DraftBody::Upstream = body {
-            let e = match ctx.route {
+            let e = match ctx.endpoint {
                 Some(r) => upstream_error::client_error(status, None, r),
                 None => OciError::unavailable(status, "upstream error"),
             };
@@ -217,7 +219,13 @@ pub fn finish(ctx: &Context, draft: Draft) -> ClientResponse {
     // R2
     if let (StatusCode::UNAUTHORIZED, Some(public)) = (status, ctx.public) {
         let upstream = challenge::from_headers(&offered);
-        let c = challenge::proxy_challenge(&upstream, public, ctx.names, route_scope(ctx.route));
+        let c = challenge::proxy_challenge(
+            &upstream,
+            &ctx.realm,
+            public,
+            ctx.names,
+            endpoint_scope(ctx.endpoint),
+        );
         if let Ok(v) = HeaderValue::from_str(&c.render()) {
             h.insert(header::WWW_AUTHENTICATE, v);
         }
@@ -251,9 +259,10 @@ mod tests {
     fn ctx<'a>(public: &'a Origin, upstream: &'a Origin, names: &'a NameMap) -> Context<'a> {
         Context {
             public: Some(public),
+            realm: format!("{public}/token"),
             upstream: Some(upstream),
             names,
-            route: None,
+            endpoint: None,
             head_only: false,
         }
     }
@@ -272,7 +281,7 @@ mod tests {
         let (p, u, n) = (
             Origin::parse("https://images.example.com").unwrap(),
             Origin::parse("http://127.0.0.1:5000").unwrap(),
-            NameMap::new("", false),
+            NameMap::default(),
         );
         let head = upstream_head(
             401,
@@ -308,7 +317,7 @@ mod tests {
         let (p, u, n) = (
             Origin::parse("https://images.example.com").unwrap(),
             Origin::parse("http://127.0.0.1:5000").unwrap(),
-            NameMap::new("", false),
+            NameMap::default(),
         );
         let head = upstream_head(
             200,
@@ -337,7 +346,7 @@ mod tests {
         let (p, u, n) = (
             Origin::parse("http://127.0.0.1:3000").unwrap(),
             Origin::parse("http://127.0.0.1:5000").unwrap(),
-            NameMap::new("", false),
+            NameMap::default(),
         );
         let mut c = ctx(&p, &u, &n);
         c.head_only = true;

@@ -56,7 +56,7 @@ pub fn first_invalid_name<'a>(
 /// Client scopes (each item may hold several, space-separated) in upstream names, deduplicated:
 /// containerd sends both its own scope and the challenge's, which map to the same upstream scope.
 pub fn to_upstream<'a>(names: &NameMap, scopes: impl IntoIterator<Item = &'a str>) -> Vec<String> {
-    map_all(scopes, |n| Some(names.to_upstream(n)))
+    map_all(scopes, |n| names.to_upstream(n))
 }
 
 /// Upstream scopes in client names. Only well-formed repository scopes inside the prefix and
@@ -81,7 +81,7 @@ pub fn to_client<'a>(names: &NameMap, scopes: impl IntoIterator<Item = &'a str>)
                 .is_some_and(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphanumeric()));
         let mapped = match kind {
             "registry" if name == "catalog" => Some(name.to_string()),
-            _ if kind_ok && crate::route::valid_name(name) => names
+            _ if kind_ok && crate::endpoint::valid_name(name) => names
                 .to_client(name)
                 .filter(|c| names.is_valid_client_name(c)),
             _ => None,
@@ -102,7 +102,7 @@ mod tests {
 
     #[test]
     fn maps_repository_scopes_with_prefix() {
-        let m = NameMap::new("team/app", false);
+        let m = NameMap::new("", "team/app", false);
         assert_eq!(
             to_upstream(
                 &m,
@@ -122,7 +122,7 @@ mod tests {
 
     #[test]
     fn catalog_and_space_separated_forms() {
-        let m = NameMap::new("p", false);
+        let m = NameMap::new("", "p", false);
         assert_eq!(
             to_upstream(&m, ["registry:catalog:* repository:a:pull"]),
             ["registry:catalog:*", "repository:p/a:pull"]
@@ -132,7 +132,7 @@ mod tests {
     #[test]
     fn echoed_challenge_scope_never_doubles_the_prefix() {
         // containerd merges the challenge scope (already in client names) with its own.
-        let m = NameMap::new("team/app", false);
+        let m = NameMap::new("", "team/app", false);
         let challenge = to_client(&m, ["repository:team/app/web:pull"]);
         let sent = [challenge[0].as_str(), "repository:web:pull"];
         assert_eq!(to_upstream(&m, sent), ["repository:team/app/web:pull"]);
@@ -140,7 +140,7 @@ mod tests {
 
     #[test]
     fn docker_hub_library_scopes() {
-        let m = NameMap::new("", true);
+        let m = NameMap::new("", "", true);
         assert_eq!(
             to_upstream(
                 &m,
@@ -156,7 +156,7 @@ mod tests {
 
     #[test]
     fn names_that_could_leave_the_prefix_are_found() {
-        let m = NameMap::new("p", false);
+        let m = NameMap::new("", "p", false);
         let bad = ["repository:ok:pull repository:../../other/outside:pull"];
         assert_eq!(
             first_invalid_name(&m, bad).as_deref(),
@@ -172,14 +172,14 @@ mod tests {
         );
         let long = format!("repository:{}:pull", "a".repeat(254));
         assert!(first_invalid_name(&m, [long.as_str()]).is_some());
-        let hub = NameMap::new("", true);
+        let hub = NameMap::new("", "", true);
         let up = format!("repository:{}:pull", "r".repeat(250));
         assert!(to_client(&hub, [up.as_str()]).is_empty());
     }
 
     #[test]
     fn client_scopes_are_strict() {
-        let m = NameMap::new("p", false);
+        let m = NameMap::new("", "p", false);
         assert_eq!(
             to_client(
                 &m,
@@ -191,7 +191,7 @@ mod tests {
 
     #[test]
     fn malformed_scopes_pass_unchanged() {
-        let m = NameMap::new("p", false);
+        let m = NameMap::new("", "p", false);
         assert_eq!(to_upstream(&m, ["garbage"]), ["garbage"]);
     }
 }

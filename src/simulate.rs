@@ -3,13 +3,15 @@
 //! unit tests and by the fuzz targets (`tests/fuzz`, feature `simulate`).
 
 use crate::config::{BlobRedirect, Config};
-use crate::exchange::{Exchange, Incoming, Step};
+use crate::exchange::{Exchange, Incoming, Step, Write};
 use crate::headers;
 use crate::origin::Origin;
 use crate::reply::{ClientBody, ClientResponse};
+use crate::routes::Route;
 use crate::upstream_failure::Failure;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use std::collections::HashMap;
 
 /// An upstream's answer to one request.
 #[derive(Debug, Clone)]
@@ -59,6 +61,8 @@ pub struct Run {
     /// Every request the exchange sent upstream, in order.
     pub sent: Vec<Request<Vec<u8>>>,
     pub reply: ClientResponse,
+    /// The route that served the request, if one did.
+    pub route: Option<Route>,
     /// The bytes the client receives: made bytes, or the streamed upstream body.
     pub body: Vec<u8>,
     pub cause: Option<String>,
@@ -67,19 +71,38 @@ pub struct Run {
 /// Steps an exchange may take before it counts as looping.
 const MAX_STEPS: usize = 40;
 
-/// Plays the adapter: answers each `Send` with `upstream`, each read with the canned body
-/// (cut at the limit as a failure), and returns what the client got.
+/// Plays the adapter with an empty key-value store (see `run_with_store`).
 pub fn run(
     config: Config,
     req: Incoming,
     request_body: &[u8],
+    upstream: impl FnMut(&Request<Vec<u8>>) -> Result<Canned, Failure>,
+) -> Run {
+    run_with_store(config, req, request_body, &mut HashMap::new(), upstream)
+}
+
+/// Plays the adapter: answers each `Send` with `upstream`, each read with the canned body
+/// (cut at the limit as a failure), keeps `store` as the key-value store, and returns what
+/// the client got.
+pub fn run_with_store(
+    config: Config,
+    req: Incoming,
+    request_body: &[u8],
+    store: &mut HashMap<String, Vec<u8>>,
     mut upstream: impl FnMut(&Request<Vec<u8>>) -> Result<Canned, Failure>,
 ) -> Run {
     let (mut ex, mut step) = Exchange::start(config, req);
     let mut sent = Vec::new();
     let mut last: Option<Canned> = None;
     for _ in 0..MAX_STEPS {
+        for w in ex.take_writes() {
+            match w {
+                Write::Set(k, v) => store.insert(k, v),
+                Write::Delete(k) => store.remove(&k),
+            };
+        }
         step = match step {
+            Step::Load(keys) => ex.on_loaded(keys.iter().map(|k| store.get(k).cloned()).collect()),
             Step::ReadRequest { limit } if request_body.len() > limit => {
                 ex.on_failure(Failure::TooLarge)
             }
@@ -113,6 +136,7 @@ pub fn run(
                 return Run {
                     sent,
                     reply,
+                    route: ex.route().cloned(),
                     body,
                     cause: ex.cause().map(String::from),
                 };
@@ -134,33 +158,39 @@ fn origin_of(uri: &http::Uri) -> Option<Origin> {
 
 /// The upstream origins' texts, which no client-facing header or made body may contain.
 fn upstream_texts(config: &Config) -> Vec<String> {
-    let mut out = vec![config.upstream.authority()];
-    out.extend(config.upstream_auth.iter().map(Origin::authority));
-    out.extend(
-        config
-            .upstream_cdn
-            .iter()
-            .filter(|c| !c.is_wildcard())
-            .map(Origin::authority),
-    );
+    let mut out = Vec::new();
+    for r in &config.routes.0 {
+        out.push(r.upstream.authority());
+        out.extend(r.auth.iter().map(Origin::authority));
+        out.extend(
+            r.cdn
+                .iter()
+                .filter(|c| !c.is_wildcard())
+                .map(Origin::authority),
+        );
+    }
     out
 }
 
 /// Checks every invariant of one exchange; the error names the one broken.
 pub fn check(config: &Config, req: &Incoming, run: &Run) -> Result<(), String> {
     let fail = |name: &str, detail: String| Err(format!("{name}: {detail}"));
-    let token_post = req.method == Method::POST && req.path == crate::route::TOKEN_PATH;
+    let token_post = req.method == Method::POST && req.path == crate::endpoint::TOKEN_PATH;
     let read_only = matches!(req.method, Method::GET | Method::HEAD) || token_post;
-    // DESTINATIONS: no request reaches a host configuration did not name.
+    // DESTINATIONS: no request reaches a host the serving route does not name.
+    if !run.sent.is_empty() && run.route.is_none() {
+        return fail("DESTINATIONS", "a request without a route".into());
+    }
     for r in &run.sent {
         let Some(o) = origin_of(r.uri()) else {
             return fail("DESTINATIONS", format!("unparseable URI {}", r.uri()));
         };
-        if !config.allows_destination(&o) {
+        let Some(route) = &run.route else { continue };
+        if !route.allows_destination(&o) {
             return fail("DESTINATIONS", format!("request to {o}"));
         }
         // STORAGE: blob storage never sees credentials.
-        let is_registry = config.allows_realm(&o);
+        let is_registry = route.allows_realm(&o);
         if !is_registry && r.headers().contains_key(header::AUTHORIZATION) {
             return fail("STORAGE", format!("Authorization sent to {o}"));
         }
@@ -202,8 +232,12 @@ pub fn check(config: &Config, req: &Incoming, run: &Run) -> Result<(), String> {
         .map_err(|e| format!("R2_CHALLENGE: 401 without a public origin: {e}"))?;
         let ours = match parsed.as_slice() {
             [c] if c.scheme == "bearer" => {
-                c.param("realm") == Some(&format!("{public}/token"))
-                    && c.param("service") == Some(&public.authority())
+                let realm = c.param("realm").unwrap_or_default();
+                let token = format!("{public}/token");
+                let ns_realm = realm
+                    .strip_prefix(&token)
+                    .is_some_and(|q| q.starts_with("?ns="));
+                (realm == token || ns_realm) && c.param("service") == Some(&public.authority())
             }
             [c] if c.scheme == "basic" => c.param("realm") == Some(&public.authority()),
             _ => false,
@@ -220,7 +254,10 @@ pub fn check(config: &Config, req: &Incoming, run: &Run) -> Result<(), String> {
         return fail("R3_LOCATION", format!("Location on a {status}"));
     }
     let pass_redirect = location.is_some()
-        && config.blob_redirect == BlobRedirect::Pass
+        && run
+            .route
+            .as_ref()
+            .is_some_and(|r| r.blob_redirect == BlobRedirect::Pass)
         && req.path.contains("/blobs/");
     // NAMES: no upstream origin in a client-facing header or a body the proxy made, unless the
     // client itself sent that text (an echo of its own path is not a leak).
@@ -333,6 +370,19 @@ pub const CDN: &str = "http://127.0.0.3:5002";
 pub const EVIL: &str = "http://127.0.0.4:6666";
 const DIGEST: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
+/// A route table of every routing kind: by host (Docker Hub rules, mirroring docker.io), by
+/// path (`team/...`, with an upstream prefix), and a credentialed public route on 127.0.0.1.
+const TABLE: &str = r#"[
+    {"name": "hub", "host": "images.example.com", "upstream": "http://127.0.0.1:5000",
+     "auth": "http://127.0.0.2:5001", "cdn": "http://127.0.0.3:5002", "library": true,
+     "mirrors": ["docker.io"], "blob_redirect": "BLOB"},
+    {"name": "teams", "path": "team", "upstream": "http://127.0.0.5:5005",
+     "auth": "http://127.0.0.2:5001", "cdn": "http://127.0.0.3:5002", "prefix": "app"},
+    {"name": "own", "host": "127.0.0.1", "upstream": "http://127.0.0.1:5000",
+     "auth": "http://127.0.0.2:5001", "cdn": "http://127.0.0.3:5002",
+     "username": "robot", "password": "s3cret", "public": true, "blob_redirect": "BLOB"}
+]"#;
+
 pub fn config(src: &mut Source) -> Config {
     let upstream = src.pick(&[UPSTREAM, "https://registry-1.docker.io"]);
     let prefix = src.pick(&["", "team", "team/app"]);
@@ -340,7 +390,13 @@ pub fn config(src: &mut Source) -> Config {
     let public = src.pick(&["", "", "https://images.example.com"]);
     let trust = src.pick(&["", "true"]);
     let home = src.pick(&["", "https://docs.example.com/registry"]);
+    let table = if src.chance(128) {
+        TABLE.replace("BLOB", redirect)
+    } else {
+        String::new()
+    };
     let pairs = [
+        ("routes", table.as_str()),
         ("upstream", upstream),
         ("upstream_auth", AUTH),
         ("upstream_cdn", CDN),
@@ -401,6 +457,7 @@ fn query(src: &mut Source) -> Option<String> {
         None,
         Some("n=2&last=web"),
         Some("ns=docker.io"),
+        Some("ns=ghcr.io"),
         Some("scope=repository:web:pull&service=x"),
         Some("scope=repository:web:pull&scope=repository:../x:pull"),
         Some("scope=registry:catalog:*&evil=1"),
@@ -465,6 +522,7 @@ pub fn incoming(src: &mut Source) -> (Incoming, Vec<u8>) {
         headers: request_headers(src),
         scheme: src.pick(&[Some("http".to_string()), Some("https".into()), None]),
         authority: None,
+        now: 1_700_000_000,
     };
     let body = src.pick(&[
         b"grant_type=password&username=alice&password=s3cret&scope=repository%3Aweb%3Apull&service=x"

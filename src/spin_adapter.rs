@@ -2,7 +2,7 @@
 //! the steps the exchange asks for, and move body bytes. It decides nothing about a response.
 
 use crate::config::Config;
-use crate::exchange::{Exchange, Incoming, Step};
+use crate::exchange::{Exchange, Incoming, Step, Write};
 use crate::log::{self, Entry};
 use crate::reply::{ClientBody, ClientResponse};
 use crate::upstream_failure::Failure;
@@ -10,9 +10,10 @@ use spin_sdk::http::{
     ErrorCode, Fields, IncomingRequest, IncomingResponse, Method as WasiMethod, OutgoingBody,
     OutgoingRequest, OutgoingResponse, ResponseOutparam, Scheme,
 };
+use spin_sdk::key_value::Store;
 use spin_sdk::wit::wasi::http0_2_0::outgoing_handler;
 use spin_sdk::wit::wasi::http0_2_0::types::{http_error_code, IncomingBody, RequestOptions};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use wasi::io::streams::{InputStream, OutputStream, StreamError};
 
 /// Bytes copied per read. Copying through guest memory and flushing each chunk keeps one chunk
@@ -70,7 +71,6 @@ fn serve(
     method: http::Method,
     path_query: &str,
 ) -> (Served, Option<u16>, Option<String>) {
-    let timeout = config.upstream_timeout;
     let (path, query) = match path_query.split_once('?') {
         Some((p, q)) => (p.to_string(), Some(q.to_string())),
         None => (path_query.to_string(), None),
@@ -82,13 +82,19 @@ fn serve(
         headers: headers_from_wasi(&req.headers()),
         scheme: req.scheme().map(|s| scheme_name(&s)),
         authority: req.authority(),
+        now: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
     };
     let mut request = Some(req);
     let (mut exchange, mut step) = Exchange::start(config, incoming);
     // The upstream response whose body a later step may read or stream.
     let mut last: Option<IncomingResponse> = None;
+    let mut store = KeyValue::default();
     loop {
+        store.write(exchange.take_writes());
         step = match step {
+            Step::Load(keys) => exchange.on_loaded(store.load(&keys)),
             Step::ReadRequest { limit } => {
                 let body = request.take().and_then(|r| r.consume().ok());
                 match body.map(|b| read_all(b, limit)) {
@@ -99,7 +105,7 @@ fn serve(
             }
             Step::Send(request) => {
                 last = None;
-                match send(request, timeout) {
+                match send(request, exchange.timeout()) {
                     Ok(resp) => {
                         let head = head_from_wasi(&resp);
                         last = Some(resp);
@@ -119,6 +125,39 @@ fn serve(
                 return (write(out, response, last.take()), upstream, cause);
             }
         };
+    }
+}
+
+/// Spin's `default` key-value store, opened on first use. A store that cannot be opened or
+/// read is a store that knows nothing: the exchange then asks the upstream.
+#[derive(Default)]
+struct KeyValue(Option<Option<Store>>);
+
+impl KeyValue {
+    fn store(&mut self) -> Option<&Store> {
+        self.0
+            .get_or_insert_with(|| Store::open_default().ok())
+            .as_ref()
+    }
+
+    fn load(&mut self, keys: &[String]) -> Vec<Option<Vec<u8>>> {
+        let store = self.store();
+        keys.iter()
+            .map(|k| store.and_then(|s| s.get(k).ok().flatten()))
+            .collect()
+    }
+
+    fn write(&mut self, writes: Vec<Write>) {
+        if writes.is_empty() {
+            return;
+        }
+        let Some(store) = self.store() else { return };
+        for w in writes {
+            let _ = match w {
+                Write::Set(k, v) => store.set(&k, &v),
+                Write::Delete(k) => store.delete(&k),
+            };
+        }
     }
 }
 

@@ -88,14 +88,30 @@ impl TokenRequest {
             || self.get("password").is_some()
     }
 
-    /// The first repository the scopes name, in client names.
-    pub fn first_repository(&self) -> Option<String> {
-        self.scopes().flat_map(str::split_whitespace).find_map(|s| {
-            let (kind, rest) = s.split_once(':')?;
-            let (name, _) = rest.rsplit_once(':')?;
+    /// The repositories the scopes name, in client names, each once.
+    pub fn repositories(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for s in self.scopes().flat_map(str::split_whitespace) {
+            let Some((kind, rest)) = s.split_once(':') else {
+                continue;
+            };
+            let Some((name, _)) = rest.rsplit_once(':') else {
+                continue;
+            };
             let repository = kind == "repository" || kind.starts_with("repository(");
-            (repository && crate::route::valid_name(name)).then(|| name.to_string())
-        })
+            if repository && !out.iter().any(|n| n == name) {
+                out.push(name.to_string());
+            }
+        }
+        out
+    }
+
+    /// The first repository the scopes name, in client names, if it is a valid name.
+    pub fn first_repository(&self) -> Option<String> {
+        self.repositories()
+            .into_iter()
+            .next()
+            .filter(|n| crate::endpoint::valid_name(n))
     }
 
     /// Parameters for the upstream realm: scopes mapped, `service` the upstream's own.
@@ -172,7 +188,7 @@ mod tests {
     use super::*;
 
     fn names() -> NameMap {
-        NameMap::new("team/app", false)
+        NameMap::new("", "team/app", false)
     }
 
     #[test]

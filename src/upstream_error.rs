@@ -5,8 +5,8 @@
 //! XML names the bucket). The client gets the spec's description of the code and its own
 //! repository name instead.
 
+use crate::endpoint::Endpoint;
 use crate::error::{ErrorCode, OciError};
-use crate::route::Route;
 use http::StatusCode;
 
 /// Largest upstream error body read to learn its code.
@@ -18,15 +18,15 @@ fn code_of(body: &[u8]) -> Option<ErrorCode> {
     ErrorCode::parse(v.get("errors")?.get(0)?.get("code")?.as_str()?)
 }
 
-/// The code a status stands for on this route, for bodies without one (HEAD, HTML, XML).
-fn code_for_status(status: StatusCode, route: &Route) -> ErrorCode {
+/// The code a status stands for on this endpoint, for bodies without one (HEAD, HTML, XML).
+fn code_for_status(status: StatusCode, endpoint: &Endpoint) -> ErrorCode {
     match status.as_u16() {
         401 => ErrorCode::Unauthorized,
         403 => ErrorCode::Denied,
-        404 => match route {
-            Route::Blob { .. } => ErrorCode::BlobUnknown,
-            Route::Manifest { .. } => ErrorCode::ManifestUnknown,
-            Route::Tags { .. } | Route::Referrers { .. } => ErrorCode::NameUnknown,
+        404 => match endpoint {
+            Endpoint::Blob { .. } => ErrorCode::BlobUnknown,
+            Endpoint::Manifest { .. } => ErrorCode::ManifestUnknown,
+            Endpoint::Tags { .. } | Endpoint::Referrers { .. } => ErrorCode::NameUnknown,
             _ => ErrorCode::Unsupported,
         },
         405 => ErrorCode::Unsupported,
@@ -38,13 +38,13 @@ fn code_for_status(status: StatusCode, route: &Route) -> ErrorCode {
 
 /// The client's error for an upstream error response (`body` is `None` for a HEAD or a body
 /// that could not be read). The status passes as it came; 401 and 403 keep their codes.
-pub fn client_error(status: StatusCode, body: Option<&[u8]>, route: &Route) -> OciError {
-    let by_status = code_for_status(status, route);
+pub fn client_error(status: StatusCode, body: Option<&[u8]>, endpoint: &Endpoint) -> OciError {
+    let by_status = code_for_status(status, endpoint);
     let code = match by_status {
         ErrorCode::Unauthorized | ErrorCode::Denied | ErrorCode::TooManyRequests => by_status,
         _ => body.and_then(code_of).unwrap_or(by_status),
     };
-    let message = match route.name() {
+    let message = match endpoint.name() {
         Some(name) => format!("{}: {name}", code.description()),
         None => code.description().to_string(),
     };
@@ -55,8 +55,8 @@ pub fn client_error(status: StatusCode, body: Option<&[u8]>, route: &Route) -> O
 mod tests {
     use super::*;
 
-    fn manifest() -> Route {
-        Route::Manifest {
+    fn manifest() -> Endpoint {
+        Endpoint::Manifest {
             name: "web".into(),
             reference: "1.0".into(),
         }
@@ -83,7 +83,7 @@ mod tests {
         assert_eq!(e.code, ErrorCode::Denied);
         assert!(!String::from_utf8(e.json()).unwrap().contains("my-project"));
         let s3 = b"<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><BucketName>prod-registry</BucketName></Error>";
-        let blob = Route::Blob {
+        let blob = Endpoint::Blob {
             name: "web".into(),
             digest: "sha256:00".into(),
         };
@@ -98,7 +98,7 @@ mod tests {
     #[test]
     fn unknown_codes_fall_back_to_the_status() {
         let body = br#"{"errors":[{"code":"X_SECRET_up.example","message":"m"}]}"#;
-        let e = client_error(StatusCode::SERVICE_UNAVAILABLE, Some(body), &Route::Base);
+        let e = client_error(StatusCode::SERVICE_UNAVAILABLE, Some(body), &Endpoint::Base);
         assert_eq!(e.code, ErrorCode::Unavailable);
         let rate = br#"{"errors":[{"code":"TOOMANYREQUESTS","message":"You have reached your pull rate limit. https://www.docker.com/increase-rate-limit"}]}"#;
         let e = client_error(StatusCode::TOO_MANY_REQUESTS, Some(rate), &manifest());

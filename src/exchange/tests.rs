@@ -43,6 +43,7 @@ fn incoming(
         headers: h,
         scheme: Some("http".into()),
         authority: None,
+        now: 1_700_000_000,
     }
 }
 
@@ -61,7 +62,7 @@ fn drive(
 }
 
 /// Answers by request path (and query, when the key has one); 404 otherwise.
-fn routes(
+fn by_path(
     table: Vec<(&'static str, Canned)>,
 ) -> impl FnMut(&Request<Vec<u8>>) -> Result<Canned, Failure> {
     move |r| {
@@ -135,7 +136,7 @@ fn manifest_head_maps_name_and_keeps_only_allowed_headers() {
     let cfg = config(&[("repository_prefix", "team/app")]);
     let req = incoming(
         Method::HEAD,
-        "/v2/web/manifests/1.0?ns=docker.io&x=1",
+        "/v2/web/manifests/1.0?ns=127.0.0.1:5000&x=1",
         &[
             ("accept", "application/vnd.oci.image.index.v1+json"),
             ("cookie", "session=1"),
@@ -327,7 +328,7 @@ fn relative_redirect_is_followed_on_the_upstream_with_credentials() {
         &cfg,
         req,
         b"",
-        routes(vec![
+        by_path(vec![
             (
                 "/v2/web/blobs/sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
                 Canned::new(302).header("location", "/artifacts-downloads/x?token=opaque%2Bsig"),
@@ -359,7 +360,7 @@ fn token_get_discovers_realm_and_maps_scopes() {
         &cfg,
         req,
         b"",
-        routes(vec![
+        by_path(vec![
             ("/v2/", bearer("http://127.0.0.2:5001/token?x=1", "")),
             (
                 "/token",
@@ -390,7 +391,7 @@ fn token_post_form_goes_to_the_realm_as_a_form() {
         &cfg,
         req,
         form,
-        routes(vec![
+        by_path(vec![
             ("/v2/", bearer("http://127.0.0.1:5000/v2/auth", "")),
             ("/v2/auth", Canned::new(200).body(r#"{"access_token":"t"}"#)),
         ]),
@@ -429,7 +430,7 @@ fn token_realm_redirects_are_followed_only_within_configuration() {
         &cfg,
         req(),
         b"",
-        routes(vec![
+        by_path(vec![
             ("/v2/", bearer(&realm, "")),
             (
                 "http://127.0.0.2:5001/token",
@@ -477,7 +478,7 @@ fn credentials_find_the_realm_of_a_private_repository_behind_an_open_v2() {
         &cfg,
         req,
         b"",
-        routes(vec![
+        by_path(vec![
             ("/v2/", Canned::new(200)),
             (
                 "/v2/team/private/x/tags/list?n=1",
@@ -531,7 +532,7 @@ fn writes_are_refused_without_contacting_the_upstream() {
 fn tags_list_body_and_link_in_client_names_and_head_length_matches() {
     let cfg = config(&[("repository_prefix", "team")]);
     let answer = || {
-        routes(vec![(
+        by_path(vec![(
             "/v2/team/web/tags/list?n=2",
             Canned::new(200)
                 .header("content-type", "application/json")
@@ -757,4 +758,300 @@ fn randomized_exchanges_keep_every_invariant() {
             panic!("run {i}: {e}");
         }
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// Route tables
+
+const TABLE: &str = r#"[
+    {"name": "hub", "host": "hub.example.com", "upstream": "http://127.0.0.1:5000",
+     "auth": "http://127.0.0.2:5001", "library": true, "mirrors": ["docker.io"]},
+    {"name": "ghcr", "host": "images.example.com", "path": "ghcr", "upstream": "http://127.0.0.5:5005",
+     "auth": "http://127.0.0.5:5005"},
+    {"name": "quay", "host": "images.example.com", "path": "quay", "upstream": "http://127.0.0.6:5006"},
+    {"name": "mirror", "upstream": "http://127.0.0.7:5007", "mirrors": ["ghcr.io"]},
+    {"name": "own", "host": "own.example.com", "upstream": "http://127.0.0.1:5000",
+     "auth": "http://127.0.0.2:5001", "username": "robot", "password": "s3cret", "public": true}
+]"#;
+
+fn table() -> Config {
+    config(&[("routes", TABLE)])
+}
+
+fn at(host: &'static str, method: Method, path_query: &str) -> Incoming {
+    let mut req = incoming(method, path_query, &[]);
+    req.headers.insert("host", HeaderValue::from_static(host));
+    req
+}
+
+fn manifest_ok() -> Canned {
+    Canned::new(200)
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .header("docker-content-digest", D)
+        .body("{}")
+}
+
+#[test]
+fn routes_by_host_path_and_ns() {
+    let cfg = table();
+    for (host, path, want) in [
+        (
+            "hub.example.com",
+            "/v2/alpine/manifests/3",
+            "http://127.0.0.1:5000/v2/library/alpine/manifests/3",
+        ),
+        (
+            "images.example.com",
+            "/v2/ghcr/owner/app/manifests/1",
+            "http://127.0.0.5:5005/v2/owner/app/manifests/1",
+        ),
+        (
+            "images.example.com",
+            "/v2/quay/owner/app/manifests/1",
+            "http://127.0.0.6:5006/v2/owner/app/manifests/1",
+        ),
+        (
+            "any.example.com",
+            "/v2/owner/app/manifests/1?ns=ghcr.io",
+            "http://127.0.0.7:5007/v2/owner/app/manifests/1",
+        ),
+        (
+            "hub.example.com",
+            "/v2/library/alpine/manifests/3?ns=docker.io",
+            "http://127.0.0.1:5000/v2/library/alpine/manifests/3",
+        ),
+    ] {
+        let run = drive(
+            &cfg,
+            at(host, Method::GET, path),
+            b"",
+            |_| Ok(manifest_ok()),
+        );
+        assert_eq!(status(&run), 200, "{host}{path}");
+        assert_eq!(run.sent[0].uri().to_string(), want);
+    }
+    for (host, path) in [
+        ("unknown.example.com", "/v2/x/manifests/1"),
+        ("images.example.com", "/v2/other/x/manifests/1"),
+        ("any.example.com", "/v2/x/manifests/1?ns=evil.example"),
+        ("any.example.com", "/v2/x/manifests/1"),
+    ] {
+        let run = drive(&cfg, at(host, Method::GET, path), b"", |_| {
+            panic!("no request")
+        });
+        assert_eq!(status(&run), 404, "{host}{path}");
+    }
+}
+
+#[test]
+fn path_routes_speak_client_names_with_their_path() {
+    let cfg = table();
+    let run = drive(
+        &cfg,
+        at(
+            "images.example.com",
+            Method::GET,
+            "/v2/ghcr/owner/app/tags/list",
+        ),
+        b"",
+        |_| {
+            Ok(Canned::new(200)
+                .header("link", "</v2/owner/app/tags/list?last=b&n=1>; rel=\"next\"")
+                .body(r#"{"name":"owner/app","tags":["b"]}"#))
+        },
+    );
+    assert_eq!(run.body, br#"{"name":"ghcr/owner/app","tags":["b"]}"#);
+    assert_eq!(
+        header(&run, "link"),
+        "</v2/ghcr/owner/app/tags/list?last=b&n=1>; rel=\"next\""
+    );
+    let run = drive(
+        &cfg,
+        at(
+            "images.example.com",
+            Method::GET,
+            "/v2/ghcr/owner/app/manifests/1",
+        ),
+        b"",
+        |_| {
+            Ok(bearer(
+                "http://127.0.0.5:5005/token",
+                "repository:owner/app:pull",
+            ))
+        },
+    );
+    assert_eq!(
+        header(&run, "www-authenticate"),
+        r#"Bearer realm="http://images.example.com/token",service="images.example.com",scope="repository:ghcr/owner/app:pull""#
+            .replace("http://", "https://")
+    );
+}
+
+#[test]
+fn base_of_a_path_only_domain_is_the_proxys_own() {
+    let cfg = table();
+    let run = drive(
+        &cfg,
+        at("images.example.com", Method::GET, "/v2/"),
+        b"",
+        |_| panic!("no request"),
+    );
+    assert_eq!(status(&run), 200);
+    let mut req = at(
+        "images.example.com",
+        Method::GET,
+        "/token?service=images.example.com",
+    );
+    let run = drive(&cfg, req.clone(), b"", |_| panic!("no request"));
+    assert!(String::from_utf8_lossy(&run.body).contains("anonymous"));
+    req.headers.insert(
+        header::AUTHORIZATION,
+        HeaderValue::from_static("Basic YWxpY2U6czNjcmV0"),
+    );
+    let run = drive(&cfg, req, b"", |_| panic!("no request"));
+    assert_eq!(status(&run), 400);
+}
+
+#[test]
+fn token_requests_route_by_scope_and_never_span_two_routes() {
+    let cfg = table();
+    let run = drive(
+        &cfg,
+        at(
+            "images.example.com",
+            Method::GET,
+            "/token?scope=repository:ghcr/owner/app:pull",
+        ),
+        b"",
+        by_path(vec![
+            ("/v2/", bearer("http://127.0.0.5:5005/token", "")),
+            ("/token", Canned::new(200).body(r#"{"token":"g"}"#)),
+        ]),
+    );
+    assert_eq!(status(&run), 200);
+    assert_eq!(
+        run.sent[1].uri().to_string(),
+        "http://127.0.0.5:5005/token?service=reg&scope=repository%3Aowner%2Fapp%3Apull"
+    );
+    let two = "/token?scope=repository:ghcr/a:pull&scope=repository:quay/b:pull";
+    let run = drive(
+        &cfg,
+        at("images.example.com", Method::GET, two),
+        b"",
+        |_| panic!("no request"),
+    );
+    assert_eq!(status(&run), 400);
+    // containerd's mirror realm carries `ns`.
+    let run = drive(
+        &cfg,
+        at(
+            "any.example.com",
+            Method::GET,
+            "/v2/o/a/manifests/1?ns=ghcr.io",
+        ),
+        b"",
+        |_| Ok(bearer("http://127.0.0.7:5007/token", "repository:o/a:pull")),
+    );
+    let challenge = header(&run, "www-authenticate");
+    assert!(
+        challenge.contains(r#"realm="https://any.example.com/token?ns=ghcr.io""#),
+        "{challenge}"
+    );
+}
+
+/// The token realm of the credentialed route: counts the token requests it answers.
+fn own_upstream(
+    tokens: std::rc::Rc<std::cell::Cell<u32>>,
+) -> impl FnMut(&Request<Vec<u8>>) -> Result<Canned, Failure> {
+    move |r| {
+        let auth = r
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap().to_string());
+        Ok(
+            match (r.uri().authority().unwrap().as_str(), auth.as_deref()) {
+                ("127.0.0.2:5001", Some("Basic cm9ib3Q6czNjcmV0")) => {
+                    tokens.set(tokens.get() + 1);
+                    Canned::new(200).body(r#"{"token":"own-token","expires_in":300}"#)
+                }
+                ("127.0.0.1:5000", Some("Bearer own-token")) => manifest_ok(),
+                ("127.0.0.1:5000", _) => {
+                    bearer("http://127.0.0.2:5001/token", "repository:app:pull")
+                }
+                _ => Canned::new(403),
+            },
+        )
+    }
+}
+
+#[test]
+fn a_credentialed_route_asks_its_realm_once_for_many_pulls() {
+    let cfg = table();
+    let tokens = std::rc::Rc::new(std::cell::Cell::new(0));
+    let mut store = std::collections::HashMap::new();
+    for i in 0..10 {
+        let req = at("own.example.com", Method::GET, "/v2/app/manifests/1");
+        let run = simulate::run_with_store(
+            cfg.clone(),
+            req.clone(),
+            b"",
+            &mut store,
+            own_upstream(tokens.clone()),
+        );
+        simulate::check(&cfg, &req, &run).unwrap();
+        assert_eq!(status(&run), 200, "pull {i}");
+        let sent = if i == 0 { 3 } else { 1 };
+        assert_eq!(run.sent.len(), sent, "pull {i}: {:?}", run.sent);
+        assert!(!format!("{:?}", run.reply).contains("own-token"));
+    }
+    assert_eq!(tokens.get(), 1);
+    assert!(!format!("{store:?}").contains("s3cret"));
+    // The token endpoint and /v2/ answer without the upstream.
+    for path in ["/token?scope=repository:app:pull", "/v2/"] {
+        let run = drive(&cfg, at("own.example.com", Method::GET, path), b"", |_| {
+            panic!("no request")
+        });
+        assert_eq!(status(&run), 200, "{path}");
+    }
+}
+
+#[test]
+fn a_refused_stored_token_is_dropped_and_replaced_once() {
+    let cfg = table();
+    let tokens = std::rc::Rc::new(std::cell::Cell::new(0));
+    let mut store = std::collections::HashMap::new();
+    let req = at("own.example.com", Method::GET, "/v2/app/manifests/1");
+    simulate::run_with_store(
+        cfg.clone(),
+        req.clone(),
+        b"",
+        &mut store,
+        own_upstream(tokens.clone()),
+    );
+    for v in store.values_mut() {
+        if String::from_utf8_lossy(v).contains("own-token") {
+            *v = String::from_utf8_lossy(v)
+                .replace("own-token", "revoked")
+                .into_bytes();
+        }
+    }
+    let run = simulate::run_with_store(
+        cfg.clone(),
+        req.clone(),
+        b"",
+        &mut store,
+        own_upstream(tokens.clone()),
+    );
+    assert_eq!(status(&run), 200);
+    assert_eq!(tokens.get(), 2);
+    assert_eq!(run.sent.len(), 3);
+    // A realm that refuses the credentials: an error, never a loop.
+    let run = simulate::run(cfg.clone(), req, b"", |r| {
+        Ok(match r.uri().authority().unwrap().as_str() {
+            "127.0.0.2:5001" => Canned::new(401),
+            _ => bearer("http://127.0.0.2:5001/token", ""),
+        })
+    });
+    assert_eq!(status(&run), 502);
+    assert_eq!(run.sent.len(), 2);
 }

@@ -109,15 +109,39 @@ def crash_in(proxy: Service) -> str:
     return next((m for m in CRASH_MARKERS if m in text), "")
 
 
-def start_proxy(variables: dict, host: str = "127.0.0.1", name: str = "proxy") -> Service:
+def start_proxy(variables: dict, host: str = "127.0.0.1", name: str = "proxy",
+                allowed_hosts=None, state_dir=None, runtime_config=None) -> Service:
     """Run the exact .wasm that spin.toml names in the test host.
 
     `variables` maps Spin variable names (lower snake case) to values; they are passed as
-    SPIN_VARIABLE_<NAME>, exactly as `spin up` reads them.
+    SPIN_VARIABLE_<NAME>, exactly as `spin up` reads them. `allowed_hosts` replaces spin.toml's
+    `allowed_outbound_hosts`, as a user serving a route table edits it (the manifest copy names
+    the same .wasm). Each proxy keeps its key-value store in its own state directory unless
+    `state_dir` or a `runtime_config` file (Redis) says otherwise.
     """
+    import tempfile
     port = free_port(host)
     env = {f"SPIN_VARIABLE_{k.upper()}": v for k, v in variables.items()}
-    proxy = Service(name, [HOST_BIN, "--from", SPIN_TOML, "--listen", f"{host}:{port}"],
-                    env=env, host=host, port=port)
+    WORK.mkdir(parents=True, exist_ok=True)
+    state = Path(state_dir or tempfile.mkdtemp(prefix="spin-state-", dir=WORK))
+    manifest = SPIN_TOML if allowed_hosts is None else manifest_with_hosts(allowed_hosts, state)
+    argv = [HOST_BIN, "--from", manifest, "--listen", f"{host}:{port}", "--state-dir", state]
+    if runtime_config:
+        argv += ["--runtime-config-file", runtime_config]
+    proxy = Service(name, argv, env=env, host=host, port=port)
     PROXIES.append(proxy)
     return proxy
+
+
+def manifest_with_hosts(hosts, where: Path) -> Path:
+    """spin.toml with `allowed_outbound_hosts` = `hosts`, naming the same component file."""
+    import re
+    text = SPIN_TOML.read_text()
+    wasm = ROOT / re.search(r'^source = "([^"]+)"', text, re.M).group(1)
+    text = text.replace(re.search(r'^source = "[^"]+"', text, re.M).group(0), f'source = "{wasm}"')
+    entries = ", ".join(f'"{h}"' for h in hosts)
+    text = re.sub(r"^allowed_outbound_hosts = \[.*\]$", f"allowed_outbound_hosts = [{entries}]",
+                  text, flags=re.M)
+    path = where / "spin.toml"
+    path.write_text(text)
+    return path

@@ -203,10 +203,15 @@ def test_only_allowlisted_headers_cross_either_way(proxy, env):
 def test_client_query_parameters_stop_at_the_proxy(proxy, env):
     env.up.route(f"/v2/{NAME}/manifests/v1", manifest(MANIFEST))
     env.up.route(f"/v2/{NAME}/tags/list", Response(200, [], json.dumps({"name": NAME, "tags": []}).encode()))
-    call(proxy.url, "GET", f"/v2/{NAME}/manifests/v1?ns=docker.io&debug=1&token=x")
+    ns = f"127.0.0.1:{env.up.port}"  # the registry this proxy's one route is
+    call(proxy.url, "GET", f"/v2/{NAME}/manifests/v1?ns={ns}&debug=1&token=x")
     call(proxy.url, "GET", f"/v2/{NAME}/tags/list?n=2&last=a&debug=1")
     assert [x.query for x in env.up.requests_to(f"/v2/{NAME}/manifests/v1")] == [""]
     assert [x.query for x in env.up.requests_to(f"/v2/{NAME}/tags/list")] == ["n=2&last=a"]
+    # A registry the proxy does not mirror: a clear error, never another upstream.
+    r = call(proxy.url, "GET", f"/v2/{NAME}/manifests/v1?ns=ghcr.io")
+    assert r.status == 404 and oci_error_of(r)["code"] == "NAME_UNKNOWN", r
+    assert len(env.up.requests_to(f"/v2/{NAME}/manifests/v1")) == 1
 
 
 def test_links_on_any_path_never_point_at_the_upstream(proxy, env, shared):

@@ -1,5 +1,6 @@
 //! Loads the manifest's components into wasmtime and makes a fresh store per request.
 
+use crate::kv::{KvView, SharedStores};
 use crate::manifest::Manifest;
 use crate::outbound::{OutboundPolicy, PolicyHooks};
 use crate::routes::Route;
@@ -26,6 +27,9 @@ pub struct ComponentHandler {
     policy: Arc<OutboundPolicy>,
     variables: Arc<HashMap<String, String>>,
     environment: Vec<(String, String)>,
+    stores: SharedStores,
+    /// The key-value stores the component may open.
+    granted: Arc<Vec<String>>,
 }
 
 /// The `T` of each request's `Store<T>`.
@@ -35,6 +39,18 @@ pub struct RequestState {
     http: WasiHttpCtx,
     hooks: PolicyHooks,
     variables: ComponentVariables,
+    stores: SharedStores,
+    granted: Arc<Vec<String>>,
+}
+
+impl RequestState {
+    fn key_value(&mut self) -> KvView<'_> {
+        KvView {
+            table: &mut self.table,
+            stores: &self.stores,
+            granted: &self.granted,
+        }
+    }
 }
 
 impl WasiView for RequestState {
@@ -59,7 +75,11 @@ impl WasiHttpView for RequestState {
 impl App {
     /// Compiles every component the triggers use; all manifest errors surface here,
     /// before the server starts listening.
-    pub fn load(manifest: &Manifest, app_vars: &AppVariables) -> Result<Self> {
+    pub fn load(
+        manifest: &Manifest,
+        app_vars: &AppVariables,
+        stores: SharedStores,
+    ) -> Result<Self> {
         let engine = Engine::new(&Config::new())?;
         let mut loaded: BTreeMap<&str, Arc<ComponentHandler>> = BTreeMap::new();
         let mut routes = Vec::new();
@@ -70,7 +90,7 @@ impl App {
                 Some(h) => h.clone(),
                 None => {
                     let h = Arc::new(
-                        ComponentHandler::load(&engine, id, manifest, app_vars)
+                        ComponentHandler::load(&engine, id, manifest, app_vars, stores.clone())
                             .with_context(|| format!("cannot load component {id:?}"))?,
                     );
                     loaded.insert(id, h.clone());
@@ -90,8 +110,10 @@ impl ComponentHandler {
         id: &str,
         manifest: &Manifest,
         app_vars: &AppVariables,
+        stores: SharedStores,
     ) -> Result<Self> {
         let spec = &manifest.components[id];
+        stores.check_grants(id, &spec.key_value_stores)?;
         let hosts = spec
             .allowed_outbound_hosts
             .iter()
@@ -107,6 +129,7 @@ impl ComponentHandler {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         variables::add_to_linker(&mut linker, |s| &mut s.variables)?;
+        crate::kv::add_to_linker(&mut linker, RequestState::key_value)?;
         stub_unprovided_imports(&mut linker, &component)?;
         let pre = ProxyPre::new(linker.instantiate_pre(&component)?)?;
 
@@ -116,6 +139,8 @@ impl ComponentHandler {
             policy,
             variables,
             environment: spec.environment.clone().into_iter().collect(),
+            stores,
+            granted: Arc::new(spec.key_value_stores.clone()),
         })
     }
 
@@ -132,6 +157,8 @@ impl ComponentHandler {
             http: WasiHttpCtx::new(),
             hooks: PolicyHooks(self.policy.clone()),
             variables: ComponentVariables(self.variables.clone()),
+            stores: self.stores.clone(),
+            granted: self.granted.clone(),
         };
         Store::new(self.pre.engine(), state)
     }
@@ -158,10 +185,13 @@ fn is_provided(import: &str) -> bool {
         let package = path.split('/').next().unwrap_or_default();
         return WASI_0_2.contains(&package) && version.starts_with("0.2.");
     }
-    import == "fermyon:spin/variables@2.0.0"
+    matches!(
+        import,
+        "fermyon:spin/variables@2.0.0" | "fermyon:spin/key-value@2.0.0"
+    )
 }
 
-/// Spin offers more interfaces (key-value, sqlite, ...); a component that imports
+/// Spin offers more interfaces (sqlite, llm, ...); a component that imports
 /// them must still load, and only trap if it calls one.
 ///
 /// This replaces `Linker::define_unknown_imports_as_traps`, which in wasmtime 48
@@ -222,7 +252,8 @@ mod tests {
         assert!(is_provided("wasi:http/types@0.2.6"));
         assert!(is_provided("wasi:cli/environment@0.2.0"));
         assert!(is_provided("fermyon:spin/variables@2.0.0"));
-        assert!(!is_provided("fermyon:spin/key-value@2.0.0"));
+        assert!(is_provided("fermyon:spin/key-value@2.0.0"));
+        assert!(!is_provided("fermyon:spin/sqlite@2.0.0"));
         assert!(!is_provided("wasi:keyvalue/store@0.2.0-draft"));
         assert!(!is_provided("wasi:http/types@0.3.0-rc-2026-01-06"));
     }

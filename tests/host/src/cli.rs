@@ -6,18 +6,25 @@ use std::path::PathBuf;
 
 pub const USAGE: &str = "\
 Usage: spin-test-host [--from PATH] [--listen ADDR] [--variable NAME=VALUE]...
+                      [--state-dir DIR] [--runtime-config-file PATH]
 
-  -f, --from PATH            spin.toml, or a directory holding one [default: spin.toml]
-      --listen ADDR          address to serve on [default: 127.0.0.1:3000]
-      --variable NAME=VALUE  set an application variable (repeatable); overrides
-                             SPIN_VARIABLE_<NAME> and the manifest default
-  -h, --help                 print this help";
+  -f, --from PATH                spin.toml, or a directory holding one [default: spin.toml]
+      --listen ADDR              address to serve on [default: 127.0.0.1:3000]
+      --variable NAME=VALUE      set an application variable (repeatable); overrides
+                                 SPIN_VARIABLE_<NAME> and the manifest default
+      --state-dir DIR            where the default key-value store lives
+                                 [default: .spin beside the manifest]
+      --runtime-config-file PATH Spin runtime config: [key_value_store.<label>] of
+                                 type 'spin' (SQLite, path) or 'redis' (url)
+  -h, --help                     print this help";
 
 #[derive(Debug)]
 pub struct Args {
     pub manifest: PathBuf,
     pub listen: SocketAddr,
     pub variables: Vec<(String, String)>,
+    pub state_dir: Option<PathBuf>,
+    pub runtime_config: Option<PathBuf>,
 }
 
 /// `Ok(None)` means help was asked for.
@@ -25,6 +32,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Args>> {
     let mut from = PathBuf::from("spin.toml");
     let mut listen: SocketAddr = "127.0.0.1:3000".parse()?;
     let mut variables = Vec::new();
+    let mut state_dir = None;
+    let mut runtime_config = None;
 
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -57,6 +66,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Args>> {
                 };
                 variables.push((name.trim().to_string(), val.to_string()));
             }
+            "--state-dir" => state_dir = Some(PathBuf::from(value(&flag)?)),
+            "--runtime-config-file" => runtime_config = Some(PathBuf::from(value(&flag)?)),
             other => bail!("unexpected argument {other:?}\n\n{USAGE}"),
         }
     }
@@ -70,6 +81,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Args>> {
         manifest,
         listen,
         variables,
+        state_dir,
+        runtime_config,
     }))
 }
 

@@ -2,7 +2,9 @@
 //! the Spin CLI cannot be installed.
 
 mod app;
+mod bindings;
 mod cli;
+mod kv;
 mod manifest;
 mod outbound;
 mod routes;
@@ -30,7 +32,19 @@ fn run() -> Result<()> {
     let app_vars = variables::resolve_app_variables(&manifest.variables, &args.variables, |k| {
         std::env::var(k).ok()
     })?;
-    let app = Arc::new(app::App::load(&manifest, &app_vars)?);
+    let state_dir = match &args.state_dir {
+        Some(d) => d.clone(),
+        None => args
+            .manifest
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join(".spin"),
+    };
+    let stores = Arc::new(kv::Stores::load(
+        &state_dir,
+        args.runtime_config.as_deref(),
+    )?);
+    let app = Arc::new(app::App::load(&manifest, &app_vars, stores)?);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

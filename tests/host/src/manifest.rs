@@ -28,6 +28,8 @@ pub struct Component {
     pub allowed_outbound_hosts: Vec<String>,
     /// Component variable name -> template over application variables.
     pub variables: BTreeMap<String, String>,
+    /// Labels of the key-value stores it may open.
+    pub key_value_stores: Vec<String>,
     pub environment: BTreeMap<String, String>,
 }
 
@@ -75,6 +77,8 @@ struct RawComponent {
     #[serde(default)]
     variables: BTreeMap<String, String>,
     #[serde(default)]
+    key_value_stores: Vec<String>,
+    #[serde(default)]
     environment: BTreeMap<String, String>,
 }
 
@@ -120,6 +124,7 @@ fn parse(text: &str, dir: &Path) -> Result<Manifest> {
                 source: dir.join(source),
                 allowed_outbound_hosts: c.allowed_outbound_hosts,
                 variables: c.variables,
+                key_value_stores: c.key_value_stores,
                 environment: c.environment,
             },
         );

@@ -6,12 +6,7 @@ use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-wasmtime::component::bindgen!({
-    path: "../../wit",
-    world: "fermyon:spin/test-host",
-});
-
-use fermyon::spin::variables::{self as wit, Error as WitError};
+use crate::bindings::variables::{self as wit, Error as WitError};
 
 /// Spin's variable-name rule (spin-expressions `Key::validate`); names map onto
 /// env vars, so they are kept this strict.

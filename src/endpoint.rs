@@ -4,7 +4,7 @@ use crate::error::OciError;
 use http::StatusCode;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
+pub enum Endpoint {
     /// `/`: a person in a browser.
     Home,
     /// The proxy's own token endpoint, the realm of every challenge it sends.
@@ -35,13 +35,13 @@ pub enum Route {
 
 pub const TOKEN_PATH: &str = "/token";
 
-impl Route {
-    pub fn parse(path: &str) -> Result<Route, OciError> {
+impl Endpoint {
+    pub fn parse(path: &str) -> Result<Endpoint, OciError> {
         match path {
-            "/" | "" => return Ok(Route::Home),
-            TOKEN_PATH => return Ok(Route::Token),
-            "/v2" | "/v2/" => return Ok(Route::Base),
-            "/v2/_catalog" => return Ok(Route::Catalog),
+            "/" | "" => return Ok(Endpoint::Home),
+            TOKEN_PATH => return Ok(Endpoint::Token),
+            "/v2" | "/v2/" => return Ok(Endpoint::Base),
+            "/v2/_catalog" => return Ok(Endpoint::Catalog),
             _ => {}
         }
         let no_route = || OciError::no_route(format!("no such endpoint: {path}"));
@@ -56,14 +56,14 @@ impl Route {
             }
         };
         if let Some(name) = rest.strip_suffix("/tags/list") {
-            return Ok(Route::Tags {
+            return Ok(Endpoint::Tags {
                 name: name_ok(name)?,
             });
         }
         if let Some(i) = rest.find("/blobs/uploads") {
             let tail = &rest[i + "/blobs/uploads".len()..];
             if tail.is_empty() || tail.starts_with('/') {
-                return Ok(Route::Upload {
+                return Ok(Endpoint::Upload {
                     name: name_ok(&rest[..i])?,
                 });
             }
@@ -79,7 +79,7 @@ impl Route {
                         format!("invalid reference: {last}"),
                     ));
                 }
-                Ok(Route::Manifest {
+                Ok(Endpoint::Manifest {
                     name: name_ok(name)?,
                     reference: last.to_string(),
                 })
@@ -94,54 +94,54 @@ impl Route {
                 }
                 let (name, digest) = (name_ok(name)?, last.to_string());
                 Ok(if kind == "blobs" {
-                    Route::Blob { name, digest }
+                    Endpoint::Blob { name, digest }
                 } else {
-                    Route::Referrers { name, digest }
+                    Endpoint::Referrers { name, digest }
                 })
             }
             _ => Err(no_route()),
         }
     }
 
-    /// The repository the route addresses, in client names.
+    /// The repository the endpoint addresses, in client names.
     pub fn name(&self) -> Option<&str> {
         match self {
-            Route::Manifest { name, .. }
-            | Route::Blob { name, .. }
-            | Route::Tags { name }
-            | Route::Referrers { name, .. }
-            | Route::Upload { name } => Some(name),
+            Endpoint::Manifest { name, .. }
+            | Endpoint::Blob { name, .. }
+            | Endpoint::Tags { name }
+            | Endpoint::Referrers { name, .. }
+            | Endpoint::Upload { name } => Some(name),
             _ => None,
         }
     }
 
-    /// The same route for another repository name.
-    pub fn with_name(&self, new: String) -> Route {
+    /// The same endpoint for another repository name.
+    pub fn with_name(&self, new: String) -> Endpoint {
         match self.clone() {
-            Route::Manifest { reference, .. } => Route::Manifest {
+            Endpoint::Manifest { reference, .. } => Endpoint::Manifest {
                 name: new,
                 reference,
             },
-            Route::Blob { digest, .. } => Route::Blob { name: new, digest },
-            Route::Tags { .. } => Route::Tags { name: new },
-            Route::Referrers { digest, .. } => Route::Referrers { name: new, digest },
-            Route::Upload { .. } => Route::Upload { name: new },
+            Endpoint::Blob { digest, .. } => Endpoint::Blob { name: new, digest },
+            Endpoint::Tags { .. } => Endpoint::Tags { name: new },
+            Endpoint::Referrers { digest, .. } => Endpoint::Referrers { name: new, digest },
+            Endpoint::Upload { .. } => Endpoint::Upload { name: new },
             other => other,
         }
     }
 
-    /// The request path for this route (the inverse of `parse`).
+    /// The request path for this endpoint (the inverse of `parse`).
     pub fn path(&self) -> String {
         match self {
-            Route::Home => "/".into(),
-            Route::Token => TOKEN_PATH.into(),
-            Route::Base => "/v2/".into(),
-            Route::Catalog => "/v2/_catalog".into(),
-            Route::Manifest { name, reference } => format!("/v2/{name}/manifests/{reference}"),
-            Route::Blob { name, digest } => format!("/v2/{name}/blobs/{digest}"),
-            Route::Tags { name } => format!("/v2/{name}/tags/list"),
-            Route::Referrers { name, digest } => format!("/v2/{name}/referrers/{digest}"),
-            Route::Upload { name } => format!("/v2/{name}/blobs/uploads/"),
+            Endpoint::Home => "/".into(),
+            Endpoint::Token => TOKEN_PATH.into(),
+            Endpoint::Base => "/v2/".into(),
+            Endpoint::Catalog => "/v2/_catalog".into(),
+            Endpoint::Manifest { name, reference } => format!("/v2/{name}/manifests/{reference}"),
+            Endpoint::Blob { name, digest } => format!("/v2/{name}/blobs/{digest}"),
+            Endpoint::Tags { name } => format!("/v2/{name}/tags/list"),
+            Endpoint::Referrers { name, digest } => format!("/v2/{name}/referrers/{digest}"),
+            Endpoint::Upload { name } => format!("/v2/{name}/blobs/uploads/"),
         }
     }
 }
@@ -214,52 +214,52 @@ mod tests {
 
     #[test]
     fn parses_every_route() {
-        assert_eq!(Route::parse("/").unwrap(), Route::Home);
-        assert_eq!(Route::parse("/token").unwrap(), Route::Token);
-        assert_eq!(Route::parse("/v2/").unwrap(), Route::Base);
-        assert_eq!(Route::parse("/v2").unwrap(), Route::Base);
-        assert_eq!(Route::parse("/v2/_catalog").unwrap(), Route::Catalog);
+        assert_eq!(Endpoint::parse("/").unwrap(), Endpoint::Home);
+        assert_eq!(Endpoint::parse("/token").unwrap(), Endpoint::Token);
+        assert_eq!(Endpoint::parse("/v2/").unwrap(), Endpoint::Base);
+        assert_eq!(Endpoint::parse("/v2").unwrap(), Endpoint::Base);
+        assert_eq!(Endpoint::parse("/v2/_catalog").unwrap(), Endpoint::Catalog);
         assert_eq!(
-            Route::parse("/v2/a/b/manifests/1.0").unwrap(),
-            Route::Manifest {
+            Endpoint::parse("/v2/a/b/manifests/1.0").unwrap(),
+            Endpoint::Manifest {
                 name: "a/b".into(),
                 reference: "1.0".into()
             }
         );
         assert_eq!(
-            Route::parse(&format!("/v2/a/manifests/{D}")).unwrap(),
-            Route::Manifest {
+            Endpoint::parse(&format!("/v2/a/manifests/{D}")).unwrap(),
+            Endpoint::Manifest {
                 name: "a".into(),
                 reference: D.into()
             }
         );
         assert_eq!(
-            Route::parse(&format!("/v2/a/blobs/{D}")).unwrap(),
-            Route::Blob {
+            Endpoint::parse(&format!("/v2/a/blobs/{D}")).unwrap(),
+            Endpoint::Blob {
                 name: "a".into(),
                 digest: D.into()
             }
         );
         assert_eq!(
-            Route::parse("/v2/tags/tags/list").unwrap(),
-            Route::Tags {
+            Endpoint::parse("/v2/tags/tags/list").unwrap(),
+            Endpoint::Tags {
                 name: "tags".into()
             }
         );
         assert_eq!(
-            Route::parse(&format!("/v2/x/manifests/referrers/{D}")).unwrap(),
-            Route::Referrers {
+            Endpoint::parse(&format!("/v2/x/manifests/referrers/{D}")).unwrap(),
+            Endpoint::Referrers {
                 name: "x/manifests".into(),
                 digest: D.into()
             }
         );
         assert_eq!(
-            Route::parse("/v2/a/blobs/uploads/").unwrap(),
-            Route::Upload { name: "a".into() }
+            Endpoint::parse("/v2/a/blobs/uploads/").unwrap(),
+            Endpoint::Upload { name: "a".into() }
         );
         assert_eq!(
-            Route::parse("/v2/a/blobs/uploads/abc").unwrap(),
-            Route::Upload { name: "a".into() }
+            Endpoint::parse("/v2/a/blobs/uploads/abc").unwrap(),
+            Endpoint::Upload { name: "a".into() }
         );
     }
 
@@ -272,38 +272,38 @@ mod tests {
             "/v2/a/tags/list",
             "/token",
         ] {
-            assert_eq!(Route::parse(p).unwrap().path(), p);
+            assert_eq!(Endpoint::parse(p).unwrap().path(), p);
         }
     }
 
     #[test]
     fn bad_paths_are_oci_errors() {
         assert_eq!(
-            Route::parse("/favicon.ico").unwrap_err().status,
+            Endpoint::parse("/favicon.ico").unwrap_err().status,
             StatusCode::NOT_FOUND
         );
         assert_eq!(
-            Route::parse("/v2/a/unknown/x").unwrap_err().status,
+            Endpoint::parse("/v2/a/unknown/x").unwrap_err().status,
             StatusCode::NOT_FOUND
         );
         assert_eq!(
-            Route::parse("/v2/a").unwrap_err().status,
+            Endpoint::parse("/v2/a").unwrap_err().status,
             StatusCode::NOT_FOUND
         );
         assert_eq!(
-            Route::parse("/v2/A/manifests/x").unwrap_err().code,
+            Endpoint::parse("/v2/A/manifests/x").unwrap_err().code,
             crate::error::ErrorCode::NameInvalid
         );
         assert_eq!(
-            Route::parse("/v2/a/../b/manifests/x").unwrap_err().code,
+            Endpoint::parse("/v2/a/../b/manifests/x").unwrap_err().code,
             crate::error::ErrorCode::NameInvalid
         );
         assert_eq!(
-            Route::parse("/v2/a/manifests/-x").unwrap_err().code,
+            Endpoint::parse("/v2/a/manifests/-x").unwrap_err().code,
             crate::error::ErrorCode::ManifestInvalid
         );
         assert_eq!(
-            Route::parse("/v2/a/blobs/latest").unwrap_err().code,
+            Endpoint::parse("/v2/a/blobs/latest").unwrap_err().code,
             crate::error::ErrorCode::DigestInvalid
         );
     }

@@ -1,0 +1,560 @@
+//! The route table: which upstream registry serves a request. A route matches by `Host`
+//! (exact, or `*.example.com`), by the leading path segments of repository names
+//! (`ghcr/owner/app`), or both; a route that mirrors registries for containerd also matches
+//! its `?ns=` values. The table comes from the `routes` variable (JSON); without it, the
+//! single-upstream variables make one route that serves every host.
+
+use crate::config::{BlobRedirect, ConfigError};
+use crate::endpoint::valid_name;
+use crate::error::OciError;
+use crate::names::NameMap;
+use crate::origin::Origin;
+use crate::presets;
+use http::StatusCode;
+use serde::Deserialize;
+use std::time::Duration;
+
+/// The proxy's own credentials for an upstream.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// Sent to the token realm (or, for a Basic upstream, to the registry).
+    Basic { username: String, password: String },
+    /// A token the registry takes as it is: `Authorization: Bearer`.
+    Token(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Basic { username, .. } => write!(f, "Basic({username}, ***)"),
+            Credentials::Token(_) => f.write_str("Token(***)"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Names the route in errors and logs.
+    pub name: String,
+    /// Host names (`*.domain` allowed) it serves; empty: any.
+    pub hosts: Vec<String>,
+    /// Leading repository path segments it owns (`ghcr`); empty: none.
+    pub path: String,
+    /// Registries it mirrors for containerd (`?ns=docker.io`).
+    pub mirrors: Vec<String>,
+    /// Selected only by `ns` (it names mirrors, and no host or path).
+    pub ns_only: bool,
+    pub upstream: Origin,
+    /// `upstream` as a URL: the base every registry request is built on.
+    pub upstream_url: url::Url,
+    /// Token realm origins, where clients' credentials may go (besides `upstream`).
+    pub auth: Vec<Origin>,
+    /// Origin patterns redirects may be followed to, never with credentials.
+    pub cdn: Vec<Origin>,
+    pub prefix: String,
+    /// Docker Hub's `library/` rule.
+    pub library: bool,
+    pub catalog: bool,
+    pub blob_redirect: BlobRedirect,
+    pub timeout: Duration,
+    pub credentials: Option<Credentials>,
+    /// Serves anonymous clients with the route's own credentials.
+    pub public: bool,
+}
+
+impl Route {
+    pub fn names(&self) -> NameMap {
+        NameMap::new(&self.path, &self.prefix, self.library)
+    }
+
+    /// Hosts the token endpoint may send clients' credentials to: the upstream and its realm.
+    pub fn allows_realm(&self, realm: &Origin) -> bool {
+        *realm == self.upstream || self.auth.contains(realm)
+    }
+
+    /// Hosts a redirect may be followed to, without credentials.
+    pub fn allows_cdn(&self, target: &Origin) -> bool {
+        self.cdn.iter().any(|c| c.matches(target))
+    }
+
+    /// Every host the component may send a request to for this route.
+    pub fn allows_destination(&self, target: &Origin) -> bool {
+        self.allows_realm(target) || self.allows_cdn(target)
+    }
+
+    fn host_rank(&self, host: &str) -> Option<u8> {
+        if self.hosts.is_empty() {
+            return Some(0);
+        }
+        self.hosts.iter().find_map(|h| match h.strip_prefix('*') {
+            Some(suffix) => (host.ends_with(suffix) && host.len() > suffix.len()).then_some(1),
+            None => (h == host).then_some(2),
+        })
+    }
+
+    fn owns(&self, name: &str) -> bool {
+        self.path.is_empty()
+            || name
+                .strip_prefix(self.path.as_str())
+                .is_some_and(|r| r.starts_with('/'))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routes(pub Vec<Route>);
+
+fn not_found(message: String) -> OciError {
+    OciError::new(
+        StatusCode::NOT_FOUND,
+        crate::error::ErrorCode::NameUnknown,
+        message,
+    )
+}
+
+impl Routes {
+    /// The route for a request to `host` (no port) about repository `name` (client names;
+    /// `None` for `/v2/` and the catalog), mirroring `ns` when containerd names a registry.
+    pub fn select(
+        &self,
+        host: &str,
+        name: Option<&str>,
+        ns: Option<&str>,
+    ) -> Result<&Route, OciError> {
+        let serving: Vec<&Route> = self
+            .0
+            .iter()
+            .filter(|r| r.host_rank(host).is_some())
+            .collect();
+        if serving.is_empty() {
+            return Err(OciError::no_route("no registry is served at this host"));
+        }
+        if let Some(ns) = ns {
+            return serving
+                .into_iter()
+                .filter(|r| r.mirrors.iter().any(|m| m.eq_ignore_ascii_case(ns)))
+                .max_by_key(|r| r.host_rank(host))
+                .ok_or_else(|| not_found("this proxy mirrors no registry of that name".into()));
+        }
+        let best = serving
+            .into_iter()
+            .filter(|r| !r.ns_only)
+            .filter(|r| match name {
+                Some(n) => r.owns(n),
+                None => r.path.is_empty(),
+            })
+            .max_by_key(|r| (r.host_rank(host), r.path.len()));
+        best.ok_or_else(|| match name {
+            Some(n) => not_found(format!("no route serves repository {n}")),
+            None => OciError::no_route("no single registry is served at this host"),
+        })
+    }
+
+    /// Whether `host` is served only by path routes: `/v2/` is then the proxy's to answer.
+    pub fn paths_only(&self, host: &str) -> bool {
+        let serving: Vec<&Route> = self
+            .0
+            .iter()
+            .filter(|r| r.host_rank(host).is_some() && !r.ns_only)
+            .collect();
+        !serving.is_empty() && serving.iter().all(|r| !r.path.is_empty())
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// The `routes` variable
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Option<String>,
+    host: Option<OneOrMany>,
+    path: Option<String>,
+    mirrors: Option<Vec<String>>,
+    preset: Option<String>,
+    upstream: Option<String>,
+    auth: Option<OneOrMany>,
+    cdn: Option<OneOrMany>,
+    prefix: Option<String>,
+    library: Option<bool>,
+    catalog: Option<bool>,
+    blob_redirect: Option<String>,
+    timeout: Option<f64>,
+    username: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+    public: Option<bool>,
+}
+
+/// What every route of the table shares with the single-upstream variables.
+#[derive(Debug, Clone, Copy)]
+pub struct Defaults {
+    pub blob_redirect: BlobRedirect,
+    pub timeout: Duration,
+}
+
+/// A host name or `*.domain`: what a `Host` header is compared with.
+fn host_pattern(h: &str) -> Option<String> {
+    let h = h.trim().to_ascii_lowercase();
+    Origin::parse_pattern(&format!("http://{h}"))
+        .ok()
+        .filter(|o| o.port == 80 && !h.contains(':'))
+        .map(|o| o.host)
+}
+
+/// A registry as containerd names it in `ns`: `docker.io`, `ghcr.io`, `host:port`.
+pub fn valid_registry(name: &str) -> bool {
+    Origin::parse(&format!("http://{name}")).is_ok()
+}
+
+pub fn parse_blob_redirect(value: &str) -> Option<BlobRedirect> {
+    match value {
+        "" | "pass" => Some(BlobRedirect::Pass),
+        "follow" => Some(BlobRedirect::Follow),
+        _ => None,
+    }
+}
+
+pub fn parse_timeout(seconds: f64) -> Option<Duration> {
+    (seconds > 0.0 && seconds <= 3600.0).then(|| Duration::from_secs_f64(seconds))
+}
+
+fn build(raw: RawRoute, index: usize, defaults: Defaults) -> Result<Route, ConfigError> {
+    let label = match &raw.name {
+        Some(n) => format!("route {n:?}"),
+        None => format!("route {}", index + 1),
+    };
+    let err =
+        |field: &str, what: &str| ConfigError(format!("variable routes: {label}: {field}: {what}"));
+    if let Some(n) = &raw.name {
+        let ok = !n.is_empty()
+            && n.len() <= 64
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !ok {
+            return Err(ConfigError(format!(
+                "variable routes: route {}: name: letters, digits, '-', '_' and '.' only",
+                index + 1
+            )));
+        }
+    }
+    let preset = match &raw.preset {
+        Some(p) => Some(presets::find(p).ok_or_else(|| err("preset", "unknown preset"))?),
+        None => None,
+    };
+    let origin = |field: &str, text: &str, pattern: bool| {
+        let parsed = if pattern {
+            Origin::parse_pattern(text)
+        } else {
+            Origin::parse(text)
+        };
+        parsed.map_err(|e| err(field, &e.to_string()))
+    };
+    let upstream_text = raw
+        .upstream
+        .clone()
+        .or_else(|| {
+            preset
+                .map(|p| p.upstream.to_string())
+                .filter(|u| !u.is_empty())
+        })
+        .ok_or_else(|| err("upstream", "missing (give it, or a preset that has one)"))?;
+    let upstream = origin("upstream", &upstream_text, false)?;
+    let upstream_url = upstream.url().ok_or_else(|| err("upstream", "not a URL"))?;
+    let auth_texts = match raw.auth {
+        Some(a) => a.into_vec(),
+        None => preset
+            .map(|p| p.auth.iter().map(|s| s.to_string()).collect())
+            .unwrap_or_default(),
+    };
+    let auth = auth_texts
+        .iter()
+        .map(|a| origin("auth", a, false))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cdn_texts = match raw.cdn {
+        Some(c) => c.into_vec(),
+        None => preset
+            .map(|p| p.cdn.iter().map(|s| s.to_string()).collect())
+            .unwrap_or_default(),
+    };
+    let cdn = cdn_texts
+        .iter()
+        .map(|c| origin("cdn", c, true))
+        .collect::<Result<Vec<_>, _>>()?;
+    let hosts = raw
+        .host
+        .map(OneOrMany::into_vec)
+        .unwrap_or_default()
+        .iter()
+        .map(|h| {
+            host_pattern(h)
+                .ok_or_else(|| err("host", "expected a host name or *.domain, without port"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let path = raw.path.unwrap_or_default().trim_matches('/').to_string();
+    if !path.is_empty() && !valid_name(&path) {
+        return Err(err("path", "not repository path segments"));
+    }
+    let mirrors = raw.mirrors.unwrap_or_default();
+    if mirrors.iter().any(|m| !valid_registry(m)) {
+        return Err(err(
+            "mirrors",
+            "expected registry host names (docker.io, host:port)",
+        ));
+    }
+    let ns_only = !mirrors.is_empty() && hosts.is_empty() && path.is_empty();
+    let prefix = raw.prefix.unwrap_or_default().trim_matches('/').to_string();
+    if !prefix.is_empty() && !valid_name(&prefix) {
+        return Err(err("prefix", "not a repository name"));
+    }
+    let blob_redirect = match raw.blob_redirect.as_deref() {
+        None => defaults.blob_redirect,
+        Some(b) => parse_blob_redirect(b)
+            .ok_or_else(|| err("blob_redirect", "expected \"pass\" or \"follow\""))?,
+    };
+    let timeout = match raw.timeout {
+        None => defaults.timeout,
+        Some(t) => {
+            parse_timeout(t).ok_or_else(|| err("timeout", "expected seconds (0 < s <= 3600)"))?
+        }
+    };
+    let credentials = match (raw.username, raw.password, raw.token) {
+        (None, None, None) => None,
+        (Some(username), Some(password), None) if !username.is_empty() && !password.is_empty() => {
+            Some(Credentials::Basic { username, password })
+        }
+        (None, None, Some(t)) if !t.is_empty() => Some(Credentials::Token(t)),
+        _ => {
+            return Err(err(
+                "credentials",
+                "give username and password, or token alone",
+            ))
+        }
+    };
+    let public = raw.public.unwrap_or(false);
+    if credentials.is_some() && !public {
+        return Err(err(
+            "public",
+            "a route with credentials serves every client with them: say \"public\": true",
+        ));
+    }
+    let library = raw
+        .library
+        .unwrap_or_else(|| preset.is_some_and(|p| p.library));
+    let catalog = raw
+        .catalog
+        .unwrap_or_else(|| preset.is_none_or(|p| p.catalog));
+    Ok(Route {
+        name: raw.name.unwrap_or_else(|| format!("{}", index + 1)),
+        hosts,
+        path,
+        mirrors: mirrors.iter().map(|m| m.to_ascii_lowercase()).collect(),
+        ns_only,
+        upstream,
+        upstream_url,
+        auth,
+        cdn,
+        prefix,
+        library,
+        catalog,
+        blob_redirect,
+        timeout,
+        credentials,
+        public,
+    })
+}
+
+/// Parses the `routes` variable. Errors name the route and the field, never a value.
+pub fn parse(json: &str, defaults: Defaults) -> Result<Routes, ConfigError> {
+    let raws: Vec<RawRoute> = serde_json::from_str(json).map_err(|e| {
+        // serde's message may quote a value: say only what kind of error, and where.
+        let what = match e.classify() {
+            serde_json::error::Category::Data => {
+                "not a JSON array of routes (an unknown field, or a value of the wrong type)"
+            }
+            _ => "not a JSON array of routes",
+        };
+        ConfigError(format!(
+            "variable routes: {what} at line {}, column {}",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    if raws.is_empty() {
+        return Err(ConfigError("variable routes: no route".into()));
+    }
+    let routes = raws
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| build(r, i, defaults))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (i, a) in routes.iter().enumerate() {
+        for b in &routes[..i] {
+            if a.name == b.name {
+                return Err(ConfigError(format!(
+                    "variable routes: route {:?}: a second route has this name",
+                    a.name
+                )));
+            }
+            let shared_host = (a.hosts.is_empty() && b.hosts.is_empty())
+                || a.hosts.iter().any(|h| b.hosts.contains(h));
+            let same_selector = a.path == b.path && a.ns_only == b.ns_only;
+            if shared_host && same_selector && !a.ns_only {
+                return Err(ConfigError(format!(
+                    "variable routes: route {:?}: serves the same host and path as route {:?}",
+                    a.name, b.name
+                )));
+            }
+            let shared_mirror = a.mirrors.iter().any(|m| b.mirrors.contains(m));
+            if shared_host && shared_mirror {
+                return Err(ConfigError(format!(
+                    "variable routes: route {:?}: mirrors a registry route {:?} mirrors",
+                    a.name, b.name
+                )));
+            }
+        }
+    }
+    Ok(Routes(routes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> Defaults {
+        Defaults {
+            blob_redirect: BlobRedirect::Pass,
+            timeout: Duration::from_secs(25),
+        }
+    }
+
+    const TABLE: &str = r#"[
+        {"name": "hub", "host": "hub.example.com", "preset": "dockerhub", "mirrors": ["docker.io"]},
+        {"name": "ghcr", "host": "images.example.com", "path": "ghcr", "preset": "ghcr"},
+        {"name": "quay", "host": "images.example.com", "path": "quay", "preset": "quay"},
+        {"name": "mirror-ghcr", "preset": "ghcr", "mirrors": ["ghcr.io"]},
+        {"name": "own", "host": "*.internal.example", "upstream": "http://127.0.0.1:5000",
+         "cdn": ["http://127.0.0.3:5002"], "prefix": "team", "blob_redirect": "follow",
+         "timeout": 10, "username": "robot", "password": "s3cret", "public": true}
+    ]"#;
+
+    #[test]
+    fn selects_by_host_path_and_ns() {
+        let t = parse(TABLE, defaults()).unwrap();
+        let pick = |host: &str, name: Option<&str>, ns: Option<&str>| {
+            t.select(host, name, ns)
+                .map(|r| r.name.clone())
+                .map_err(|e| e.status.as_u16())
+        };
+        assert_eq!(
+            pick("hub.example.com", Some("alpine"), None),
+            Ok("hub".into())
+        );
+        assert_eq!(pick("hub.example.com", None, None), Ok("hub".into()));
+        assert_eq!(
+            pick("images.example.com", Some("ghcr/o/a"), None),
+            Ok("ghcr".into())
+        );
+        assert_eq!(
+            pick("images.example.com", Some("quay/o/a"), None),
+            Ok("quay".into())
+        );
+        assert_eq!(pick("images.example.com", Some("other/a"), None), Err(404));
+        assert_eq!(pick("images.example.com", None, None), Err(404));
+        assert!(t.paths_only("images.example.com"));
+        assert_eq!(
+            pick("a.internal.example", Some("x"), None),
+            Ok("own".into())
+        );
+        assert_eq!(pick("internal.example", Some("x"), None), Err(404));
+        assert_eq!(
+            pick("any.example", Some("x"), Some("ghcr.io")),
+            Ok("mirror-ghcr".into())
+        );
+        assert_eq!(
+            pick("hub.example.com", Some("library/x"), Some("docker.io")),
+            Ok("hub".into())
+        );
+        assert_eq!(
+            pick("any.example", Some("x"), Some("evil.example")),
+            Err(404)
+        );
+        assert_eq!(pick("any.example", Some("x"), None), Err(404));
+        let own = t.select("a.internal.example", Some("x"), None).unwrap();
+        assert_eq!(own.blob_redirect, BlobRedirect::Follow);
+        assert_eq!(own.timeout, Duration::from_secs(10));
+        assert!(matches!(own.credentials, Some(Credentials::Basic { .. })));
+        let hub = t.select("hub.example.com", None, None).unwrap();
+        assert!(hub.library && !hub.catalog);
+        assert_eq!(hub.auth[0].to_string(), "https://auth.docker.io");
+    }
+
+    #[test]
+    fn errors_name_the_route_never_a_value() {
+        for (json, want) in [
+            (r#"{"name": "x"}"#, "not a JSON array"),
+            (r#"[]"#, "no route"),
+            (
+                r#"[{"name": "a", "preset": "nope"}]"#,
+                "route \"a\": preset",
+            ),
+            (
+                r#"[{"name": "a", "upstream": "https://robot:TOKEN99@ghcr.io"}]"#,
+                "route \"a\": upstream",
+            ),
+            (
+                r#"[{"upstream": "https://r.example", "colour": "TOKEN99"}]"#,
+                "not a JSON array",
+            ),
+            (
+                r#"[{"name": "a", "preset": "ghcr", "username": "u", "password": "TOKEN99"}]"#,
+                "route \"a\": public",
+            ),
+            (
+                r#"[{"name": "a", "preset": "ghcr", "password": "TOKEN99", "public": true}]"#,
+                "route \"a\": credentials",
+            ),
+            (
+                r#"[{"name": "a", "preset": "ghcr"}, {"name": "b", "preset": "quay"}]"#,
+                "route \"b\": serves the same host",
+            ),
+            (
+                r#"[{"name": "a", "preset": "ghcr", "host": "TOKEN99.example:80"}]"#,
+                "route \"a\": host",
+            ),
+            (
+                r#"[{"name": "a", "preset": "ghcr"}, {"name": "a", "preset": "quay", "path": "q"}]"#,
+                "second route",
+            ),
+            (
+                r#"[{"name": "a", "preset": "artifact-registry"}]"#,
+                "route \"a\": upstream",
+            ),
+        ] {
+            let e = parse(json, defaults()).unwrap_err().to_string();
+            assert!(e.contains(want), "{json}: {e}");
+            assert!(!e.contains("TOKEN99"), "{e}");
+        }
+    }
+
+    #[test]
+    fn credentials_never_print() {
+        let t = parse(TABLE, defaults()).unwrap();
+        assert!(!format!("{t:?}").contains("s3cret"));
+    }
+}

@@ -1,0 +1,266 @@
+//! The proxy's own upstream tokens, for a route with credentials: how it asks the realm, and
+//! how it keeps what it learned in the key-value store so that many pulls, and many instances
+//! sharing a store, cost the realm one token request per scope and lifetime.
+//!
+//! Keys are hashed (Fermyon Cloud allows 255 bytes a key) over the upstream, the username and
+//! the scope: a token is only ever used for the upstream and scope it was issued for, and a
+//! changed username never finds the old one. Values hold no credential, only the realm's token.
+
+use crate::challenge::Challenge;
+use crate::routes::{Credentials, Route};
+use http::HeaderValue;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A token is no longer used this many seconds before it expires.
+pub const MARGIN_SECONDS: u64 = 20;
+/// What a realm's token lives when the answer does not say (the token spec's default).
+pub const DEFAULT_EXPIRES_IN: u64 = 60;
+/// Largest realm answer the proxy reads.
+pub const MAX_TOKEN_BODY: usize = 64 << 10;
+
+const KEY_PREFIX: &str = "spin-registry-proxy";
+
+fn hashed(kind: &str, parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    format!("{KEY_PREFIX}:{kind}:{hex}")
+}
+
+fn username(route: &Route) -> &str {
+    match &route.credentials {
+        Some(Credentials::Basic { username, .. }) => username,
+        _ => "",
+    }
+}
+
+/// Where the route's upstream asks for credentials.
+pub fn realm_key(route: &Route) -> String {
+    hashed("realm", &[&route.upstream.to_string(), username(route)])
+}
+
+/// The route's token for `scope`.
+pub fn token_key(route: &Route, scope: &str) -> String {
+    hashed(
+        "token",
+        &[&route.upstream.to_string(), username(route), scope],
+    )
+}
+
+/// How an upstream authenticates, as learned from its challenge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "scheme", rename_all = "lowercase")]
+pub enum Realm {
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+    Basic,
+}
+
+impl Realm {
+    /// From an upstream's challenges; `None` when it names neither scheme usably.
+    pub fn from_challenges(challenges: &[Challenge]) -> Option<Realm> {
+        if let Some(b) = challenges.iter().find(|c| c.scheme == "bearer") {
+            let realm = b.param("realm").filter(|r| url::Url::parse(r).is_ok())?;
+            return Some(Realm::Bearer {
+                realm: realm.to_string(),
+                service: b.param("service").map(String::from),
+            });
+        }
+        challenges
+            .iter()
+            .any(|c| c.scheme == "basic")
+            .then_some(Realm::Basic)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Realm> {
+        serde_json::from_slice(bytes).ok()
+    }
+
+    /// The realm's URL for a token for `scope` (`None` for Basic, or a realm that is no URL).
+    pub fn token_url(&self, scope: Option<&str>) -> Option<url::Url> {
+        let Realm::Bearer { realm, service } = self else {
+            return None;
+        };
+        let mut url = url::Url::parse(realm).ok()?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            if let Some(s) = scope {
+                q.append_pair("scope", s);
+            }
+        }
+        Some(url)
+    }
+}
+
+/// `Authorization` for the route's credentials: Basic for the realm (or a Basic upstream),
+/// Bearer for a token the registry takes as it is.
+pub fn authorization(credentials: &Credentials) -> Option<HeaderValue> {
+    match credentials {
+        Credentials::Basic { username, password } => HeaderValue::from_str(&format!(
+            "Basic {}",
+            base64(format!("{username}:{password}").as_bytes())
+        ))
+        .ok(),
+        Credentials::Token(t) => HeaderValue::from_str(&format!("Bearer {t}")).ok(),
+    }
+}
+
+pub fn bearer(token: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("Bearer {token}")).ok()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    pub token: String,
+    /// Unix seconds after which it is no longer used.
+    pub until: u64,
+}
+
+impl Token {
+    /// The realm's answer (`token` or `access_token`, `expires_in`), received at `now`.
+    pub fn from_response(body: &[u8], now: u64) -> Option<Token> {
+        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let token = v
+            .get("token")
+            .or_else(|| v.get("access_token"))?
+            .as_str()
+            .filter(|t| !t.is_empty() && HeaderValue::from_str(&format!("Bearer {t}")).is_ok())?;
+        let lifetime = v
+            .get("expires_in")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(DEFAULT_EXPIRES_IN);
+        Some(Token {
+            token: token.to_string(),
+            until: now + lifetime.saturating_sub(MARGIN_SECONDS),
+        })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// A stored token that is still good at `now`.
+    pub fn decode_valid(bytes: &[u8], now: u64) -> Option<Token> {
+        serde_json::from_slice::<Token>(bytes)
+            .ok()
+            .filter(|t| now < t.until)
+    }
+}
+
+pub(crate) fn base64(input: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BlobRedirect;
+    use crate::origin::Origin;
+    use std::time::Duration;
+
+    fn route(username: &str) -> Route {
+        let upstream = Origin::parse("https://ghcr.io").unwrap();
+        Route {
+            name: "r".into(),
+            hosts: vec![],
+            path: String::new(),
+            mirrors: vec![],
+            ns_only: false,
+            upstream_url: upstream.url().unwrap(),
+            upstream,
+            auth: vec![],
+            cdn: vec![],
+            prefix: String::new(),
+            library: false,
+            catalog: false,
+            blob_redirect: BlobRedirect::Pass,
+            timeout: Duration::from_secs(25),
+            credentials: Some(Credentials::Basic {
+                username: username.into(),
+                password: "s3cret".into(),
+            }),
+            public: true,
+        }
+    }
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("alice:s3cret", "YWxpY2U6czNjcmV0"),
+        ] {
+            assert_eq!(base64(i.as_bytes()), o);
+        }
+    }
+
+    #[test]
+    fn keys_are_short_and_separate_scopes_and_users() {
+        let a = token_key(&route("robot"), "repository:x:pull");
+        assert!(a.len() < 255 && !a.contains("s3cret"));
+        assert_ne!(a, token_key(&route("robot"), "repository:y:pull"));
+        assert_ne!(a, token_key(&route("other"), "repository:x:pull"));
+        assert_ne!(realm_key(&route("robot")), realm_key(&route("other")));
+    }
+
+    #[test]
+    fn tokens_expire_before_the_realm_says() {
+        let t = Token::from_response(br#"{"access_token":"abc","expires_in":300}"#, 1000).unwrap();
+        assert_eq!(t.until, 1000 + 300 - MARGIN_SECONDS);
+        let stored = t.encode();
+        assert!(Token::decode_valid(&stored, 1200).is_some());
+        assert!(Token::decode_valid(&stored, 1280).is_none());
+        let d = Token::from_response(br#"{"token":"t"}"#, 0).unwrap();
+        assert_eq!(d.until, DEFAULT_EXPIRES_IN - MARGIN_SECONDS);
+        assert!(Token::from_response(b"{\"token\":\"a\\nb\"}", 0).is_none());
+        assert!(Token::from_response(b"not json", 0).is_none());
+    }
+
+    #[test]
+    fn realms_from_challenges() {
+        let c = crate::challenge::parse(
+            r#"Bearer realm="https://ghcr.io/token",service="ghcr.io",scope="repository:x:pull""#,
+        );
+        let r = Realm::from_challenges(&c).unwrap();
+        assert_eq!(
+            r.token_url(Some("repository:x:pull")).unwrap().as_str(),
+            "https://ghcr.io/token?service=ghcr.io&scope=repository%3Ax%3Apull"
+        );
+        assert_eq!(Realm::decode(&r.encode()), Some(r));
+        let b = crate::challenge::parse(r#"Basic realm="x""#);
+        assert_eq!(Realm::from_challenges(&b), Some(Realm::Basic));
+        assert_eq!(Realm::from_challenges(&[]), None);
+    }
+}
