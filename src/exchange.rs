@@ -112,6 +112,10 @@ enum Waiting {
     OwnTokenBody {
         scope: Option<String>,
     },
+    /// An anonymous token for the host a redirect led to (`hop_token_answered`).
+    HopToken,
+    /// Its body (`hop_token_read`).
+    HopTokenBody,
 }
 
 /// The registry request the route's own credentials are being got for, to send (again).
@@ -149,6 +153,11 @@ pub struct Exchange {
     own_cached: bool,
     /// Whether the route's credentials have been presented afresh: once per request.
     own_fresh: bool,
+    /// The request to the host a redirect led to, to send (again, with a token).
+    hop: Option<Pending>,
+    /// The registry headers, for a redirect the hop answers with.
+    headers_for_redirects: HeaderMap,
+    hop_token_tried: bool,
 }
 
 impl Exchange {
@@ -184,6 +193,9 @@ impl Exchange {
             pending: None,
             own_cached: false,
             own_fresh: false,
+            hop: None,
+            headers_for_redirects: HeaderMap::new(),
+            hop_token_tried: false,
         };
         let step = match (public, endpoint) {
             (Err(e), _) | (_, Err(e)) => ex.error(e),
@@ -557,6 +569,7 @@ impl Exchange {
             Waiting::RepositoryChallenge(req) => self.repository_challenged(head, req),
             Waiting::Token { request } => self.token_issued(head, request),
             Waiting::OwnToken { scope } => self.own_token_answered(head, scope),
+            Waiting::HopToken => self.hop_token_answered(head),
             _ => self.out_of_order("a response"),
         }
     }
@@ -566,6 +579,7 @@ impl Exchange {
             Waiting::ListingBody { head } => self.listing_read(head, body),
             Waiting::ErrorBody { head } => self.error_read(head, Some(&body)),
             Waiting::OwnTokenBody { scope } => self.own_token_read(body, scope),
+            Waiting::HopTokenBody => self.hop_token_read(body),
             _ => self.out_of_order("a body"),
         }
     }
@@ -595,8 +609,12 @@ impl Exchange {
         hop: Role,
     ) -> Step {
         let status = head.status();
-        if status == StatusCode::UNAUTHORIZED && hop == Role::Registry {
-            if let Some(step) = self.own_credentials_refused(head.clone()) {
+        if status == StatusCode::UNAUTHORIZED {
+            let retried = match hop {
+                Role::Registry => self.own_credentials_refused(head.clone()),
+                _ => self.hop_challenged(&head),
+            };
+            if let Some(step) = retried {
                 return step;
             }
         }
@@ -702,19 +720,96 @@ impl Exchange {
         // Another host never sees the client's credentials, nor more of its headers than a
         // download needs.
         let cdn_headers = headers::cdn_request(&self.client_headers);
+        self.hop = Some(Pending {
+            method,
+            url: target,
+            headers: cdn_headers,
+        });
+        self.headers_for_redirects = headers;
+        self.send_hop(None)
+    }
+
+    /// Sends the request to the host a redirect led to, never with the client's credentials.
+    fn send_hop(&mut self, authorization: Option<HeaderValue>) -> Step {
+        let Some(h) = self.hop.clone() else {
+            return self.error(OciError::internal("no redirect to follow"));
+        };
         self.waiting = Waiting::RegistryAnswer {
-            headers,
+            headers: self.headers_for_redirects.clone(),
             authorization: None,
             hop: Role::BlobStorage,
         };
         self.send(
             Role::BlobStorage,
-            method,
-            target,
-            cdn_headers,
-            None,
+            h.method,
+            h.url,
+            h.headers,
+            authorization,
             Vec::new(),
         )
+    }
+
+    /// A host a redirect led to asks for a token of its own (registry.k8s.io sends clients to
+    /// Artifact Registry, which wants an anonymous one): the proxy gets it, without any
+    /// credentials, from a realm on a host the route may follow redirects to; once.
+    fn hop_challenged(&mut self, head: &Response<()>) -> Option<Step> {
+        if self.hop_token_tried {
+            return None;
+        }
+        let challenges = challenge::from_headers(head.headers());
+        let realm = Realm::from_challenges(&challenges)?;
+        let scope = challenges
+            .iter()
+            .find(|c| c.scheme == "bearer")
+            .and_then(|c| c.param("scope"));
+        let url = realm.token_url(scope)?;
+        let allowed =
+            Origin::of_url(&url).is_some_and(|o| self.route().is_some_and(|r| r.allows_cdn(&o)));
+        if !allowed {
+            return None;
+        }
+        self.hop_token_tried = true;
+        self.waiting = Waiting::HopToken;
+        Some(self.send(
+            Role::BlobStorage,
+            Method::GET,
+            url,
+            HeaderMap::new(),
+            None,
+            Vec::new(),
+        ))
+    }
+
+    fn hop_token_answered(&mut self, head: Response<()>) -> Step {
+        if !head.status().is_success() {
+            return self.error(
+                OciError::unavailable(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream's storage refused an anonymous token",
+                )
+                .because(format!(
+                    "redirect target's realm answered {}",
+                    head.status()
+                )),
+            );
+        }
+        self.waiting = Waiting::HopTokenBody;
+        Step::ReadResponse {
+            limit: upstream_token::MAX_TOKEN_BODY,
+        }
+    }
+
+    fn hop_token_read(&mut self, body: Vec<u8>) -> Step {
+        match upstream_token::Token::from_response(&body, self.now) {
+            Some(t) => self.send_hop(upstream_token::bearer(&t.token)),
+            None => self.error(
+                OciError::unavailable(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream's storage sent no token",
+                )
+                .because("redirect target's realm answer without a token"),
+            ),
+        }
     }
 
     fn listing_read(&mut self, head: Response<()>, body: Vec<u8>) -> Step {

@@ -21,11 +21,12 @@ fn encode(pairs: &[(String, String)]) -> String {
         .finish()
 }
 
-/// Query parameters a endpoint takes; whatever else a client adds goes nowhere. containerd's
-/// mirror parameter `ns` names the registry the client thought it was talking to.
+/// Query parameters an endpoint takes; whatever else a client adds goes nowhere. containerd's
+/// mirror parameter `ns` names the registry the client thought it was talking to. Quay pages
+/// with an opaque `next_page` in its Links.
 fn allowed_params(endpoint: &Endpoint) -> &'static [&'static str] {
     match endpoint {
-        Endpoint::Tags { .. } | Endpoint::Catalog => &["n", "last"],
+        Endpoint::Tags { .. } | Endpoint::Catalog => &["n", "last", "next_page"],
         Endpoint::Referrers { .. } => &["artifactType"],
         _ => &[],
     }

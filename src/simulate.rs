@@ -189,10 +189,20 @@ pub fn check(config: &Config, req: &Incoming, run: &Run) -> Result<(), String> {
         if !route.allows_destination(&o) {
             return fail("DESTINATIONS", format!("request to {o}"));
         }
-        // STORAGE: blob storage never sees credentials.
-        let is_registry = route.allows_realm(&o);
-        if !is_registry && r.headers().contains_key(header::AUTHORIZATION) {
-            return fail("STORAGE", format!("Authorization sent to {o}"));
+        // STORAGE: a host a redirect led to never sees the client's credentials or the
+        // route's; only an anonymous token its own realm issued.
+        if !route.allows_realm(&o) {
+            if let Some(a) = r.headers().get(header::AUTHORIZATION) {
+                let own = route
+                    .credentials
+                    .as_ref()
+                    .and_then(crate::upstream_token::authorization);
+                let clients = req.headers.get_all(header::AUTHORIZATION);
+                let basic = a.as_bytes().starts_with(b"Basic");
+                if basic || own.as_ref() == Some(a) || clients.iter().any(|c| c == a) {
+                    return fail("STORAGE", format!("credentials sent to {o}"));
+                }
+            }
         }
         // READ_ONLY: nothing but reads (and the token form to a realm) goes upstream.
         let method_ok = matches!(*r.method(), Method::GET | Method::HEAD)
@@ -550,10 +560,11 @@ fn location(src: &mut Source) -> Vec<u8> {
 }
 
 fn challenge(src: &mut Source) -> Vec<u8> {
-    let choices: [&[u8]; 9] = [
+    let choices: [&[u8]; 10] = [
         b"Bearer realm=\"http://127.0.0.2:5001/token\",service=\"reg\",scope=\"repository:team/web:pull\"",
         b"Bearer realm=\"http://127.0.0.1:5000/v2/auth\",service=\"reg\",error=\"insufficient_scope\"",
         b"Bearer realm=\"http://127.0.0.4:6666/token\",service=\"evil\"",
+        b"Bearer realm=\"http://127.0.0.3:5002/token\",service=\"storage\"",
         b"Bearer realm=\"http://127.0.0.1:5000@127.0.0.4:6666/token\"",
         b"Basic realm=\"upstream\"",
         b"Basic realm=\"quay.io\", Bearer realm=\"http://127.0.0.1:5000/v2/auth\",scope=\"repository:x:pull http://127.0.0.1:5000\"",

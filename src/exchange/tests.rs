@@ -1055,3 +1055,82 @@ fn a_refused_stored_token_is_dropped_and_replaced_once() {
     assert_eq!(status(&run), 502);
     assert_eq!(run.sent.len(), 2);
 }
+
+#[test]
+fn a_redirect_target_that_wants_an_anonymous_token_gets_one() {
+    // registry.k8s.io: every request is redirected to a regional Artifact Registry host,
+    // which challenges for an anonymous token of its own.
+    let cfg = config(&[("upstream_cdn", "http://*.pkg.test")]);
+    let req = incoming(
+        Method::GET,
+        "/v2/pause/manifests/3.9",
+        &[("authorization", "Bearer client-token")],
+    );
+    let run = drive(&cfg, req, b"", |r| {
+        let auth = r
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap().to_string());
+        Ok(
+            match (r.uri().host().unwrap(), r.uri().path(), auth.as_deref()) {
+                ("127.0.0.1", _, _) => Canned::new(307).header(
+                    "location",
+                    "http://us-west1.pkg.test/v2/k8s-artifacts-prod/images/pause/manifests/3.9",
+                ),
+                ("us-west1.pkg.test", "/v2/token", None) => {
+                    Canned::new(200).body(r#"{"token":"ar-anonymous"}"#)
+                }
+                ("us-west1.pkg.test", _, Some("Bearer ar-anonymous")) => manifest_ok(),
+                ("us-west1.pkg.test", _, _) => bearer(
+                    "http://us-west1.pkg.test/v2/token",
+                    "repository:k8s-artifacts-prod/images/pause:pull",
+                ),
+                _ => Canned::new(404),
+            },
+        )
+    });
+    assert_eq!(status(&run), 200, "{run:?}");
+    assert_eq!(run.sent.len(), 4);
+    assert!(run.sent[1..].iter().all(|r| r
+        .headers()
+        .get(header::AUTHORIZATION)
+        .is_none_or(|v| v != "Bearer client-token")));
+    // A realm on a host the route may not reach: the client gets the proxy's challenge.
+    let cfg = config(&[("upstream_cdn", "http://*.pkg.test")]);
+    let run = drive(
+        &cfg,
+        incoming(Method::GET, "/v2/pause/manifests/3.9", &[]),
+        b"",
+        |r| {
+            Ok(match r.uri().host().unwrap() {
+                "127.0.0.1" => Canned::new(307).header("location", "http://a.pkg.test/v2/x"),
+                _ => bearer("http://127.0.0.4:6666/token", ""),
+            })
+        },
+    );
+    assert_eq!(status(&run), 401);
+    assert_eq!(run.sent.len(), 2);
+}
+
+#[test]
+fn quay_pages_tags_with_next_page() {
+    let cfg = config(&[("repository_prefix", "org")]);
+    let run = drive(
+        &cfg,
+        incoming(Method::GET, "/v2/app/tags/list?n=2&next_page=abc", &[]),
+        b"",
+        |r| {
+            assert_eq!(r.uri().query(), Some("n=2&next_page=abc"));
+            Ok(Canned::new(200)
+                .header(
+                    "link",
+                    "</v2/org/app/tags/list?n=2&next_page=gAAAAB%3D>; rel=\"next\"",
+                )
+                .body(r#"{"name":"org/app","tags":["a","b"]}"#))
+        },
+    );
+    assert_eq!(
+        header(&run, "link"),
+        "</v2/app/tags/list?n=2&next_page=gAAAAB%3D>; rel=\"next\""
+    );
+}
