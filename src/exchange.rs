@@ -273,13 +273,15 @@ impl Exchange {
                     && self.ns.is_none()
                     && self.config.routes.paths_only(&host)
                 {
-                    // Several registries by path: none of them speaks for the domain. Clients
-                    // store a login unchecked; each route checks it at its first pull.
-                    return self.reply(Draft::made(
-                        StatusCode::OK,
-                        b"{}".to_vec(),
-                        "application/json",
-                    ));
+                    // Several registries by path: none speaks for the domain. Clients take the
+                    // challenge of `/v2/` for every repository, so it is the proxy's, and
+                    // token requests find their route by the scope's repository. A login
+                    // (which comes back with its token) is checked by no registry.
+                    if req.headers.contains_key(header::AUTHORIZATION) {
+                        let ok = Draft::made(StatusCode::OK, b"{}".to_vec(), "application/json");
+                        return self.reply(ok);
+                    }
+                    return self.error(OciError::unauthorized("authentication required"));
                 }
                 let selected =
                     self.config
@@ -885,13 +887,8 @@ impl Exchange {
         let names = req.repositories();
         if names.is_empty() {
             if self.ns.is_none() && routes.paths_only(&host) {
-                if req.offers_credentials() {
-                    return Err(OciError::unsupported(
-                        StatusCode::BAD_REQUEST,
-                        "this domain serves several registries by path: credentials are checked \
-                         by the registry a pull goes to",
-                    ));
-                }
+                // A login: no one registry can check it. The client keeps the credentials
+                // and sends them with each token request, which the route checks.
                 return Ok(None);
             }
             return routes
@@ -976,7 +973,8 @@ impl Exchange {
             if challenges.iter().any(|c| c.scheme == "basic") {
                 return self.error(OciError::unsupported(
                     StatusCode::BAD_REQUEST,
-                    "this registry takes Basic credentials with each request, not tokens",
+                    "this registry takes Basic credentials with each request, not tokens: \
+                     serve it on a host of its own",
                 ));
             }
             return self.error(

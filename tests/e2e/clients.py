@@ -372,6 +372,45 @@ def skopeo_push(src_dir: Path, ref: str, creds=None):
          *_creds_args("--dest-creds", creds), f"dir:{src_dir}", f"docker://{ref}"], timeout=300)
 
 
+# ---------------------------------------------------------------- oras
+
+def oras_pull(ref: str, creds=None, basic=False, platform="amd64") -> str:
+    """Pull an image with oras-py (the ORAS project's Python SDK; PyPI `oras` has no CLI):
+    the manifest (the `platform` instance of an index), the config and every layer, each
+    checked against its digest. `basic`: the registry asks for Basic credentials, which oras
+    sends with each request (its token backend expects a Bearer challenge). Returns the top
+    manifest's digest. One client per pull: oras keeps one token for every repository."""
+    import oras.provider
+    host, rest = ref.split("/", 1)
+    repo, tag = rest.rsplit(":", 1)
+    reg = oras.provider.Registry(hostname=host, insecure=True,
+                                 auth_backend="basic" if basic else "token")
+    if creds:
+        reg.auth.set_basic_auth(*creds)
+    base = f"http://{host}/v2/{repo}"
+
+    def get(url, accept=None, stream=False):
+        r = reg.do_request(url, headers={"Accept": accept} if accept else {}, stream=stream)
+        assert r.status_code == 200, f"oras GET {url}: {r.status_code} {r.text[:500]}"
+        return r
+
+    raw = get(f"{base}/manifests/{tag}", MANIFEST_ACCEPT).content
+    top = sha256_bytes(raw)
+    doc = json.loads(raw)
+    if "manifests" in doc:
+        inst = next(m for m in doc["manifests"]
+                    if m.get("platform", {}).get("architecture") == platform)
+        raw = get(f"{base}/manifests/{inst['digest']}", MANIFEST_ACCEPT).content
+        assert sha256_bytes(raw) == inst["digest"], f"{ref}: instance manifest digest"
+        doc = json.loads(raw)
+    for blob in [doc["config"]] + doc["layers"]:
+        h = hashlib.sha256()
+        for chunk in get(f"{base}/blobs/{blob['digest']}", stream=True).iter_content(1 << 20):
+            h.update(chunk)
+        assert "sha256:" + h.hexdigest() == blob["digest"], f"{ref}: blob {blob['digest']}"
+    return top
+
+
 # ---------------------------------------------------------------- podman
 
 class Podman:
@@ -387,6 +426,10 @@ class Podman:
 
     def __call__(self, *args, check=True, timeout=600):
         return run(self.base + list(args), env=self.env, check=check, timeout=timeout)
+
+    def run_with_env(self, env: dict, *args, check=False, timeout=600):
+        """podman with more environment (a registries.conf of the test's)."""
+        return run(self.base + list(args), env={**self.env, **env}, check=check, timeout=timeout)
 
     def pull(self, ref, creds=None, check=True, platform=None):
         extra = ["--platform", platform] if platform else []
@@ -438,8 +481,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         return run(["ctr", "-a", self.address, "-n", ns, *args], check=check, timeout=timeout,
                    env={"CONTAINERD_SNAPSHOTTER": "native"})
 
-    def pull(self, ns, ref, user=None, all_platforms=False, platform=None, check=True):
-        args = ["images", "pull", "--plain-http", "--http-dump"]
+    def pull(self, ns, ref, user=None, all_platforms=False, platform=None, check=True,
+             hosts_dir=None):
+        """hosts_dir: a containerd hosts directory (hosts.toml per registry, as a node's
+        /etc/containerd/certs.d), which decides the registry's hosts and their scheme."""
+        args = ["images", "pull", "--http-dump"]
+        args += ["--hosts-dir", str(hosts_dir)] if hosts_dir else ["--plain-http"]
         if user:
             args += ["--user", f"{user[0]}:{user[1]}"]
         if all_platforms:
@@ -476,14 +523,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 # ---------------------------------------------------------------- docker
 
 class Docker:
-    def __init__(self, containerd: Containerd):
+    def __init__(self, containerd: Containerd, extra=()):
+        """extra: more dockerd flags (`--registry-mirror=...`)."""
         self.dir = tmpdir("dockerd-", track=False)
         self.sock = f"unix://{self.dir / 'docker.sock'}"
         self.service = Service("dockerd", [
             "dockerd", f"--containerd={containerd.address}", "--data-root", self.dir / "data",
             "--exec-root", self.dir / "exec", "--pidfile", self.dir / "docker.pid",
             "-H", self.sock, "--storage-driver=vfs", "--iptables=false", "--bridge=none",
-            "--ip-masq=false", "--userland-proxy=false",
+            "--ip-masq=false", "--userland-proxy=false", *extra,
         ])
         deadline = time.monotonic() + 60
         while True:

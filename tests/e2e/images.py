@@ -209,6 +209,7 @@ def push_plan() -> list:
             plan.append((prefix + repo, key, ["latest"]))
         plan.append((prefix + PAGED_REPO, "small", TAGS))
     plan.append(("other/outside", "small", ["latest"]))
+    plan.append(("library/e2e-small", "small", ["latest"]))  # for the Docker Hub stand-in
     plan.append(("team/application/lookalike", "small", ["latest"]))
     plan.append(("team/apple", "small", ["latest"]))
     return plan

@@ -1,0 +1,303 @@
+"""Many registries behind one domain: a route table with routes by host, by path and by
+containerd's `ns` (mirror), in every auth mode (anonymous, the client's credentials, the
+route's own credentials), pulled by skopeo, podman, docker, containerd's ctr and oras.
+
+Host routes need two names for one listener: `localhost` and `127.0.0.1`. Mirror routes are
+reached the way containerd reaches a mirror, through a hosts.toml (`?ns=`); dockerd's
+`registry-mirrors`, which sends Docker Hub names without `ns`, gets its own dockerd. podman,
+skopeo and oras send no `ns`: they reach a route by host or path only.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import clients
+import harness
+import images
+from clients import call, oci_error_of
+from upstreams import ALICE
+
+PULLED = list(images.IMAGE_REPOS.items())  # (image key, repository)
+PUBLIC = [(k, n) for k, n in PULLED if not n.startswith("private/")]
+
+
+def allowed(ups) -> list:
+    return [ups.anon.url, ups.basic.url, ups.token.url, ups.token_server.url, ups.token.cdn.url]
+
+
+def token_route(ups, **extra) -> dict:
+    route = {"upstream": ups.token.url, "auth": ups.token_server.url, "cdn": ups.token.cdn.url}
+    route.update(extra)
+    return route
+
+
+OWN = {"username": ALICE[0], "password": ALICE[1], "public": True}
+
+
+def main_table(ups) -> list:
+    return [
+        {"name": "byhost", "host": "localhost", "upstream": ups.anon.url},
+        {"name": "tok", "host": "127.0.0.1", "path": "tok", **token_route(ups, blob_redirect="pass")},
+        {"name": "own", "host": "127.0.0.1", "path": "own",
+         **token_route(ups, blob_redirect="follow", **OWN)},
+        {"name": "mirror", "mirrors": ["registry.e2e.test"], **token_route(ups, blob_redirect="follow")},
+        {"name": "mirror-own", "mirrors": ["own.e2e.test"], **token_route(ups, **OWN)},
+    ]
+
+
+def hosts_table(ups) -> list:
+    """Host routes in the modes with credentials."""
+    return [
+        {"name": "basic-host", "host": "localhost", "upstream": ups.basic.url,
+         "prefix": images.PREFIX},
+        {"name": "own-host", "host": "127.0.0.1", **token_route(ups, blob_redirect="follow", **OWN)},
+    ]
+
+
+def start(ups, table, **kw):
+    return harness.start_proxy({"routes": json.dumps(table)}, allowed_hosts=allowed(ups),
+                               name="routes-proxy", **kw)
+
+
+@pytest.fixture(scope="module")
+def routed(ups, seeded):
+    p = start(ups, main_table(ups))
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="module")
+def hosted(ups, seeded):
+    p = start(ups, hosts_table(ups))
+    yield p
+    p.stop()
+
+
+class Where:
+    """How a client reaches one route: registry host:port, repository prefix, the upstream
+    registry and prefix (for the digests), credentials, and how oras authenticates."""
+
+    def __init__(self, hostport, path, kind, prefix="", creds=None, basic=False):
+        self.hostport, self.path, self.kind = hostport, path, kind
+        self.prefix, self.creds, self.basic = prefix, creds, basic
+
+    def ref(self, name, tag="latest"):
+        return f"{self.hostport}/{self.path}{name}:{tag}"
+
+    def digest(self, seeded, name):
+        up = f"{self.prefix}/{name}" if self.prefix else name
+        return seeded[self.kind][(up, "latest")]
+
+
+def where(proxy, host, path, kind, **kw):
+    return Where(f"{host}:{proxy.port}", path, kind, **kw)
+
+
+def pull_with_every_client(w: Where, pulled, seeded, built, podman, docker, containerd, ns):
+    cfg = docker.new_config()
+    if w.creds:
+        docker.login(cfg, w.hostport, w.creds)
+    for key, name in pulled:
+        ref, want = w.ref(name), w.digest(seeded, name)
+        raw = clients.skopeo_inspect_raw(ref, w.creds)
+        assert clients.sha256_bytes(raw.stdout.encode()) == want, f"skopeo {ref}"
+        copy = clients.skopeo_copy_all(ref, w.creds)
+        clients.verify_dir_image(copy.dest, built[key])
+        podman.pull(ref, w.creds)
+        assert want in podman("image", "inspect", "--format", "{{.RepoDigests}}", ref).stdout, ref
+        p = docker.pull(cfg, ref)
+        assert f"Digest: {want}" in p.stdout, f"docker pull {ref}:\n{p.stdout}"
+        containerd.pull(ns, ref, user=w.creds)
+        assert containerd.image_digest(ns, ref) == want, f"ctr {ref}"
+        assert clients.oras_pull(ref, w.creds, basic=w.basic) == want, f"oras {ref}"
+
+
+def test_three_routing_kinds_pull_every_image(routed, ups, seeded, built, podman, docker,
+                                              containerd, ctr_ns, tmp_path):
+    """The issue's acceptance: host, path and mirror routes in one table; every test image;
+    digests equal to the registries'."""
+    by_host = where(routed, "localhost", "", "anon")
+    by_path = where(routed, "127.0.0.1", "tok/", "token")
+    pull_with_every_client(by_host, PULLED[:-1], seeded, built, podman, docker, containerd, ctr_ns)
+    pull_with_every_client(by_path, PUBLIC, seeded, built, podman, docker, containerd, ctr_ns)
+    hosts = mirror_hosts(tmp_path, "registry.e2e.test", routed)
+    for key, name in PUBLIC:
+        ref = f"registry.e2e.test/{name}:latest"
+        p = containerd.pull(ctr_ns, ref, hosts_dir=hosts)
+        assert containerd.image_digest(ctr_ns, ref) == seeded["token"][(name, "latest")], p.stdout
+        assert "ns=registry.e2e.test" in p.stdout + p.stderr, "ctr did not send ns to the mirror"
+
+
+@pytest.mark.parametrize("cell", ["path-bearer", "host-basic"])
+def test_client_credentials_every_client(cell, routed, hosted, seeded, built, podman, docker,
+                                         containerd, ctr_ns):
+    w = {
+        "path-bearer": where(routed, "127.0.0.1", "tok/", "token", creds=ALICE),
+        "host-basic": where(hosted, "localhost", "", "basic", prefix=images.PREFIX, creds=ALICE,
+                            basic=True),
+    }[cell]
+    pulled = [p for p in PULLED if p[0] in ("multiarch", "private")]
+    pull_with_every_client(w, pulled, seeded, built, podman, docker, containerd, ctr_ns)
+    # And without them, the private repository stays private.
+    p = clients.skopeo_inspect_raw(w.ref("private/secret"), check=False)
+    assert p.returncode != 0, f"{cell}: private/secret served anonymously"
+
+
+@pytest.mark.parametrize("cell", ["path-own", "host-own"])
+def test_route_credentials_serve_anonymous_clients(cell, routed, hosted, seeded, built, podman,
+                                                   docker, containerd, ctr_ns):
+    w = {
+        "path-own": where(routed, "127.0.0.1", "own/", "token"),
+        "host-own": where(hosted, "127.0.0.1", "", "token"),
+    }[cell]
+    pulled = [p for p in PULLED if p[0] in ("multiarch", "private")]
+    pull_with_every_client(w, pulled, seeded, built, podman, docker, containerd, ctr_ns)
+
+
+def test_mirror_routes_in_every_auth_mode(routed, seeded, containerd, ctr_ns, tmp_path):
+    """ctr through hosts.toml: anonymous, the client's credentials (its realm carries `ns`),
+    and the route's own."""
+    for registry, name, user in [("registry.e2e.test", "multiarch", None),
+                                 ("registry.e2e.test", "private/secret", ALICE),
+                                 ("own.e2e.test", "private/secret", None)]:
+        hosts = mirror_hosts(tmp_path / registry.split(".")[0], registry, routed)
+        ref = f"{registry}/{name}:latest"
+        p = containerd.pull(ctr_ns, ref, user=user, hosts_dir=hosts)
+        assert containerd.image_digest(ctr_ns, ref) == seeded["token"][(name, "latest")], p.stdout
+    # Anonymous, the private repository of the plain mirror route stays private.
+    hosts = mirror_hosts(tmp_path / "anon", "registry.e2e.test", routed)
+    p = containerd.pull(ctr_ns, "registry.e2e.test/private/secret:latest", hosts_dir=hosts,
+                        check=False)
+    assert p.returncode != 0
+
+
+def test_a_registry_no_route_mirrors_is_refused(routed, ups, containerd, ctr_ns, tmp_path):
+    mark = ups.token_server.mark()
+    hosts = mirror_hosts(tmp_path, "ghcr.io", routed)
+    p = containerd.pull(ctr_ns, "ghcr.io/owner/app:latest", hosts_dir=hosts, check=False)
+    assert p.returncode != 0
+    assert "mirrors no registry" in p.stdout + p.stderr or "not found" in (p.stdout + p.stderr).lower()
+    r = call(routed.url, "GET", "/v2/owner/app/manifests/latest?ns=ghcr.io")
+    assert r.status == 404 and oci_error_of(r)["message"].startswith("this proxy mirrors no"), r
+    for host, path in [("elsewhere.example", "/v2/multiarch/manifests/latest"),
+                       ("127.0.0.1", "/v2/nowhere/multiarch/manifests/latest")]:
+        r = call(routed.url, "GET", path, headers=[("Host", f"{host}:{routed.port}")])
+        assert r.status == 404, r
+    assert not ups.token_server.since(mark), "an unrouted request reached a realm"
+
+
+def test_login_on_a_path_routed_domain(routed, docker):
+    """`/v2/` there is the proxy's own (a challenge on its own realm): no one registry checks
+    a login, so docker stores it unchecked, and the route checks it at each pull."""
+    cfg = docker.new_config()
+    host = f"127.0.0.1:{routed.port}"
+    p = docker.login(cfg, host, ("alice", "wrong-password"))
+    assert "Login Succeeded" in p.stdout
+    p = docker.pull(cfg, f"{host}/tok/private/secret:latest", check=False)
+    assert p.returncode != 0, "a wrong password pulled a private image"
+    r = call(routed.url, "GET", "/v2/", headers=[("Host", host)])
+    assert r.status == 401 and clients.only_bearer(r)["realm"] == f"http://{host}/token", r
+
+
+def test_ten_pulls_through_a_credentialed_route_cost_one_token(ups, seeded):
+    p = start(ups, main_table(ups))
+    try:
+        mark = ups.token_server.mark()
+        for _ in range(10):
+            clients.skopeo_copy_all(f"127.0.0.1:{p.port}/own/multiarch:latest")
+        asked = [e for e in ups.token_server.since(mark) if e.get("user") == ALICE[0]]
+        print(f"\nupstream token requests for 10 pulls through a credentialed route: {len(asked)}")
+        assert len(asked) == 1, asked
+    finally:
+        p.stop()
+
+
+@pytest.fixture
+def redis_server():
+    exe = shutil.which("redis-server")
+    if not exe:
+        pytest.fail("redis-server not installed (apt-get install redis-server)")
+    port = harness.free_port()
+    with harness.Service("redis", [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                   "--appendonly", "no"], port=port) as svc:
+        yield svc
+
+
+def test_two_instances_on_one_redis_share_one_token(ups, seeded, redis_server, tmp_path):
+    """Several instances (SpinKube replicas) with their key-value store on one Redis, through
+    Spin's runtime config: one upstream token serves them all."""
+    rc = tmp_path / "runtime-config.toml"
+    rc.write_text(f'[key_value_store.default]\ntype = "redis"\nurl = "redis://127.0.0.1:{redis_server.port}"\n')
+    a = start(ups, main_table(ups), runtime_config=rc)
+    b = start(ups, main_table(ups), runtime_config=rc)
+    try:
+        mark = ups.token_server.mark()
+        for proxy in (a, b, a, b):
+            ref = f"127.0.0.1:{proxy.port}/own/private/secret:latest"
+            raw = clients.skopeo_inspect_raw(ref)
+            assert clients.sha256_bytes(raw.stdout.encode()) == seeded["token"][("private/secret", "latest")]
+        asked = [e for e in ups.token_server.since(mark) if e.get("user") == ALICE[0]]
+        assert len(asked) == 1, asked
+        keys = subprocess.run(["redis-cli", "-p", str(redis_server.port), "--scan"],
+                              capture_output=True, text=True).stdout.split()
+        assert any(k.startswith("spin-registry-proxy:token:") for k in keys), keys
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_dockerd_registry_mirror(ups, seeded, containerd):
+    """dockerd's `registry-mirrors` sends Docker Hub names (`library/...`) with no `ns`: a
+    route for the host that mirrors docker.io, whose upstream stands in for Docker Hub."""
+    table = [{"name": "hub", "host": "127.0.0.1", "preset": "dockerhub", "upstream": ups.anon.url,
+              "auth": [], "cdn": [], "mirrors": ["docker.io"]}]
+    p = start(ups, table)
+    # A second dockerd beside the session's: its own containerd namespaces.
+    d = clients.Docker(containerd, extra=[f"--registry-mirror=http://127.0.0.1:{p.port}",
+                                          "--containerd-namespace=e2e-mirror",
+                                          "--containerd-plugins-namespace=e2e-mirror-plugins"])
+    try:
+        cfg = d.new_config()
+        out = d.pull(cfg, "e2e-small:latest")
+        want = seeded["anon"][("library/e2e-small", "latest")]
+        assert f"Digest: {want}" in out.stdout, out.stdout
+        log = p.wait_log(lambda t: "/v2/library/e2e-small/manifests/" in t)
+        assert "/v2/library/e2e-small/manifests/" in log
+    finally:
+        d.stop()
+        p.stop()
+
+
+def test_podman_reaches_a_path_route_as_its_mirror(routed, seeded, podman, tmp_path):
+    """containers/image mirrors send no `ns`; a mirror location with a path reaches the route
+    that owns that path."""
+    conf = tmp_path / "registries.conf"
+    conf.write_text(f'''[[registry]]
+location = "registry.e2e.test"
+[[registry.mirror]]
+location = "127.0.0.1:{routed.port}/tok"
+insecure = true
+''')
+    p = podman.run_with_env({"CONTAINERS_REGISTRIES_CONF": str(conf)}, "pull",
+                            "registry.e2e.test/multiarch:latest")
+    want = seeded["token"][("multiarch", "latest")]
+    digests = podman("image", "inspect", "--format", "{{.Digest}}",
+                     "registry.e2e.test/multiarch:latest").stdout
+    assert p.returncode == 0 and want in digests + p.stdout, p.stdout + p.stderr
+
+
+def mirror_hosts(base: Path, registry: str, proxy) -> Path:
+    """A containerd hosts directory sending pulls of `registry` to the proxy as a mirror."""
+    d = base / "hosts" / registry
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "hosts.toml").write_text(f'''server = "https://{registry}"
+
+[host."http://127.0.0.1:{proxy.port}"]
+  capabilities = ["pull", "resolve"]
+''')
+    return base / "hosts"
