@@ -634,6 +634,13 @@ impl Exchange {
             // Blob storage's links are not the registry's.
             head.headers_mut().remove(header::LINK);
         }
+        let anonymous = !self.client_headers.contains_key(header::AUTHORIZATION);
+        if self.endpoint == Some(Endpoint::Base) && status.is_success() && anonymous {
+            // docker and containers/image learn how to authenticate from `/v2/` alone: an
+            // open `/v2/` would leave them without a token where a repository asks for one.
+            // They get the anonymous token, or the upstream's, from the proxy's endpoint.
+            return self.error(OciError::unauthorized("authentication required"));
+        }
         if status.is_success() && self.rewrites_listing() {
             self.waiting = Waiting::ListingBody { head };
             return Step::ReadResponse {
@@ -709,8 +716,11 @@ impl Exchange {
             };
             return self.send(Role::Registry, method, target, headers, auth, Vec::new());
         }
+        // A redirect to another registry's API (registry.k8s.io to Artifact Registry) is still
+        // the API, which the proxy speaks; one to storage is a download the client may make.
+        let to_api = target.path().starts_with("/v2/");
         let is_blob = matches!(self.endpoint, Some(Endpoint::Blob { .. }));
-        if is_blob && route.blob_redirect == BlobRedirect::Pass {
+        if is_blob && !to_api && route.blob_redirect == BlobRedirect::Pass {
             return self.reply(Draft::redirect(status, target));
         }
         if !route.allows_cdn(&origin) {
@@ -935,24 +945,35 @@ impl Exchange {
     fn realm_discovered(&mut self, head: Response<()>, req: TokenRequest) -> Step {
         let status = head.status();
         if status.is_success() {
-            if !req.offers_credentials() {
-                return self.anonymous_token();
-            }
-            // `/v2/` is open, but a private repository may still challenge: its realm is
-            // where the credentials go.
+            // `/v2/` is open, but a repository may still challenge (a private one, or a
+            // registry that only asks per repository): its realm is where a token comes from.
             let upstream = req
                 .first_repository()
                 .and_then(|n| self.names.to_upstream(&n));
-            let Some(name) = upstream else {
-                return self.error(credentials_unused(
+            return match upstream {
+                Some(name) => {
+                    let path = Endpoint::Tags { name }.path();
+                    self.probe(&path, Some("n=1"), Waiting::RepositoryChallenge(req))
+                }
+                None if req.offers_credentials() => self.error(credentials_unused(
                     "the upstream registry asks for no credentials",
-                ));
+                )),
+                None => self.anonymous_token(),
             };
-            let path = Endpoint::Tags { name }.path();
-            return self.probe(&path, Some("n=1"), Waiting::RepositoryChallenge(req));
         }
         if status == StatusCode::UNAUTHORIZED {
             return self.authenticate(&challenge::from_headers(head.headers()), req);
+        }
+        if status.is_redirection() {
+            // The registry hands every request to another host (registry.k8s.io), whose
+            // anonymous tokens the proxy gets itself: clients need none, and their
+            // credentials have no realm here.
+            if req.offers_credentials() {
+                return self.error(credentials_unused(
+                    "the upstream registry redirects to another and asks for no credentials",
+                ));
+            }
+            return self.anonymous_token();
         }
         self.error(self.unexpected(status))
     }
@@ -960,6 +981,9 @@ impl Exchange {
     fn repository_challenged(&mut self, head: Response<()>, req: TokenRequest) -> Step {
         if head.status() == StatusCode::UNAUTHORIZED {
             return self.authenticate(&challenge::from_headers(head.headers()), req);
+        }
+        if !req.offers_credentials() {
+            return self.anonymous_token();
         }
         self.error(
             credentials_unused("the upstream registry asks for no credentials for this repository")

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gzip
 import hashlib
 import json
 import os
@@ -313,6 +314,176 @@ def blob(data: bytes, content_type: str = "application/octet-stream") -> Callabl
         return Response(200, base, data)
 
     return handle
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole registries, imitated
+
+
+class ImageStore:
+    """Images from skopeo `dir:` copies (images.py), by repository: manifests by tag and by
+    digest with their media types, blobs by digest."""
+
+    def __init__(self):
+        self.manifests = {}  # (repo, tag or digest) -> (bytes, media type)
+        self.blobs = {}      # digest -> path
+
+    def add(self, repo: str, tag: str, image_dir) -> None:
+        image_dir = Path(image_dir)
+        top = (image_dir / "manifest.json").read_bytes()
+        for raw in [top] + [p.read_bytes() for p in image_dir.glob("*.manifest.json")]:
+            doc = json.loads(raw)
+            mt = doc.get("mediaType") or ("application/vnd.oci.image.index.v1+json"
+                                          if "manifests" in doc else
+                                          "application/vnd.oci.image.manifest.v1+json")
+            self.manifests[(repo, digest_of(raw))] = (raw, mt)
+            if raw is top:
+                self.manifests[(repo, tag)] = (raw, mt)
+            for layer in [doc.get("config")] + doc.get("layers", []):
+                if layer:
+                    self.blobs[layer["digest"]] = image_dir / layer["digest"].split(":")[1]
+
+    def repos(self):
+        return sorted({r for r, _ in self.manifests})
+
+
+_PATH = re.compile(r"/v2/(?P<name>.+)/(?P<kind>manifests|blobs)/(?P<ref>[^/]+)$")
+
+
+class ImitatedRegistry:
+    """A public registry's behaviour around real image bytes, on the doubles of a test:
+    `up` is the registry's host, `auth` its token realm's, `storage` where it redirects blobs.
+    Every behaviour names the registry it imitates and where that is documented or seen:
+
+    ghcr        GHCR asks for a token even for public images (anonymous token from
+                https://ghcr.io/token, scope in the challenge) and redirects blob GETs (307) to
+                pkg-containers.githubusercontent.com with a signed query.
+    quay        Quay challenges with `Basic realm="quay.io", Bearer realm=".../v2/auth"`, pages
+                tags with an opaque `next_page` in its Links (quay/quay endpoints/v2/tag.py),
+                and redirects blobs (302) to its CDN / S3.
+    k8s         registry.k8s.io (kubernetes/registry.k8s.io, cmd/archeio) redirects every
+                /v2/ request (307) to a regional Artifact Registry host under
+                /v2/k8s-artifacts-prod/images/, which asks for an anonymous token of its own.
+    ecr-public  ECR Public's realm is https://public.ecr.aws/token/ (trailing slash), anonymous
+                tokens; blob GETs redirect (307) to CloudFront.
+    mcr         MCR asks for no credentials at all and redirects blobs (307) to
+                <region>.data.mcr.microsoft.com.
+    open-v2     A registry whose /v2/ answers 200 anonymously while repositories challenge
+                (ahmetb/serverless-registry-proxy#28).
+    harbor      Harbor's challenge carries no scope (`Bearer realm=".../service/token",
+                service="harbor-registry"`).
+    gzip        A registry (behind a compressing front) that sends manifests gzip-encoded even
+                when asked for identity: the bytes must pass untouched.
+    """
+
+    def __init__(self, kind: str, up, auth, storage, images: ImageStore):
+        self.kind, self.up, self.auth, self.storage, self.images = kind, up, auth, storage, images
+        self.tokens = set()
+        self.token_requests = 0
+        region = {"k8s": auth}.get(kind)  # the Artifact Registry host
+        self.serving = region or up       # where the registry API itself answers
+        self.api_prefix = "k8s-artifacts-prod/images/" if kind == "k8s" else ""
+        realm_host = {"k8s": auth, "ghcr": up, "quay": up, "harbor": up}.get(kind, auth)
+        self.realm = realm_host.url + {"ghcr": "/token", "quay": "/v2/auth",
+                                       "ecr-public": "/token/", "harbor": "/service/token",
+                                       "k8s": "/v2/token"}.get(kind, "/token")
+        realm_host.route(urlsplit(self.realm).path, self._token)
+        if kind == "k8s":
+            up.route("/v2/", self._k8s_redirect, prefix=True)
+        self.serving.route("/v2/", self._api, prefix=True)
+        storage.route("/storage/", self._storage, prefix=True)
+
+    # -- auth
+    def _needs_token(self, req: Recorded) -> bool:
+        if self.kind in ("mcr", "gzip"):
+            return False
+        if self.kind == "open-v2" and req.path == "/v2/":
+            return False
+        got = (req.header("Authorization") or "")[7:]
+        return got not in self.tokens
+
+    def _challenge(self, req: Recorded) -> Response:
+        m = _PATH.match(req.path)
+        scope = f"repository:{m.group('name')}:pull" if m else None
+        bearer = f'Bearer realm="{self.realm}",service="{self.kind}.example"'
+        if scope and self.kind != "harbor":
+            bearer += f',scope="{scope}"'
+        value = f'Basic realm="quay.io", {bearer}' if self.kind == "quay" else bearer
+        return oci_error(401, "UNAUTHORIZED", "authentication required",
+                         headers=[("WWW-Authenticate", value)])
+
+    def _token(self, req: Recorded) -> Response:
+        self.token_requests += 1
+        token = f"{self.kind}-anon-{len(self.tokens)}"
+        self.tokens.add(token)
+        return token_response(token)
+
+    # -- the API
+    def _k8s_redirect(self, req: Recorded) -> Response:
+        rest = req.path[len("/v2/"):]
+        target = f"{self.auth.url}/v2/{self.api_prefix}{rest}" if rest else f"{self.auth.url}/v2/"
+        return Response(307, [("Location", target)], b"")
+
+    def _api(self, req: Recorded) -> Response:
+        if self._needs_token(req):
+            return self._challenge(req)
+        if req.path == "/v2/":
+            return Response(200, [("Content-Type", "application/json")], b"{}")
+        if req.path.endswith("/tags/list"):
+            return self._tags(req)
+        m = _PATH.match(req.path)
+        if not m:
+            return oci_error(404, "NAME_UNKNOWN", "repository name not known to registry")
+        name = m.group("name")[len(self.api_prefix):] if m.group("name").startswith(self.api_prefix) else None
+        if name is None:
+            return oci_error(404, "NAME_UNKNOWN", "repository name not known to registry")
+        ref = m.group("ref")
+        if m.group("kind") == "manifests":
+            found = self.images.manifests.get((name, ref))
+            if not found:
+                return oci_error(404, "MANIFEST_UNKNOWN", "manifest unknown")
+            raw, mt = found
+            headers = [("Content-Type", mt), ("Docker-Content-Digest", digest_of(raw))]
+            if self.kind == "gzip":
+                body = gzip.compress(raw)
+                return Response(200, headers + [("Content-Encoding", "gzip")], body)
+            return Response(200, headers, raw)
+        path = self.images.blobs.get(ref)
+        if not path:
+            return oci_error(404, "BLOB_UNKNOWN", "blob unknown to registry")
+        if self.kind in ("ghcr", "quay", "ecr-public", "mcr", "k8s"):
+            # Artifact Registry, behind registry.k8s.io, sends blobs on to Cloud Storage (302).
+            status = 302 if self.kind in ("quay", "k8s") else 307
+            loc = f"{self.storage.url}/storage/{ref}?sig=" + hashlib.sha256(ref.encode()).hexdigest()[:16]
+            return Response(status, [("Location", loc)], b"")
+        return blob(path.read_bytes())(req)
+
+    def _tags(self, req: Recorded) -> Response:
+        name = req.path[len("/v2/"):-len("/tags/list")][len(self.api_prefix):]
+        tags = sorted(t for (r, t) in self.images.manifests if r == name and ":" not in t)
+        if not tags:
+            return oci_error(404, "NAME_UNKNOWN", "repository name not known to registry")
+        q = dict(req.params)
+        if self.kind != "quay":
+            return Response(200, [("Content-Type", "application/json")],
+                            json.dumps({"name": name, "tags": tags}).encode())
+        # Quay: pages of n, the next one named by an opaque token.
+        n = int(q.get("n", "2"))
+        start = int(base64.urlsafe_b64decode(q["next_page"]).decode()) if "next_page" in q else 0
+        page = tags[start:start + n]
+        headers = [("Content-Type", "application/json")]
+        if start + n < len(tags):
+            token = base64.urlsafe_b64encode(str(start + n).encode()).decode()
+            headers.append(("Link", f'</v2/{name}/tags/list?n={n}&next_page={token}>; rel="next"'))
+        return Response(200, headers, json.dumps({"name": name, "tags": page}).encode())
+
+    def _storage(self, req: Recorded) -> Response:
+        digest = req.path[len("/storage/"):]
+        path = self.images.blobs.get(digest)
+        if not path or "sig" not in dict(req.params):
+            return Response(403, [("Content-Type", "application/xml")],
+                            b"<Error><Code>AccessDenied</Code></Error>")
+        return blob(path.read_bytes())(req)
 
 
 # ---------------------------------------------------------------------------------------------
