@@ -196,6 +196,9 @@ BAD_CONFIG = [
     ("upstream_timeout", "soon"),
     ("trust_forwarded", "yes"),
     ("home", "javascript:alert(1)"),
+    ("routes", f'[{{"name": "ghcr", "upstream": "https://robot:{SECRET}@ghcr.io"}}]'),
+    ("routes", f'[{{"name": "own", "preset": "ghcr", "username": "robot", "password": "{SECRET}"}}]'),
+    ("routes", f'[{{"name": "x", "preset": "ghcr", "colour": "{SECRET}"}}]'),
 ]
 
 

@@ -12,8 +12,17 @@ fuzz_target!(|value: &str| {
         assert_eq!(challenge::parse(&c.render()), vec![c.clone()], "{value:?}");
     }
     let public = Origin::parse("https://images.example.com").unwrap();
-    for names in [NameMap::new("team/app", false), NameMap::new("", true)] {
-        let ours = challenge::proxy_challenge(&parsed, &public, &names, None);
+    for names in [
+        NameMap::new("", "team/app", false),
+        NameMap::new("ghcr", "", true),
+    ] {
+        let ours = challenge::proxy_challenge(
+            &parsed,
+            "https://images.example.com/token",
+            &public,
+            &names,
+            None,
+        );
         let text = ours.render();
         assert!(http::HeaderValue::from_str(&text).is_ok(), "{text:?}");
         let again: Vec<Challenge> = challenge::parse(&text);

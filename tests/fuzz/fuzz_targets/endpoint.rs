@@ -5,7 +5,11 @@ use spin_registry_proxy::endpoint::Endpoint;
 
 fuzz_target!(|path: &str| {
     if let Ok(route) = Endpoint::parse(path) {
-        assert_eq!(Endpoint::parse(&route.path()), Ok(route.clone()), "{path:?}");
+        assert_eq!(
+            Endpoint::parse(&route.path()),
+            Ok(route.clone()),
+            "{path:?}"
+        );
         if let Some(name) = route.name() {
             assert!(spin_registry_proxy::endpoint::valid_name(name), "{path:?}");
         }

@@ -10,7 +10,7 @@ use spin_registry_proxy::origin::Origin;
 fuzz_target!(|value: &str| {
     let up = Origin::parse("http://127.0.0.1:5000").unwrap();
     let public = Origin::parse("https://images.example.com").unwrap();
-    let names = NameMap::new("team/app", false);
+    let names = NameMap::new("", "team/app", false);
     let _ = link::rewrite(value, |t| Some(t.to_string()));
     if let Some(out) = link::rewrite(value, |t| client_link_target(t, &up, &public, &names)) {
         assert!(!out.contains("127.0.0.1"), "{value:?} -> {out:?}");

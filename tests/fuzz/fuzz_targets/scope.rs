@@ -6,9 +6,10 @@ use spin_registry_proxy::scope;
 
 fuzz_target!(|text: &str| {
     for names in [
-        NameMap::new("team/app", false),
-        NameMap::new("", true),
-        NameMap::new("", false),
+        NameMap::new("", "team/app", false),
+        NameMap::new("", "", true),
+        NameMap::new("ghcr", "org", false),
+        NameMap::default(),
     ] {
         let _ = scope::to_upstream(&names, [text]);
         let _ = scope::first_invalid_name(&names, [text]);

@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let auth = http::HeaderValue::from_static("Basic YWxpY2U6czNjcmV0");
     let req = TokenRequest::new(flags & 1 == 1, rest, (flags & 2 == 2).then_some(&auth));
-    let names = NameMap::new("team/app", false);
+    let names = NameMap::new("", "team/app", false);
     let realm = url::Url::parse("https://auth.example/token?x=1").unwrap();
     let url = req.upstream_url(&realm, Some("svc"), &names);
     let form = req.upstream_form(Some("svc"), &names);

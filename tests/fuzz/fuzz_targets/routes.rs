@@ -1,0 +1,119 @@
+//! Any route table: a table or an error naming the route and the field in fixed words, never
+//! a panic and never a value of the table (it may hold credentials); a table selects without
+//! a panic.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use spin_registry_proxy::config::BlobRedirect;
+use spin_registry_proxy::origin::OriginError;
+use spin_registry_proxy::routes::{self, Defaults};
+use std::time::Duration;
+
+const FIELDS: [&str; 12] = [
+    "preset",
+    "upstream",
+    "auth",
+    "cdn",
+    "host",
+    "path",
+    "mirrors",
+    "prefix",
+    "blob_redirect",
+    "timeout",
+    "credentials",
+    "public",
+];
+
+const WORDS: [&str; 11] = [
+    "unknown preset",
+    "missing (give it, or a preset that has one)",
+    "not a URL",
+    "expected a host name or *.domain, without port",
+    "not repository path segments",
+    "expected registry host names (docker.io, host:port)",
+    "not a repository name",
+    "expected \"pass\" or \"follow\"",
+    "expected seconds (0 < s <= 3600)",
+    "give username and password, or token alone",
+    "a route with credentials serves every client with them: say \"public\": true",
+];
+
+/// `"name"` or a route number, and what follows it.
+fn label(text: &str) -> Option<&str> {
+    let rest = text.strip_prefix("route ")?;
+    let end = if let Some(quoted) = rest.strip_prefix('"') {
+        let close = quoted.find('"')?;
+        let name = &quoted[..close];
+        let ok = name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        (ok && !name.is_empty()).then_some(close + 2)?
+    } else {
+        rest.find(|c: char| !c.is_ascii_digit())
+            .filter(|&i| i > 0)?
+    };
+    rest[end..].strip_prefix(": ")
+}
+
+fn fixed(message: &str) -> bool {
+    let Some(m) = message.strip_prefix("variable routes: ") else {
+        return false;
+    };
+    if m == "no route" {
+        return true;
+    }
+    if m.starts_with("not a JSON array of routes") {
+        let tail = m.rsplit(" at line ").next().unwrap_or("");
+        return tail
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b", column".contains(&b));
+    }
+    let Some(rest) = label(m) else { return false };
+    if rest == "name: letters, digits, '-', '_' and '.' only"
+        || rest == "a second route has this name"
+    {
+        return true;
+    }
+    for tail in [
+        "serves the same host and path as route ",
+        "mirrors a registry route ",
+    ] {
+        if let Some(r) = rest.strip_prefix(tail) {
+            return label(&format!("route {r}: x")).is_some()
+                || r.strip_suffix(" mirrors")
+                    .is_some_and(|n| label(&format!("route {n}: x")).is_some());
+        }
+    }
+    let origin_words = [
+        OriginError::NoScheme,
+        OriginError::Scheme,
+        OriginError::NotAnOrigin,
+        OriginError::Host,
+        OriginError::Port,
+        OriginError::Wildcard,
+    ]
+    .map(|e| e.to_string());
+    FIELDS.iter().any(|f| {
+        rest.strip_prefix(f)
+            .and_then(|r| r.strip_prefix(": "))
+            .is_some_and(|w| WORDS.contains(&w) || origin_words.iter().any(|o| o == w))
+    })
+}
+
+fuzz_target!(|text: &str| {
+    let defaults = Defaults {
+        blob_redirect: BlobRedirect::Pass,
+        timeout: Duration::from_secs(25),
+    };
+    match routes::parse(text, defaults) {
+        Ok(table) => {
+            for host in ["images.example.com", "127.0.0.1", "a.b"] {
+                for name in [None, Some("ghcr/x"), Some("x")] {
+                    let _ = table.select(host, name, None);
+                    let _ = table.select(host, name, Some("docker.io"));
+                }
+                let _ = table.paths_only(host);
+            }
+        }
+        Err(e) => assert!(fixed(&e.0), "{:?} is not in fixed words", e.0),
+    }
+});
