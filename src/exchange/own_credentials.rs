@@ -1,0 +1,150 @@
+//! A route's own credentials: its upstream tokens, kept in the key-value store, fetched from
+//! the realm when none is kept, and replaced once when the upstream refuses one.
+
+use super::*;
+
+impl Exchange {
+    /// The scope the route's own token needs for this request, in upstream names.
+    pub(super) fn own_scope(&self) -> Option<String> {
+        match self.endpoint.as_ref()? {
+            Endpoint::Catalog => Some("registry:catalog:*".into()),
+            e => {
+                let name = self.names.to_upstream(e.name()?)?;
+                Some(format!("repository:{name}:pull"))
+            }
+        }
+    }
+
+    pub(super) fn credentials_loaded(
+        &mut self,
+        values: Vec<Option<Vec<u8>>>,
+        scope: Option<String>,
+    ) -> Step {
+        let mut values = values.into_iter();
+        let realm = values.next().flatten().and_then(|v| Realm::decode(&v));
+        let token = values
+            .next()
+            .flatten()
+            .and_then(|v| upstream_token::Token::decode_valid(&v, self.now));
+        if let Some(t) = token {
+            self.own_cached = true;
+            return self.send_pending(upstream_token::bearer(&t.token));
+        }
+        match realm {
+            Some(Realm::Basic) => {
+                self.own_fresh = true;
+                let auth = self.own_credentials();
+                self.send_pending(auth)
+            }
+            Some(realm) => self.fetch_own_token(&realm, scope.as_deref(), scope.clone()),
+            // Unknown yet: the upstream's 401 will say.
+            None => self.send_pending(None),
+        }
+    }
+
+    pub(super) fn own_credentials(&self) -> Option<HeaderValue> {
+        let creds = self.route()?.credentials.as_ref()?;
+        upstream_token::authorization(creds)
+    }
+
+    /// Asks the realm for a token for `scope` with the route's credentials; it is stored
+    /// under `key_scope` (the request's own scope, which the next request will look for).
+    pub(super) fn fetch_own_token(
+        &mut self,
+        realm: &Realm,
+        scope: Option<&str>,
+        key_scope: Option<String>,
+    ) -> Step {
+        self.own_fresh = true;
+        let url = realm.token_url(scope);
+        let allowed = url
+            .as_ref()
+            .and_then(Origin::of_url)
+            .is_some_and(|o| self.route().is_some_and(|r| r.allows_realm(&o)));
+        let Some(url) = url.filter(|_| allowed) else {
+            return self.error(
+                OciError::unavailable(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream token service is not configured",
+                )
+                .because("the route's realm is neither its upstream nor one of its auth origins"),
+            );
+        };
+        let auth = self.own_credentials();
+        self.waiting = Waiting::OwnToken { scope: key_scope };
+        self.send(
+            Role::TokenService,
+            Method::GET,
+            url,
+            HeaderMap::new(),
+            auth,
+            Vec::new(),
+        )
+    }
+
+    pub(super) fn own_token_answered(&mut self, head: Response<()>, scope: Option<String>) -> Step {
+        if head.status().is_success() {
+            self.waiting = Waiting::OwnTokenBody { scope };
+            return Step::ReadResponse {
+                limit: upstream_token::MAX_TOKEN_BODY,
+            };
+        }
+        self.error(
+            OciError::unavailable(
+                StatusCode::BAD_GATEWAY,
+                "the upstream token service refused the route's credentials",
+            )
+            .because(format!("token realm answered {}", head.status())),
+        )
+    }
+
+    pub(super) fn own_token_read(&mut self, body: Vec<u8>, scope: Option<String>) -> Step {
+        let Some(token) = upstream_token::Token::from_response(&body, self.now) else {
+            return self.error(
+                OciError::unavailable(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream token service sent no token",
+                )
+                .because("token realm answer without a token"),
+            );
+        };
+        if let Some(route) = self.route() {
+            let key = upstream_token::token_key(route, scope.as_deref().unwrap_or(""));
+            self.writes.push(Write::Set(key, token.encode()));
+        }
+        self.send_pending(upstream_token::bearer(&token.token))
+    }
+
+    /// A 401 to the route's own credentials (or to none yet): learn the realm, drop a stored
+    /// token the upstream refused, and present the credentials afresh, once.
+    pub(super) fn own_credentials_refused(&mut self, head: Response<()>) -> Option<Step> {
+        let route = self.route()?.clone();
+        if !matches!(route.credentials, Some(Credentials::Basic { .. })) || self.own_fresh {
+            return None;
+        }
+        let challenges = challenge::from_headers(head.headers());
+        let realm = Realm::from_challenges(&challenges)?;
+        let scope = self.own_scope();
+        self.writes.push(Write::Set(
+            upstream_token::realm_key(&route),
+            realm.encode(),
+        ));
+        if self.own_cached {
+            let key = upstream_token::token_key(&route, scope.as_deref().unwrap_or(""));
+            self.writes.push(Write::Delete(key));
+        }
+        if realm == Realm::Basic {
+            self.own_fresh = true;
+            let auth = self.own_credentials();
+            return Some(self.send_pending(auth));
+        }
+        // Harbor's challenges carry no scope: then the request's own.
+        let asked = challenges
+            .iter()
+            .find(|c| c.scheme == "bearer")
+            .and_then(|c| c.param("scope"))
+            .map(String::from)
+            .or_else(|| scope.clone());
+        Some(self.fetch_own_token(&realm, asked.as_deref(), scope))
+    }
+}

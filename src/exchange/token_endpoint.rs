@@ -1,0 +1,284 @@
+//! The proxy's token endpoint: which route a request is for, how its upstream authenticates,
+//! and the realm's token, which comes back untouched.
+
+use super::*;
+
+impl Exchange {
+    pub(super) fn token_request(&mut self, req: TokenRequest) -> Step {
+        let route = match self.token_route(&req) {
+            Ok(Some(route)) => route,
+            Ok(None) => return self.anonymous_token(),
+            Err(e) => return self.error(e),
+        };
+        let authenticates_itself = route.credentials.is_some();
+        self.use_route(route);
+        if let Some(name) = scope::first_invalid_name(&self.names, req.scopes()) {
+            return self.error(OciError::name_invalid(format!(
+                "invalid repository name in scope: {name}"
+            )));
+        }
+        if authenticates_itself {
+            // The route uses its own credentials upstream for every client.
+            return self.anonymous_token();
+        }
+        self.probe("/v2/", None, Waiting::RealmDiscovery(req))
+    }
+
+    /// The route a token request is for: the one serving every repository its scopes name
+    /// (or containerd's `ns`), else the host's own. `None`: nothing upstream to ask.
+    pub(super) fn token_route(&self, req: &TokenRequest) -> Result<Option<Route>, OciError> {
+        let host = self
+            .public
+            .as_ref()
+            .map(|p| p.host.clone())
+            .unwrap_or_default();
+        let routes = &self.config.routes;
+        let names = req.repositories();
+        if names.is_empty() {
+            if self.ns.is_none() && routes.paths_only(&host) {
+                // A login: no one registry can check it. The client keeps the credentials
+                // and sends them with each token request, which the route checks.
+                return Ok(None);
+            }
+            return routes
+                .select(&host, None, self.ns.as_deref())
+                .cloned()
+                .map(Some);
+        }
+        let mut chosen: Option<&Route> = None;
+        for name in &names {
+            let route = routes.select(&host, Some(name), self.ns.as_deref())?;
+            if chosen.is_some_and(|c| c.name != route.name) {
+                return Err(OciError::unsupported(
+                    StatusCode::BAD_REQUEST,
+                    "the scopes name repositories of different registries",
+                ));
+            }
+            chosen = Some(route);
+        }
+        Ok(chosen.cloned())
+    }
+
+    /// An anonymous GET to the registry, to learn how it authenticates.
+    pub(super) fn probe(&mut self, path: &str, query: Option<&str>, waiting: Waiting) -> Step {
+        let Some(url) = self.upstream_url(path, query) else {
+            return self.error(OciError::internal("no route"));
+        };
+        self.waiting = waiting;
+        let no_headers = HeaderMap::new();
+        self.send(
+            Role::Registry,
+            Method::GET,
+            url,
+            no_headers,
+            None,
+            Vec::new(),
+        )
+    }
+
+    pub(super) fn form_read(&mut self, body: Vec<u8>) -> Step {
+        let auth = self.client_headers.get(header::AUTHORIZATION).cloned();
+        self.token_request(TokenRequest::new(true, &body, auth.as_ref()))
+    }
+
+    pub(super) fn realm_discovered(&mut self, head: Response<()>, req: TokenRequest) -> Step {
+        let status = head.status();
+        if status.is_success() {
+            // `/v2/` is open, but a repository may still challenge (a private one, or a
+            // registry that only asks per repository): its realm is where a token comes from.
+            let upstream = req
+                .first_repository()
+                .and_then(|n| self.names.to_upstream(&n));
+            return match upstream {
+                Some(name) => {
+                    let path = Endpoint::Tags { name }.path();
+                    self.probe(&path, Some("n=1"), Waiting::RepositoryChallenge(req))
+                }
+                None if req.offers_credentials() => self.error(credentials_unused(
+                    "the upstream registry asks for no credentials",
+                )),
+                None => self.anonymous_token(),
+            };
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            return self.authenticate(&challenge::from_headers(head.headers()), req);
+        }
+        if status.is_redirection() {
+            // The registry hands every request to another host (registry.k8s.io), whose
+            // anonymous tokens the proxy gets itself: clients need none, and their
+            // credentials have no realm here.
+            if req.offers_credentials() {
+                return self.error(credentials_unused(
+                    "the upstream registry redirects to another and asks for no credentials",
+                ));
+            }
+            return self.anonymous_token();
+        }
+        self.error(self.unexpected(status))
+    }
+
+    pub(super) fn repository_challenged(&mut self, head: Response<()>, req: TokenRequest) -> Step {
+        if head.status() == StatusCode::UNAUTHORIZED {
+            return self.authenticate(&challenge::from_headers(head.headers()), req);
+        }
+        if !req.offers_credentials() {
+            return self.anonymous_token();
+        }
+        self.error(
+            credentials_unused("the upstream registry asks for no credentials for this repository")
+                .because(format!("repository probe answered {}", head.status())),
+        )
+    }
+
+    /// Sends the token request to the upstream's Bearer realm.
+    pub(super) fn authenticate(&mut self, challenges: &[Challenge], req: TokenRequest) -> Step {
+        let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") else {
+            if challenges.iter().any(|c| c.scheme == "basic") {
+                return self.error(OciError::unsupported(
+                    StatusCode::BAD_REQUEST,
+                    "this registry takes Basic credentials with each request, not tokens: \
+                     serve it on a host of its own",
+                ));
+            }
+            return self.error(
+                OciError::unavailable(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream registry asks for authentication without saying how",
+                )
+                .because("401 without a Bearer or Basic challenge"),
+            );
+        };
+        let realm = bearer.param("realm").and_then(|r| url::Url::parse(r).ok());
+        let realm = realm.filter(|r| r.username().is_empty() && r.password().is_none());
+        let origin = realm.as_ref().and_then(Origin::of_url);
+        let (Some(realm), Some(origin)) = (realm, origin) else {
+            return self.error(
+                OciError::unavailable(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream registry's challenge has no usable realm",
+                )
+                .because("challenge realm is not an http(s) URL"),
+            );
+        };
+        if !self.route().is_some_and(|r| r.allows_realm(&origin)) {
+            return self.error(
+                OciError::unavailable(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream token service is not configured",
+                )
+                .because(format!(
+                    "token realm {origin} is neither upstream nor upstream_auth"
+                )),
+            );
+        }
+        let service = bearer.param("service");
+        let mut headers = HeaderMap::new();
+        let (method, url, body) = if req.form {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-www-form-urlencoded"),
+            );
+            let form = req.upstream_form(service, &self.names).into_bytes();
+            (Method::POST, realm, form)
+        } else {
+            let url = req.upstream_url(&realm, service, &self.names);
+            (Method::GET, url, Vec::new())
+        };
+        self.send_token(method, url, headers, req.basic, body)
+    }
+
+    pub(super) fn send_token(
+        &mut self,
+        method: Method,
+        url: url::Url,
+        headers: HeaderMap,
+        basic: Option<HeaderValue>,
+        body: Vec<u8>,
+    ) -> Step {
+        let step = self.send(Role::TokenService, method, url, headers, basic, body);
+        if let Step::Send(request) = &step {
+            self.waiting = Waiting::Token {
+                request: clone_request(request),
+            };
+        }
+        step
+    }
+
+    pub(super) fn token_issued(&mut self, head: Response<()>, request: Request<Vec<u8>>) -> Step {
+        let status = head.status();
+        if status.is_success() {
+            return self.reply(Draft::upstream(head));
+        }
+        if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
+            return self.token_redirect(&head, request);
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            return self.error(
+                OciError::unauthorized("the upstream token service refused the credentials")
+                    .because("token realm answered 401"),
+            );
+        }
+        if status.is_client_error() {
+            let e = upstream_error::client_error(status, None, &Endpoint::Token);
+            return self.error(e);
+        }
+        self.error(self.unexpected(status))
+    }
+
+    /// A realm that redirects is followed, only to a realm origin configuration allows.
+    pub(super) fn token_redirect(
+        &mut self,
+        head: &Response<()>,
+        request: Request<Vec<u8>>,
+    ) -> Step {
+        let target = self
+            .current
+            .as_ref()
+            .zip(
+                head.headers()
+                    .get(header::LOCATION)
+                    .and_then(|l| l.to_str().ok()),
+            )
+            .and_then(|(base, l)| base.join(l).ok())
+            .filter(|t| t.username().is_empty() && t.password().is_none());
+        let allowed = target
+            .as_ref()
+            .and_then(Origin::of_url)
+            .is_some_and(|o| self.route().is_some_and(|r| r.allows_realm(&o)));
+        let (Some(target), true, true) = (target, allowed, self.hops < MAX_HOPS) else {
+            return self.error(
+                OciError::unavailable(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream token service redirected where the proxy does not follow",
+                )
+                .because("token realm redirect to an unconfigured origin"),
+            );
+        };
+        self.hops += 1;
+        let (parts, body) = request.into_parts();
+        let auth = parts.headers.get(header::AUTHORIZATION).cloned();
+        let mut headers = parts.headers;
+        headers.remove(header::AUTHORIZATION);
+        headers.remove(header::CONTENT_LENGTH);
+        // 307 and 308 repeat the request; the others turn it into a GET.
+        let keep = matches!(
+            head.status(),
+            StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT
+        );
+        if keep {
+            self.send_token(parts.method, target, headers, auth, body)
+        } else {
+            headers.remove(header::CONTENT_TYPE);
+            self.send_token(Method::GET, target, headers, auth, Vec::new())
+        }
+    }
+
+    pub(super) fn anonymous_token(&mut self) -> Step {
+        let draft = Draft::made(
+            StatusCode::OK,
+            token::anonymous_token_json(),
+            "application/json",
+        );
+        self.reply(draft)
+    }
+}
