@@ -46,6 +46,8 @@ const DOCKER_HUB_HOSTS: [&str; 4] = [
 ];
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(25);
+/// Seconds a tag is taken to point where it pointed, unless a route says otherwise.
+pub const DEFAULT_TAG_TTL: u64 = 60;
 
 fn error(name: &str, what: impl std::fmt::Display) -> ConfigError {
     ConfigError(format!("variable {name}: {what}"))
@@ -97,6 +99,14 @@ fn single_route<F: Fn(&str) -> Option<String>>(v: &Variables<F>) -> Result<Route
             .and_then(routes::parse_timeout)
             .ok_or_else(|| error("upstream_timeout", "expected seconds (0 < s <= 3600)"))?,
     };
+    let tag_ttl = match v.get("tag_ttl").as_str() {
+        "" => DEFAULT_TAG_TTL,
+        t => t
+            .parse::<u64>()
+            .ok()
+            .filter(|s| *s <= 86_400)
+            .ok_or_else(|| error("tag_ttl", "expected seconds (0 to 86400)"))?,
+    };
     let docker_hub = DOCKER_HUB_HOSTS.contains(&upstream.host.as_str());
     // containerd names the registry it mirrors in `ns`: this route is that registry.
     let registry = if docker_hub {
@@ -119,6 +129,7 @@ fn single_route<F: Fn(&str) -> Option<String>>(v: &Variables<F>) -> Result<Route
         catalog: !docker_hub,
         blob_redirect,
         timeout,
+        tag_ttl,
         credentials: None,
         public: false,
     })
@@ -135,6 +146,7 @@ impl Config {
             let defaults = Defaults {
                 blob_redirect: BlobRedirect::Pass,
                 timeout: DEFAULT_TIMEOUT,
+                tag_ttl: DEFAULT_TAG_TTL,
             };
             routes::parse(&table, defaults)?
         };

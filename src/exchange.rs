@@ -13,14 +13,14 @@ use crate::home;
 use crate::listing;
 use crate::names::NameMap;
 use crate::origin::Origin;
-use crate::reply::{self, ClientResponse, Draft};
+use crate::reply::{self, ClientResponse, Draft, DraftBody};
 use crate::routes::{Credentials, Route};
 use crate::scope;
 use crate::token::{self, TokenRequest};
 use crate::upstream_error::{self, MAX_ERROR_BODY};
 use crate::upstream_failure::{Failure, Role};
 use crate::upstream_token::{self, Realm};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
 /// Redirects followed for one request before giving up.
@@ -46,6 +46,12 @@ pub struct Incoming {
 pub enum Write {
     Set(String, Vec<u8>),
     Delete(String),
+    /// Put `entry` into the bucket at `key` (read it, `cache::merge`, write it back).
+    Merge {
+        key: String,
+        entry: Vec<u8>,
+        ways: usize,
+    },
 }
 
 /// What the adapter does next. After each step it calls exactly one method of the exchange,
@@ -116,6 +122,24 @@ enum Waiting {
     HopToken,
     /// Its body (`hop_token_read`).
     HopTokenBody,
+    /// What the store holds for the request (`cache_loaded`).
+    CacheLookup(cached::Plan),
+    /// The manifest a kept tag points at (`cached_tag_manifest_loaded`).
+    CachedTagManifest {
+        plan: cached::Plan,
+        digest: String,
+    },
+    /// A manifest's body, to keep and to answer with (`manifest_read`).
+    ManifestBody {
+        head: Response<()>,
+        plan: cached::Plan,
+    },
+    /// What the store knows for a token request (`token_looked_up`).
+    TokenLookup(TokenRequest),
+    /// An anonymous token's body, to keep and to answer with (`anonymous_token_read`).
+    AnonymousTokenBody {
+        head: Response<()>,
+    },
 }
 
 /// The registry request the route's own credentials are being got for, to send (again).
@@ -158,6 +182,17 @@ pub struct Exchange {
     /// The registry headers, for a redirect the hop answers with.
     headers_for_redirects: HeaderMap,
     hop_token_tried: bool,
+    /// The `Authorization` the client's request takes upstream.
+    client_authorization: Option<HeaderValue>,
+    /// What the store is asked for and told about this request.
+    cache: Option<cached::Plan>,
+    /// The upstream must send a body (a HEAD the proxy answers from a GET it keeps).
+    fetch_body: bool,
+    /// Whether what the upstream answers may be kept: the request is one any client of the
+    /// route could make (anonymous, or with the route's own credentials).
+    storable: bool,
+    /// For a token request without credentials: its entry among the anonymous tokens.
+    anonymous_identity: Option<String>,
 }
 
 impl Exchange {
@@ -196,6 +231,11 @@ impl Exchange {
             hop: None,
             headers_for_redirects: HeaderMap::new(),
             hop_token_tried: false,
+            client_authorization: None,
+            cache: None,
+            fetch_body: false,
+            storable: false,
+            anonymous_identity: None,
         };
         let step = match (public, endpoint) {
             (Err(e), _) | (_, Err(e)) => ex.error(e),
@@ -311,6 +351,11 @@ impl Exchange {
     pub fn on_loaded(&mut self, values: Vec<Option<Vec<u8>>>) -> Step {
         match std::mem::replace(&mut self.waiting, Waiting::Nothing) {
             Waiting::OwnCredentials { scope } => self.credentials_loaded(values, scope),
+            Waiting::CacheLookup(plan) => self.cache_loaded(plan, values),
+            Waiting::TokenLookup(req) => self.token_looked_up(req, values),
+            Waiting::CachedTagManifest { plan, digest } => {
+                self.cached_tag_manifest_loaded(plan, digest, values)
+            }
             _ => self.out_of_order("stored values"),
         }
     }
@@ -345,6 +390,8 @@ impl Exchange {
             Waiting::ErrorBody { head } => self.error_read(head, Some(&body)),
             Waiting::OwnTokenBody { scope } => self.own_token_read(body, scope),
             Waiting::HopTokenBody => self.hop_token_read(body),
+            Waiting::ManifestBody { head, plan } => self.manifest_read(head, plan, body),
+            Waiting::AnonymousTokenBody { head } => self.anonymous_token_read(head, body),
             _ => self.out_of_order("a body"),
         }
     }
@@ -353,6 +400,7 @@ impl Exchange {
         match std::mem::replace(&mut self.waiting, Waiting::Nothing) {
             // The code is nice to have; the status alone still makes the error.
             Waiting::ErrorBody { head } => self.error_read(head, None),
+            Waiting::ManifestBody { head, .. } => self.manifest_cut(head, failure),
             Waiting::TokenForm => self.error(OciError::unsupported(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "the token request is too large",
@@ -468,6 +516,7 @@ fn clone_request(r: &Request<Vec<u8>>) -> Request<Vec<u8>> {
     c
 }
 
+mod cached;
 mod own_credentials;
 mod registry;
 mod token_endpoint;

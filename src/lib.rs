@@ -2,6 +2,8 @@
 //!
 //! Everything but `spin_adapter` is plain Rust over `http` types, tested on the host.
 
+pub mod base64;
+pub mod cache;
 pub mod challenge;
 pub mod config;
 pub mod endpoint;

@@ -10,7 +10,8 @@
 //! - **R4 links**: a `Link` target names an API endpoint in client names on the public origin
 //!   (or relative), or the link is dropped.
 //! - **R5 made bodies**: a body the proxy made carries its own type and length and none of the
-//!   upstream's entity headers (encoding, digest, ETag, range).
+//!   upstream's entity headers (encoding, digest, ETag, range); a body it kept or read whole
+//!   carries its exact length.
 //! - **R6 errors**: an error status carries the proxy's OCI error JSON, never an upstream body.
 //! - **R7 HEAD**: a HEAD response has no body and the length the GET would have.
 
@@ -58,6 +59,9 @@ pub enum DraftBody {
         bytes: Vec<u8>,
         content_type: Option<&'static str>,
     },
+    /// The upstream's own body, read in full (a manifest, kept or being kept): its entity
+    /// headers are its own.
+    Stored(Vec<u8>),
 }
 
 impl Draft {
@@ -119,7 +123,10 @@ pub struct ClientResponse {
 pub enum ClientBody {
     /// A HEAD response: the head alone, its `Content-Length` the GET's.
     None,
+    /// A body of the proxy's making.
     Bytes(Vec<u8>),
+    /// The upstream's own body, read in full (a manifest the proxy keeps).
+    Stored(Vec<u8>),
     /// The last upstream response's body, streamed.
     Upstream,
 }
@@ -195,8 +202,14 @@ pub fn finish(ctx: &Context, draft: Draft) -> ClientResponse {
     // R4
     rewrite_links(ctx, &offered, &mut h);
     // R5
+    let mut stored = false;
     let bytes = match body {
         DraftBody::Upstream => None,
+        DraftBody::Stored(bytes) => {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            stored = true;
+            Some(bytes)
+        }
         DraftBody::Made {
             bytes,
             content_type,
@@ -243,6 +256,7 @@ pub fn finish(ctx: &Context, draft: Draft) -> ClientResponse {
     // R7
     let body = match (ctx.head_only, bytes) {
         (true, _) => ClientBody::None,
+        (false, Some(b)) if stored => ClientBody::Stored(b),
         (false, Some(b)) => ClientBody::Bytes(b),
         (false, None) => ClientBody::Upstream,
     };

@@ -57,6 +57,8 @@ pub struct Route {
     pub catalog: bool,
     pub blob_redirect: BlobRedirect,
     pub timeout: Duration,
+    /// Seconds a tag is taken to point where it pointed (0: ask the upstream every time).
+    pub tag_ttl: u64,
     pub credentials: Option<Credentials>,
     /// Serves anonymous clients with the route's own credentials.
     pub public: bool,
@@ -195,6 +197,7 @@ struct RawRoute {
     catalog: Option<bool>,
     blob_redirect: Option<String>,
     timeout: Option<f64>,
+    tag_ttl: Option<u64>,
     username: Option<String>,
     password: Option<String>,
     token: Option<String>,
@@ -206,6 +209,7 @@ struct RawRoute {
 pub struct Defaults {
     pub blob_redirect: BlobRedirect,
     pub timeout: Duration,
+    pub tag_ttl: u64,
 }
 
 /// A host name or `*.domain`: what a `Host` header is compared with.
@@ -374,6 +378,7 @@ fn build(raw: RawRoute, index: usize, defaults: Defaults) -> Result<Route, Confi
         catalog,
         blob_redirect,
         timeout,
+        tag_ttl: raw.tag_ttl.unwrap_or(defaults.tag_ttl),
         credentials,
         public,
     })
@@ -440,6 +445,7 @@ mod tests {
         Defaults {
             blob_redirect: BlobRedirect::Pass,
             timeout: Duration::from_secs(25),
+            tag_ttl: 60,
         }
     }
 

@@ -97,9 +97,19 @@ pub fn run_with_store(
     for _ in 0..MAX_STEPS {
         for w in ex.take_writes() {
             match w {
-                Write::Set(k, v) => store.insert(k, v),
-                Write::Delete(k) => store.remove(&k),
-            };
+                Write::Set(k, v) => {
+                    store.insert(k, v);
+                }
+                Write::Delete(k) => {
+                    store.remove(&k);
+                }
+                Write::Merge { key, entry, ways } => {
+                    let bucket = store.get(&key).map(Vec::as_slice);
+                    if let Some(b) = crate::cache::merge(bucket, &entry, 0, ways) {
+                        store.insert(key, b);
+                    }
+                }
+            }
         }
         step = match step {
             Step::Load(keys) => ex.on_loaded(keys.iter().map(|k| store.get(k).cloned()).collect()),
@@ -130,7 +140,7 @@ pub fn run_with_store(
             Step::Reply(reply) => {
                 let body = match reply.body() {
                     ClientBody::None => Vec::new(),
-                    ClientBody::Bytes(b) => b.clone(),
+                    ClientBody::Bytes(b) | ClientBody::Stored(b) => b.clone(),
                     ClientBody::Upstream => last.map(|c| c.body).unwrap_or_default(),
                 };
                 return Run {
@@ -301,6 +311,13 @@ pub fn check(config: &Config, req: &Incoming, run: &Run) -> Result<(), String> {
             }
         }
     }
+    if let ClientBody::Stored(b) = run.reply.body() {
+        // The upstream's bytes read whole: their exact length.
+        if h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()) != Some(&b.len().to_string())
+        {
+            return fail("R5_STORED_BODY", "Content-Length differs".into());
+        }
+    }
     // R6: errors are OCI error JSON.
     if status.is_client_error() || status.is_server_error() {
         match run.reply.body() {
@@ -311,7 +328,9 @@ pub fn check(config: &Config, req: &Incoming, run: &Run) -> Result<(), String> {
                     return fail("R6_ERRORS", format!("{status} body is not an OCI error"));
                 }
             }
-            ClientBody::Upstream => return fail("R6_ERRORS", format!("{status} streamed")),
+            ClientBody::Upstream | ClientBody::Stored(_) => {
+                return fail("R6_ERRORS", format!("{status} with the upstream's body"))
+            }
             ClientBody::None => {}
         }
     }
@@ -637,16 +656,35 @@ pub fn canned(src: &mut Source) -> Result<Canned, Failure> {
     if src.chance(16) {
         body = src.bytes(64);
     }
+    if src.chance(100) {
+        // A length the store may keep the body by (or one that lies).
+        let len = if src.chance(200) {
+            body.len()
+        } else {
+            body.len() + 3
+        };
+        c = c.header("content-length", len.to_string());
+    }
+    if src.chance(60) {
+        c = c.header("docker-content-digest", crate::cache::sha256(&body));
+    }
     Ok(c.body(body))
 }
 
-/// One whole random exchange: configuration, request, and the upstream's answers; checked.
+/// Random exchanges on one configuration and one key-value store: requests, and the
+/// upstream's answers; each checked.
 pub fn exchange(data: &[u8]) -> Result<(), String> {
     let mut src = Source::new(data);
     let config = config(&mut src);
-    let (req, body) = incoming(&mut src);
-    let run = run(config.clone(), req.clone(), &body, |_| canned(&mut src));
-    check(&config, &req, &run).map_err(|e| format!("{e}\nrequest: {req:?}\nrun: {run:?}"))
+    let mut store = HashMap::new();
+    for _ in 0..3 {
+        let (req, body) = incoming(&mut src);
+        let run = run_with_store(config.clone(), req.clone(), &body, &mut store, |_| {
+            canned(&mut src)
+        });
+        check(&config, &req, &run).map_err(|e| format!("{e}\nrequest: {req:?}\nrun: {run:?}"))?;
+    }
+    Ok(())
 }
 
 /// A small deterministic generator (xorshift64*), for seeded runs without the fuzzer.

@@ -75,6 +75,9 @@ fn serve(
         Some((p, q)) => (p.to_string(), Some(q.to_string())),
         None => (path_query.to_string(), None),
     };
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let incoming = Incoming {
         method,
         path,
@@ -82,9 +85,7 @@ fn serve(
         headers: headers_from_wasi(&req.headers()),
         scheme: req.scheme().map(|s| scheme_name(&s)),
         authority: req.authority(),
-        now: SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        now,
     };
     let mut request = Some(req);
     let (mut exchange, mut step) = Exchange::start(config, incoming);
@@ -92,7 +93,7 @@ fn serve(
     let mut last: Option<IncomingResponse> = None;
     let mut store = KeyValue::default();
     loop {
-        store.write(exchange.take_writes());
+        store.write(exchange.take_writes(), now);
         step = match step {
             Step::Load(keys) => exchange.on_loaded(store.load(&keys)),
             Step::ReadRequest { limit } => {
@@ -147,7 +148,7 @@ impl KeyValue {
             .collect()
     }
 
-    fn write(&mut self, writes: Vec<Write>) {
+    fn write(&mut self, writes: Vec<Write>, now: u64) {
         if writes.is_empty() {
             return;
         }
@@ -156,6 +157,13 @@ impl KeyValue {
             let _ = match w {
                 Write::Set(k, v) => store.set(&k, &v),
                 Write::Delete(k) => store.delete(&k),
+                Write::Merge { key, entry, ways } => {
+                    let bucket = store.get(&key).ok().flatten();
+                    match crate::cache::merge(bucket.as_deref(), &entry, now, ways) {
+                        Some(b) => store.set(&key, &b),
+                        None => Ok(()),
+                    }
+                }
             };
         }
     }
@@ -349,7 +357,7 @@ fn write(out: ResponseOutparam, r: ClientResponse, upstream: Option<IncomingResp
         return served(0, Some("response body unavailable".into()));
     };
     let copied = match body {
-        ClientBody::Bytes(bytes) => write_all(&output, &bytes)
+        ClientBody::Bytes(bytes) | ClientBody::Stored(bytes) => write_all(&output, &bytes)
             .map(|()| bytes.len() as u64)
             .map_err(|(n, e)| (n as u64, format!("client went away: {e:?}"))),
         ClientBody::Upstream => copy_upstream(upstream, &output),

@@ -37,9 +37,19 @@ impl Exchange {
             url,
             headers,
         });
+        self.client_authorization = authorization;
+        if let Some(plan) = self.cache_plan(endpoint) {
+            return self.look_up(plan);
+        }
+        self.authorize_and_send()
+    }
+
+    /// Sends the pending request with the route's credentials, or the client's.
+    pub(super) fn authorize_and_send(&mut self) -> Step {
+        let is_base = self.endpoint == Some(Endpoint::Base);
         match self.route().and_then(|r| r.credentials.clone()) {
             // The route authenticates upstream itself: the client's Authorization stays here.
-            Some(_) if *endpoint == Endpoint::Base => self.reply(Draft::made(
+            Some(_) if is_base => self.reply(Draft::made(
                 StatusCode::OK,
                 b"{}".to_vec(),
                 "application/json",
@@ -59,7 +69,10 @@ impl Exchange {
                 self.waiting = Waiting::OwnCredentials { scope };
                 Step::Load(keys)
             }
-            None => self.send_pending(authorization),
+            None => {
+                let authorization = self.client_authorization.clone();
+                self.send_pending(authorization)
+            }
         }
     }
 
@@ -100,6 +113,10 @@ impl Exchange {
                 return step;
             }
         }
+        if hop == Role::Registry {
+            let base = self.endpoint == Some(Endpoint::Base);
+            self.keep_challenge(&head, base);
+        }
         if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
             let location = head.headers().get(header::LOCATION).cloned();
             return match location {
@@ -139,6 +156,9 @@ impl Exchange {
         }
         if status.is_client_error() || status.is_server_error() {
             self.cause = Some(format!("upstream answered {status}"));
+        }
+        if let Some(step) = self.keep_manifest(&head) {
+            return step;
         }
         if let Some(Endpoint::Blob { digest, .. }) = &self.endpoint {
             // Blob storage answers without it; the digest is the blob's name.
@@ -199,6 +219,9 @@ impl Exchange {
         // A redirect to another registry's API (registry.k8s.io to Artifact Registry) is still
         // the API, which the proxy speaks; one to storage is a download the client may make.
         let to_api = target.path().starts_with("/v2/");
+        if !to_api {
+            self.keep_redirect(&target);
+        }
         let is_blob = matches!(self.endpoint, Some(Endpoint::Blob { .. }));
         if is_blob && !to_api && route.blob_redirect == BlobRedirect::Pass {
             return self.reply(Draft::redirect(status, target));
@@ -356,7 +379,7 @@ impl Exchange {
     /// HEAD stays HEAD upstream (Docker Hub does not count it against the pull limit), except
     /// for a rewritten listing: its HEAD announces the rewritten length, so it needs the body.
     pub(super) fn upstream_method(&self) -> Method {
-        if self.head_only && !self.rewrites_listing() {
+        if self.head_only && !self.rewrites_listing() && !self.fetch_body {
             Method::HEAD
         } else {
             Method::GET

@@ -752,8 +752,8 @@ fn token_scopes_with_invalid_names_are_refused_before_any_request() {
 #[test]
 fn randomized_exchanges_keep_every_invariant() {
     let mut seeds = simulate::Seeded::new(0x5eed);
-    for i in 0..20_000 {
-        let data = seeds.fill(192);
+    for i in 0..10_000 {
+        let data = seeds.fill(512);
         if let Err(e) = simulate::exchange(&data) {
             panic!("run {i}: {e}");
         }
@@ -1143,4 +1143,232 @@ fn quay_pages_tags_with_next_page() {
         header(&run, "link"),
         "</v2/app/tags/list?n=2&next_page=gAAAAB%3D>; rel=\"next\""
     );
+}
+
+// ------------------------------------------------------------------------------------------
+// The store
+
+const INDEX: &str =
+    r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const BLOB: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+/// A token-auth upstream (distribution and a realm on 127.0.0.2) whose blobs redirect to
+/// signed storage URLs; counts what it is asked.
+fn signed_upstream(
+    count: std::rc::Rc<std::cell::Cell<u32>>,
+) -> impl FnMut(&Request<Vec<u8>>) -> Result<Canned, Failure> {
+    move |r| {
+        count.set(count.get() + 1);
+        let auth = r
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap().to_string());
+        let digest = crate::cache::sha256(INDEX.as_bytes());
+        Ok(
+            match (
+                r.uri().authority().unwrap().as_str(),
+                r.uri().path(),
+                auth.as_deref(),
+            ) {
+                ("127.0.0.2:5001", "/token", _) => {
+                    Canned::new(200).body(r#"{"token":"anon-1","expires_in":300}"#)
+                }
+                ("127.0.0.1:5000", _, Some("Bearer anon-1"))
+                    if r.uri().path().contains("/manifests/") =>
+                {
+                    Canned::new(200)
+                        .header("content-type", OCI_INDEX)
+                        .header("docker-content-digest", digest)
+                        .header("content-length", INDEX.len().to_string())
+                        .body(INDEX)
+                }
+                ("127.0.0.1:5000", p, Some("Bearer anon-1")) if p.contains("/blobs/") => {
+                    Canned::new(307).header(
+                        "location",
+                        "http://127.0.0.3:5002/blob?X-Amz-Date=20991130T120000Z&X-Amz-Expires=600",
+                    )
+                }
+                ("127.0.0.1:5000", _, _) => {
+                    bearer("http://127.0.0.2:5001/token", "repository:app:pull")
+                }
+                _ => Canned::new(404),
+            },
+        )
+    }
+}
+
+/// What docker does for a pull of `app:1` with one layer, against `cfg` and `store`:
+/// returns the upstream requests it cost.
+fn docker_pull(cfg: &Config, store: &mut std::collections::HashMap<String, Vec<u8>>) -> u32 {
+    let count = std::rc::Rc::new(std::cell::Cell::new(0));
+    let digest = crate::cache::sha256(INDEX.as_bytes());
+    let accept = "application/vnd.oci.image.index.v1+json";
+    let mut step = |req: Incoming, want: u16| {
+        let run = simulate::run_with_store(
+            cfg.clone(),
+            req.clone(),
+            b"",
+            store,
+            signed_upstream(count.clone()),
+        );
+        simulate::check(cfg, &req, &run).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(status(&run), want, "{} {}: {run:?}", req.method, req.path);
+        run
+    };
+    step(incoming(Method::GET, "/v2/", &[]), 401);
+    let token = step(
+        incoming(
+            Method::GET,
+            "/token?service=x&scope=repository:app:pull",
+            &[],
+        ),
+        200,
+    );
+    let v: serde_json::Value = serde_json::from_slice(&token.body).unwrap();
+    assert_eq!(v["token"], "anon-1");
+    let bearer: &'static str =
+        Box::leak(format!("Bearer {}", v["token"].as_str().unwrap()).into_boxed_str());
+    let auth = [("authorization", bearer), ("accept", accept)];
+    let head = step(incoming(Method::HEAD, "/v2/app/manifests/1", &auth), 200);
+    assert_eq!(header(&head, "docker-content-digest"), digest);
+    assert_eq!(header(&head, "content-length"), INDEX.len().to_string());
+    let get = step(
+        incoming(Method::GET, &format!("/v2/app/manifests/{digest}"), &auth),
+        200,
+    );
+    assert_eq!(get.body, INDEX.as_bytes());
+    let blob = step(
+        incoming(Method::GET, &format!("/v2/app/blobs/{BLOB}"), &auth),
+        307,
+    );
+    assert!(header(&blob, "location").starts_with("http://127.0.0.3:5002/blob?"));
+    count.get()
+}
+
+#[test]
+fn a_warm_pull_costs_the_upstream_nothing() {
+    let cfg = config(&[]);
+    let mut store = std::collections::HashMap::new();
+    // Learn the realm, get a token, GET the manifest (for the HEAD by tag), the blob.
+    assert_eq!(docker_pull(&cfg, &mut store), 4);
+    assert_eq!(docker_pull(&cfg, &mut store), 0);
+    assert!(!format!("{store:?}").contains("s3cret"));
+    // With tags not kept, the tag goes upstream each time (a HEAD), the rest stays warm.
+    let cfg = config(&[("tag_ttl", "0")]);
+    let mut store = std::collections::HashMap::new();
+    assert_eq!(docker_pull(&cfg, &mut store), 5);
+    assert_eq!(docker_pull(&cfg, &mut store), 1);
+}
+
+#[test]
+fn the_store_keeps_nothing_a_client_with_credentials_got() {
+    let cfg = config(&[]);
+    let mut store = std::collections::HashMap::new();
+    let req = incoming(
+        Method::HEAD,
+        "/v2/app/manifests/1",
+        &[
+            ("authorization", "Bearer someone-s-token"),
+            ("accept", OCI_INDEX),
+        ],
+    );
+    let run = simulate::run_with_store(cfg.clone(), req, b"", &mut store, |r| {
+        assert_eq!(
+            r.method(),
+            Method::HEAD,
+            "a HEAD with credentials stays a HEAD"
+        );
+        Ok(Canned::new(200).header("content-type", OCI_INDEX))
+    });
+    assert_eq!(status(&run), 200);
+    assert!(store.is_empty(), "{store:?}");
+}
+
+#[test]
+fn kept_manifests_are_served_only_to_clients_that_accept_them() {
+    let cfg = config(&[]);
+    let mut store = std::collections::HashMap::new();
+    docker_pull(&cfg, &mut store);
+    let digest = crate::cache::sha256(INDEX.as_bytes());
+    let v2s2 = "application/vnd.docker.distribution.manifest.v2+json";
+    let req = incoming(
+        Method::GET,
+        &format!("/v2/app/manifests/{digest}"),
+        &[("accept", v2s2)],
+    );
+    let asked = std::rc::Rc::new(std::cell::Cell::new(0));
+    let run = simulate::run_with_store(
+        cfg.clone(),
+        req,
+        b"",
+        &mut store,
+        signed_upstream(asked.clone()),
+    );
+    assert_eq!(
+        asked.get(),
+        1,
+        "served from the store to a client that does not take it"
+    );
+    assert_eq!(status(&run), 401);
+    // A kept manifest whose bytes no longer hash to its digest is never served.
+    for v in store.values_mut() {
+        let text = String::from_utf8_lossy(v).into_owned();
+        let bytes = crate::base64::encode(INDEX.as_bytes());
+        if text.contains(&bytes) {
+            *v = text
+                .replace(&bytes, &crate::base64::encode(b"{}"))
+                .into_bytes();
+        }
+    }
+    let req = incoming(
+        Method::GET,
+        &format!("/v2/app/manifests/{digest}"),
+        &[("accept", OCI_INDEX)],
+    );
+    let asked = std::rc::Rc::new(std::cell::Cell::new(0));
+    simulate::run_with_store(cfg, req, b"", &mut store, signed_upstream(asked.clone()));
+    assert_eq!(asked.get(), 1);
+}
+
+#[test]
+fn follow_mode_goes_to_storage_directly_when_warm() {
+    let cfg = config(&[
+        ("blob_redirect", "follow"),
+        ("upstream_cdn", "http://127.0.0.3:5002"),
+    ]);
+    let mut store = std::collections::HashMap::new();
+    let auth = [("authorization", "Bearer anon-1")];
+    let blob = |store: &mut std::collections::HashMap<String, Vec<u8>>| {
+        // The realm's anonymous token first, so the blob request is an anonymous one.
+        let count = std::rc::Rc::new(std::cell::Cell::new(0));
+        let t = incoming(Method::GET, "/token?scope=repository:app:pull", &[]);
+        simulate::run_with_store(cfg.clone(), t, b"", store, signed_upstream(count.clone()));
+        let before = count.get();
+        let req = incoming(Method::GET, &format!("/v2/app/blobs/{BLOB}"), &auth);
+        let run = simulate::run_with_store(cfg.clone(), req, b"", store, |r| {
+            count.set(count.get() + 1);
+            Ok(match r.uri().port_u16() {
+                Some(5002) => Canned::new(200).body("blob bytes"),
+                _ => signed_upstream(std::rc::Rc::new(std::cell::Cell::new(0)))(r)?,
+            })
+        });
+        assert_eq!(run.body, b"blob bytes");
+        count.get() - before
+    };
+    assert_eq!(blob(&mut store), 2);
+    assert_eq!(blob(&mut store), 1);
+}
+
+#[test]
+fn an_unreachable_store_costs_requests_never_answers() {
+    let cfg = config(&[]);
+    let count = std::rc::Rc::new(std::cell::Cell::new(0));
+    // Every load finds nothing, every write is lost: as without a store.
+    for _ in 0..2 {
+        let req = incoming(Method::GET, "/token?scope=repository:app:pull", &[]);
+        let run = simulate::run(cfg.clone(), req, b"", signed_upstream(count.clone()));
+        assert_eq!(status(&run), 200);
+    }
+    assert_eq!(count.get(), 4);
 }

@@ -21,7 +21,7 @@ impl Exchange {
             // The route uses its own credentials upstream for every client.
             return self.anonymous_token();
         }
-        self.probe("/v2/", None, Waiting::RealmDiscovery(req))
+        self.token_lookup(req)
     }
 
     /// The route a token request is for: the one serving every repository its scopes name
@@ -82,6 +82,7 @@ impl Exchange {
     }
 
     pub(super) fn realm_discovered(&mut self, head: Response<()>, req: TokenRequest) -> Step {
+        self.keep_challenge(&head, true);
         let status = head.status();
         if status.is_success() {
             // `/v2/` is open, but a repository may still challenge (a private one, or a
@@ -207,6 +208,9 @@ impl Exchange {
     pub(super) fn token_issued(&mut self, head: Response<()>, request: Request<Vec<u8>>) -> Step {
         let status = head.status();
         if status.is_success() {
+            if let Some(step) = self.keep_anonymous_token(&head) {
+                return step;
+            }
             return self.reply(Draft::upstream(head));
         }
         if status.is_redirection() && status != StatusCode::NOT_MODIFIED {

@@ -133,6 +133,17 @@ def start_proxy(variables: dict, host: str = "127.0.0.1", name: str = "proxy",
     return proxy
 
 
+def outbound(proxy: Service) -> dict:
+    """The test host's outbound requests per origin so far (it prints them on SIGUSR1)."""
+    import json
+    before = proxy.log().count("OUTBOUND ")
+    os.kill(proxy.pid, signal.SIGUSR1)
+    text = proxy.wait_log(lambda t: t.count("OUTBOUND ") > before)
+    lines = [ln for ln in text.splitlines() if ln.startswith("OUTBOUND ")]
+    assert len(lines) > before, f"{proxy.name} printed no counts:\n{text[-2000:]}"
+    return json.loads(lines[-1][len("OUTBOUND "):])
+
+
 def manifest_with_hosts(hosts, where: Path) -> Path:
     """spin.toml with `allowed_outbound_hosts` = `hosts`, naming the same component file."""
     import re

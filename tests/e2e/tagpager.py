@@ -9,16 +9,22 @@ rel="next"` (relative, like distribution's catalog Link).
 Every other request, and tags/list without n/last, is relayed unchanged (status, headers, body;
 Authorization included, so the upstream's auth still applies). Each paginated request is logged
 as `PAGERLOG {json}`.
+
+With `--sign-redirects SECONDS`, the `Location` of every redirect gets `Expires=<now+SECONDS>`
+appended, as CloudFront's signed URLs carry it (the static CDN ignores queries): what lets the
+proxy keep a blob's redirect for as long as its signature lasts.
 """
 import argparse
 import http.client
 import json
 import socket
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 UPSTREAM = None
+SIGN_SECONDS = None
 HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
        "proxy-authorization", "proxy-authenticate"}
 
@@ -43,9 +49,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def _upstream(self, method, path, body=None):
         conn = http.client.HTTPConnection(UPSTREAM.hostname, UPSTREAM.port, timeout=120)
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP | {"host"}}
-        headers["Host"] = self.headers.get("Host", UPSTREAM.netloc)
-        conn.request(method, path, body=body, headers=headers)
+        # Every header line as it came: clients send one Accept line per media type.
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", self.headers.get("Host", UPSTREAM.netloc))
+        for k, v in self.headers.items():
+            if k.lower() not in HOP | {"host", "content-length"}:
+                conn.putheader(k, v)
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
         resp = conn.getresponse()
         data = resp.read() if method != "HEAD" else b""
         conn.close()
@@ -56,6 +68,8 @@ class Handler(BaseHTTPRequestHandler):
         for k, v in headers:
             if k.lower() in HOP or k.lower() == "content-length":
                 continue
+            if k.lower() == "location" and SIGN_SECONDS and 300 <= status < 400:
+                v += ("&" if "?" in v else "?") + f"Expires={int(time.time()) + SIGN_SECONDS}"
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(data) if length is None else length))
         self.end_headers()
@@ -110,12 +124,14 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main():
-    global UPSTREAM
+    global UPSTREAM, SIGN_SECONDS
     ap = argparse.ArgumentParser()
     ap.add_argument("--listen", required=True)
     ap.add_argument("--upstream", required=True)
+    ap.add_argument("--sign-redirects", type=int, metavar="SECONDS")
     a = ap.parse_args()
     UPSTREAM = urlsplit(a.upstream)
+    SIGN_SECONDS = a.sign_redirects
     host, _, port = a.listen.rpartition(":")
     srv = ThreadingHTTPServer((host, int(port)), Handler)
     srv.daemon_threads = True

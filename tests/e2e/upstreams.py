@@ -173,12 +173,14 @@ def start_registry(kind: str, workdir: Path, token: TokenServer = None,
     return Registry(service=svc, cdn=cdn, **reg)
 
 
-def start_tag_pager(registry: Registry) -> Registry:
-    """`registry` behind tagpager.py (tags/list paginated like distribution 3 / Docker Hub)."""
+def start_tag_pager(registry: Registry, sign_redirects=None) -> Registry:
+    """`registry` behind tagpager.py (tags/list paginated like distribution 3 / Docker Hub;
+    with `sign_redirects`, redirects carrying an expiry like CloudFront's signed URLs)."""
     port = free_port(registry.service.host)
+    extra = ["--sign-redirects", str(sign_redirects)] if sign_redirects else []
     svc = Service(f"tagpager-{registry.kind}",
                   [sys.executable, HERE / "tagpager.py", "--listen",
-                   f"{registry.service.host}:{port}", "--upstream", registry.url],
+                   f"{registry.service.host}:{port}", "--upstream", registry.url, *extra],
                   host=registry.service.host, port=port)
     return Registry(kind=registry.kind, service=svc, storage=registry.storage,
                     push_creds=registry.push_creds, pull_creds=registry.pull_creds,
@@ -256,12 +258,14 @@ class Upstreams:
         return {"anon": self.anon, "basic": self.basic, "token": self.token}
 
     def front(self, kind: str, what: str) -> Registry:
-        """The registry of `kind` behind a front, started on first use: "paged" (tagpager.py)
-        or "gzip" (nginx compressing JSON)."""
+        """The registry of `kind` behind a front, started on first use: "paged" (tagpager.py),
+        "signed" (tagpager.py signing redirects for an hour) or "gzip" (nginx compressing
+        JSON)."""
         if not hasattr(self, "_fronts"):
             self._fronts = {}
         if (kind, what) not in self._fronts:
-            start = {"paged": start_tag_pager, "gzip": start_gzip_front}[what]
+            start = {"paged": start_tag_pager, "gzip": start_gzip_front,
+                     "signed": lambda r: start_tag_pager(r, sign_redirects=3600)}[what]
             self._fronts[kind, what] = start(self.registries[kind])
             self._stoppables.append(self._fronts[kind, what])
         return self._fronts[kind, what]

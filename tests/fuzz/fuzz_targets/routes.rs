@@ -8,7 +8,7 @@ use spin_registry_proxy::origin::OriginError;
 use spin_registry_proxy::routes::{self, Defaults};
 use std::time::Duration;
 
-const FIELDS: [&str; 12] = [
+const FIELDS: [&str; 13] = [
     "preset",
     "upstream",
     "auth",
@@ -103,6 +103,7 @@ fuzz_target!(|text: &str| {
     let defaults = Defaults {
         blob_redirect: BlobRedirect::Pass,
         timeout: Duration::from_secs(25),
+        tag_ttl: 60,
     };
     match routes::parse(text, defaults) {
         Ok(table) => {

@@ -2,7 +2,7 @@
 
 use crate::kv::{KvView, SharedStores};
 use crate::manifest::Manifest;
-use crate::outbound::{OutboundPolicy, PolicyHooks};
+use crate::outbound::{Counters, OutboundPolicy, PolicyHooks};
 use crate::routes::Route;
 use crate::variables::{self, AppVariables, ComponentVariables};
 use anyhow::{Context, Result};
@@ -19,12 +19,14 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 pub struct App {
     pub routes: Vec<Route>,
     pub handlers: Vec<Arc<ComponentHandler>>,
+    pub counters: Arc<Counters>,
 }
 
 pub struct ComponentHandler {
     pub id: String,
     pre: ProxyPre<RequestState>,
     policy: Arc<OutboundPolicy>,
+    counters: Arc<Counters>,
     variables: Arc<HashMap<String, String>>,
     environment: Vec<(String, String)>,
     stores: SharedStores,
@@ -81,6 +83,7 @@ impl App {
         stores: SharedStores,
     ) -> Result<Self> {
         let engine = Engine::new(&Config::new())?;
+        let counters = Arc::new(Counters::default());
         let mut loaded: BTreeMap<&str, Arc<ComponentHandler>> = BTreeMap::new();
         let mut routes = Vec::new();
         let mut handlers = Vec::new();
@@ -90,8 +93,15 @@ impl App {
                 Some(h) => h.clone(),
                 None => {
                     let h = Arc::new(
-                        ComponentHandler::load(&engine, id, manifest, app_vars, stores.clone())
-                            .with_context(|| format!("cannot load component {id:?}"))?,
+                        ComponentHandler::load(
+                            &engine,
+                            id,
+                            manifest,
+                            app_vars,
+                            stores.clone(),
+                            counters.clone(),
+                        )
+                        .with_context(|| format!("cannot load component {id:?}"))?,
                     );
                     loaded.insert(id, h.clone());
                     h
@@ -100,7 +110,11 @@ impl App {
             routes.push(trigger.route.clone());
             handlers.push(handler);
         }
-        Ok(Self { routes, handlers })
+        Ok(Self {
+            routes,
+            handlers,
+            counters,
+        })
     }
 }
 
@@ -111,6 +125,7 @@ impl ComponentHandler {
         manifest: &Manifest,
         app_vars: &AppVariables,
         stores: SharedStores,
+        counters: Arc<Counters>,
     ) -> Result<Self> {
         let spec = &manifest.components[id];
         stores.check_grants(id, &spec.key_value_stores)?;
@@ -137,6 +152,7 @@ impl ComponentHandler {
             id: id.to_string(),
             pre,
             policy,
+            counters,
             variables,
             environment: spec.environment.clone().into_iter().collect(),
             stores,
@@ -155,7 +171,7 @@ impl ComponentHandler {
             table: ResourceTable::new(),
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
-            hooks: PolicyHooks(self.policy.clone()),
+            hooks: PolicyHooks(self.policy.clone(), self.counters.clone()),
             variables: ComponentVariables(self.variables.clone()),
             stores: self.stores.clone(),
             granted: self.granted.clone(),

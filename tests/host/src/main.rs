@@ -54,6 +54,7 @@ fn run() -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         announce(&app, listener.local_addr()?)?;
+        tokio::spawn(print_counters_on_usr1(app.clone()));
         tokio::select! {
             r = server::serve(app, listener) => r,
             r = shutdown_signal() => r,
@@ -79,6 +80,18 @@ fn announce(app: &app::App, addr: std::net::SocketAddr) -> Result<()> {
         writeln!(out, "  {}: http://{addr}{path}{suffix}", handler.id)?;
     }
     out.flush()?;
+    Ok(())
+}
+
+/// `kill -USR1 <pid>` prints the outbound requests per origin (one `OUTBOUND {...}` line).
+async fn print_counters_on_usr1(app: Arc<app::App>) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    while usr1.recv().await.is_some() {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", app.counters.line())?;
+        out.flush()?;
+    }
     Ok(())
 }
 

@@ -153,8 +153,33 @@ impl AllowedHost {
 
 type IoFuture = Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
 
+/// Outbound requests per origin (`scheme://host:port`), since the host started: what a test
+/// or benchmark counts an upstream's cost by. `SIGUSR1` prints them.
+#[derive(Default)]
+pub struct Counters(std::sync::Mutex<std::collections::BTreeMap<String, u64>>);
+
+impl Counters {
+    fn count(&self, uri: &http::Uri) {
+        let origin = format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or("http"),
+            uri.authority().map(|a| a.as_str()).unwrap_or("")
+        );
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry(origin).or_default() += 1;
+        }
+    }
+
+    /// One line: `OUTBOUND {"<origin>": <requests>, ...}`.
+    pub fn line(&self) -> String {
+        let m = self.0.lock().map(|m| m.clone()).unwrap_or_default();
+        let pairs: Vec<String> = m.iter().map(|(k, v)| format!("\"{k}\": {v}")).collect();
+        format!("OUTBOUND {{{}}}", pairs.join(", "))
+    }
+}
+
 /// The wasi-http hooks for one request's store: the default sender behind the policy.
-pub struct PolicyHooks(pub Arc<OutboundPolicy>);
+pub struct PolicyHooks(pub Arc<OutboundPolicy>, pub Arc<Counters>);
 
 impl WasiHttpHooks for PolicyHooks {
     fn send_request(
@@ -166,6 +191,7 @@ impl WasiHttpHooks for PolicyHooks {
         dyn Future<Output = wasmtime_wasi_http::Result<(http::Response<WasiBody>, IoFuture)>>
             + Send,
     > {
+        self.1.count(request.uri());
         if !self.0.allows(request.uri()) {
             // The URL only: headers may carry credentials.
             eprintln!(

@@ -1,0 +1,419 @@
+//! What the proxy keeps of upstream answers in Spin's key-value store, so that a warm pull
+//! costs the upstream nothing: manifests by digest (immutable), tags by what they pointed at a
+//! moment ago, the `/v2/` challenge of each upstream, anonymous tokens, and blob redirect
+//! targets for as long as their signature lasts.
+//!
+//! Only what an anonymous upstream request returned is kept (or what a public route's own
+//! credentials returned): whatever is kept may be served to any client of the route.
+//!
+//! Entries live in a fixed number of buckets per kind (a hash of their identity picks the
+//! bucket), each of a few entries: the store never holds more than `BUCKETS` × `ways` entries
+//! of a kind, with no index to keep. A bucket is rewritten whole (`merge`): two instances that
+//! write one at once lose an entry, which only costs a request later. Every entry repeats its
+//! identity, and is used only if the identity matches.
+
+use crate::routes::Route;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Buckets per kind.
+pub const BUCKETS: u64 = 256;
+/// Largest manifest kept (the distribution spec's clients accept up to 4 MiB; real ones are
+/// a few KiB).
+pub const MAX_MANIFEST: usize = 128 << 10;
+
+/// How long the upstream's `/v2/` answer (its challenge) is trusted.
+pub const BASE_SECONDS: u64 = 300;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Manifest,
+    Tag,
+    Base,
+    AnonymousToken,
+    /// A token the proxy handed a client as anonymous: requests with it are anonymous ones.
+    Issued,
+    Redirect,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Manifest => "manifest",
+            Kind::Tag => "tag",
+            Kind::Base => "base",
+            Kind::AnonymousToken => "anonymous-token",
+            Kind::Issued => "issued",
+            Kind::Redirect => "redirect",
+        }
+    }
+}
+
+fn digest_hex(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The identity of an entry: what it is about, in full.
+pub fn identity(route: &Route, kind: Kind, parts: &[&str]) -> String {
+    let upstream = route.upstream.to_string();
+    let mut all = vec![kind.name(), upstream.as_str()];
+    all.extend_from_slice(parts);
+    digest_hex(&all)
+}
+
+impl Kind {
+    /// Entries a bucket holds: few manifests (they are the large ones), more of the rest.
+    pub fn ways(self) -> usize {
+        match self {
+            Kind::Manifest => 4,
+            _ => 8,
+        }
+    }
+}
+
+/// The key of the bucket an identity lives in; `Base` (one per route) has a key of its own.
+pub fn key(kind: Kind, identity: &str) -> String {
+    if kind == Kind::Base {
+        return format!("spin-registry-proxy:{}:{identity}", kind.name());
+    }
+    let bucket =
+        u64::from_str_radix(&identity[..12.min(identity.len())], 16).unwrap_or(0) % BUCKETS;
+    format!("spin-registry-proxy:{}:{bucket}", kind.name())
+}
+
+/// The value of `identity` in a stored bucket, if it is there and still good at `now`.
+pub fn find<T: for<'de> Deserialize<'de>>(
+    bucket: Option<&[u8]>,
+    identity: &str,
+    now: u64,
+) -> Option<T> {
+    let entries: Vec<Entry<serde_json::Value>> = serde_json::from_slice(bucket?).ok()?;
+    let e = entries
+        .into_iter()
+        .find(|e| e.identity == identity && now < e.until)?;
+    serde_json::from_value(e.value).ok()
+}
+
+/// A stored bucket with `entry` in it: in place of the same identity's, and of what has ended;
+/// the entry that ends first gives way when the bucket is full.
+pub fn merge(bucket: Option<&[u8]>, entry: &[u8], now: u64, ways: usize) -> Option<Vec<u8>> {
+    let new: Entry<serde_json::Value> = serde_json::from_slice(entry).ok()?;
+    let mut entries: Vec<Entry<serde_json::Value>> = bucket
+        .and_then(|b| serde_json::from_slice(b).ok())
+        .unwrap_or_default();
+    entries.retain(|e| e.identity != new.identity && now < e.until);
+    while entries.len() >= ways.max(1) {
+        let first = entries
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, e)| e.until)
+            .map(|(i, _)| i)?;
+        entries.remove(first);
+    }
+    entries.push(new);
+    serde_json::to_vec(&entries).ok()
+}
+
+/// `Accept` as a cache key part: its media types, sorted, so clients that list the same ones
+/// in another order share entries.
+pub fn accept_key(accepts: &[String]) -> String {
+    let mut types: Vec<String> = accepts
+        .iter()
+        .flat_map(|a| a.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    types.sort();
+    types.dedup();
+    types.join(",")
+}
+
+/// Whether a client that sent these `Accept` values takes `media_type` (with no `Accept`,
+/// registries choose differently: such a client is never served from the store).
+pub fn accepts(accepts: &[String], media_type: &str) -> bool {
+    accepts
+        .iter()
+        .flat_map(|a| a.split(','))
+        .map(|t| t.split(';').next().unwrap_or("").trim())
+        .any(|t| t.eq_ignore_ascii_case(media_type) || t == "*/*")
+}
+
+/// One kept answer: its identity, until when it is good, and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry<T> {
+    pub identity: String,
+    /// Unix seconds; `u64::MAX` for what never changes.
+    pub until: u64,
+    pub value: T,
+}
+
+impl<T: Serialize + for<'de> Deserialize<'de>> Entry<T> {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The entry stored in a slot, if it is this identity's and still good at `now`.
+    pub fn decode(bytes: &[u8], identity: &str, now: u64) -> Option<T> {
+        serde_json::from_slice::<Entry<T>>(bytes)
+            .ok()
+            .filter(|e| e.identity == identity && now < e.until)
+            .map(|e| e.value)
+    }
+}
+
+/// A manifest as the upstream sent it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub media_type: String,
+    pub digest: String,
+    /// The bytes, in base64 (the entry is JSON).
+    pub bytes: String,
+}
+
+impl Manifest {
+    pub fn new(media_type: String, bytes: &[u8]) -> Self {
+        Self {
+            media_type,
+            digest: sha256(bytes),
+            bytes: crate::base64::encode(bytes),
+        }
+    }
+
+    /// The bytes, if they still hash to the digest.
+    pub fn bytes(&self) -> Option<Vec<u8>> {
+        let bytes = crate::base64::decode(&self.bytes)?;
+        (sha256(&bytes) == self.digest).then_some(bytes)
+    }
+}
+
+/// What a tag pointed at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tag {
+    pub media_type: String,
+    pub digest: String,
+    pub length: u64,
+}
+
+/// The upstream's `/v2/` answer: its status and challenge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Base {
+    pub status: u16,
+    pub challenge: Option<String>,
+}
+
+/// An anonymous token of the upstream's realm, and when the realm said it ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnonymousToken {
+    pub token: String,
+    pub expires_at: u64,
+}
+
+/// The sha256 digest of `bytes`, as the registry names it.
+pub fn sha256(bytes: &[u8]) -> String {
+    let hex: String = Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256:{hex}")
+}
+
+/// When a signed blob URL stops working: S3's `X-Amz-Date` + `X-Amz-Expires`, Cloud Storage's
+/// `X-Goog-Date` + `X-Goog-Expires`, CloudFront's and Azure's `Expires`/`se`, Cloudflare's
+/// (Docker Hub) `verify=<expiry>-<signature>`. `None`: the URL says nothing, so it is not kept.
+pub fn signed_until(url: &url::Url) -> Option<u64> {
+    let q: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    let get = |name: &str| {
+        q.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    for (date, expires) in [
+        ("X-Amz-Date", "X-Amz-Expires"),
+        ("X-Goog-Date", "X-Goog-Expires"),
+    ] {
+        if let (Some(d), Some(e)) = (get(date), get(expires)) {
+            return Some(iso_basic_to_unix(d)? + e.parse::<u64>().ok()?);
+        }
+    }
+    if let Some(e) = get("Expires") {
+        return e.parse().ok();
+    }
+    if let Some(se) = get("se") {
+        return iso_extended_to_unix(se);
+    }
+    if let Some(v) = get("verify") {
+        return v.split('-').next()?.parse().ok();
+    }
+    None
+}
+
+/// Days from 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+fn days(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn unix(y: i64, mo: i64, d: i64, h: i64, mi: i64, s: i64) -> Option<u64> {
+    let ok = (1..=12).contains(&mo) && (1..=31).contains(&d) && h < 24 && mi < 60 && s < 61;
+    ok.then(|| days(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s)
+        .and_then(|t| u64::try_from(t).ok())
+}
+
+/// `20261130T120000Z`
+fn iso_basic_to_unix(t: &str) -> Option<u64> {
+    let b = t.as_bytes();
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+    unix(
+        n(0..4)?,
+        n(4..6)?,
+        n(6..8)?,
+        n(9..11)?,
+        n(11..13)?,
+        n(13..15)?,
+    )
+}
+
+/// `2026-11-30T12:00:00Z`
+fn iso_extended_to_unix(t: &str) -> Option<u64> {
+    let compact: String = t.chars().filter(|c| !matches!(c, '-' | ':')).collect();
+    iso_basic_to_unix(&compact)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_urls_say_when_they_end() {
+        let u = |s: &str| url::Url::parse(s).unwrap();
+        assert_eq!(
+            signed_until(&u("https://b.s3.amazonaws.com/x?X-Amz-Date=20261130T120000Z&X-Amz-Expires=600&X-Amz-Signature=s")),
+            Some(1_796_040_600)
+        );
+        assert_eq!(
+            signed_until(&u(
+                "https://storage.googleapis.com/x?X-Goog-Date=20261130T120000Z&X-Goog-Expires=60"
+            )),
+            Some(1_796_040_060)
+        );
+        assert_eq!(
+            signed_until(&u(
+                "https://d1.cloudfront.net/x?Expires=1796040000&Signature=s"
+            )),
+            Some(1_796_040_000)
+        );
+        assert_eq!(
+            signed_until(&u(
+                "https://a.blob.core.windows.net/x?se=2026-11-30T12:00:00Z&sig=s"
+            )),
+            Some(1_796_040_000)
+        );
+        assert_eq!(
+            signed_until(&u(
+                "https://production.cloudflare.docker.com/x?verify=1796040000-abc%3D"
+            )),
+            Some(1_796_040_000)
+        );
+        assert_eq!(
+            signed_until(&u("http://127.0.0.3:5002/docker/registry/v2/blobs/x/data")),
+            None
+        );
+        assert_eq!(
+            signed_until(&u("https://s3/x?X-Amz-Date=garbage&X-Amz-Expires=60")),
+            None
+        );
+    }
+
+    #[test]
+    fn entries_are_used_only_by_their_identity_and_until_they_end() {
+        let e = Entry {
+            identity: "abc".into(),
+            until: 100,
+            value: Tag {
+                media_type: "t".into(),
+                digest: "sha256:0".into(),
+                length: 1,
+            },
+        };
+        let bucket = merge(None, &e.encode(), 0, 8).unwrap();
+        assert_eq!(find::<Tag>(Some(&bucket), "abc", 99), Some(e.value.clone()));
+        assert_eq!(find::<Tag>(Some(&bucket), "abc", 100), None);
+        assert_eq!(find::<Tag>(Some(&bucket), "abd", 0), None);
+        assert_eq!(find::<Tag>(Some(b"garbage"), "abc", 0), None);
+        assert_eq!(Entry::<Tag>::decode(&e.encode(), "abc", 0), Some(e.value));
+    }
+
+    #[test]
+    fn buckets_keep_the_newest_and_drop_what_ended_first() {
+        let entry = |id: &str, until: u64| {
+            Entry {
+                identity: id.into(),
+                until,
+                value: 1u8,
+            }
+            .encode()
+        };
+        let mut b = None;
+        for (i, until) in [50u64, 10, 40, 30].into_iter().enumerate() {
+            b = merge(b.as_deref(), &entry(&format!("e{i}"), until), 0, 3);
+        }
+        let b = b.unwrap();
+        assert_eq!(
+            find::<u8>(Some(&b), "e1", 0),
+            None,
+            "the one that ends first gave way"
+        );
+        for id in ["e0", "e2", "e3"] {
+            assert_eq!(find::<u8>(Some(&b), id, 0), Some(1), "{id}");
+        }
+        let b = merge(Some(&b), &entry("e9", 99), 45, 3).unwrap();
+        assert_eq!(find::<u8>(Some(&b), "e0", 45), Some(1));
+        assert_eq!(find::<u8>(Some(&b), "e2", 45), None, "ended");
+        assert!(merge(Some(b"garbage"), &entry("x", 1), 0, 3).is_some());
+    }
+
+    #[test]
+    fn manifests_keep_their_bytes_and_prove_them() {
+        let bytes = br#"{"schemaVersion":2}"#;
+        let m = Manifest::new("application/vnd.oci.image.manifest.v1+json".into(), bytes);
+        assert_eq!(m.bytes().unwrap(), bytes);
+        let mut bad = m.clone();
+        bad.bytes = crate::base64::encode(b"{}");
+        assert_eq!(bad.bytes(), None);
+    }
+
+    #[test]
+    fn accept_lists_in_any_order_share_a_key() {
+        let a = accept_key(&["b/x, a/y".into()]);
+        assert_eq!(a, accept_key(&["a/y".into(), "B/X".into()]));
+        assert!(accepts(&["a/y;q=0.5, b/x".into()], "a/y"));
+        assert!(!accepts(&["a/y".into()], "b/x"));
+        assert!(!accepts(&[], "b/x"));
+        assert!(accepts(&["*/*".into()], "b/x"));
+    }
+
+    #[test]
+    fn buckets_are_bounded() {
+        let k = key(Kind::Manifest, "ffffffffffffffff");
+        assert!(k.starts_with("spin-registry-proxy:manifest:"));
+        let bucket: u64 = k.rsplit(':').next().unwrap().parse().unwrap();
+        assert!(bucket < BUCKETS);
+        assert_eq!(
+            sha256(b""),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+}

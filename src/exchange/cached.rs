@@ -1,0 +1,508 @@
+//! The key-value store in a registry request: what is looked up before the upstream is asked,
+//! and what of its answer is kept (`crate::cache` says what and how long).
+
+use super::*;
+use crate::cache::{self, Entry, Kind};
+use crate::endpoint::valid_digest;
+
+/// What the store is asked for, for one request.
+#[derive(Debug, Clone)]
+pub(in crate::exchange) struct Plan {
+    what: What,
+    /// The entry that says the client's Bearer token is one the proxy handed out as anonymous.
+    issued: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+enum What {
+    /// A manifest by digest.
+    Digest { name: String, digest: String },
+    /// A manifest by tag: the tag's entry, then the manifest's.
+    Tag { name: String, identity: String },
+    /// A blob: where the upstream last redirected it.
+    Blob { identity: String },
+    /// `/v2/` for a client without credentials: the upstream's challenge.
+    Base,
+}
+
+/// The write that puts an entry of `kind` into its bucket.
+fn merge(kind: Kind, identity: &str, entry: Vec<u8>) -> Write {
+    Write::Merge {
+        key: cache::key(kind, identity),
+        entry,
+        ways: kind.ways(),
+    }
+}
+
+/// The upstream's challenge, reduced to what says where and how to authenticate.
+fn realm_challenge(headers: &HeaderMap) -> Option<String> {
+    let challenges = challenge::from_headers(headers);
+    let realm = Realm::from_challenges(&challenges)?;
+    Some(match realm {
+        Realm::Basic => "Basic realm=\"upstream\"".to_string(),
+        Realm::Bearer { realm, service } => {
+            let mut params = vec![("realm".to_string(), realm)];
+            params.extend(service.map(|s| ("service".to_string(), s)));
+            Challenge::bearer(params).render()
+        }
+    })
+}
+
+impl Exchange {
+    fn client_accepts(&self) -> Vec<String> {
+        self.client_headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(String::from))
+            .collect()
+    }
+
+    fn identity(&self, kind: Kind, parts: &[&str]) -> Option<String> {
+        Some(cache::identity(self.route()?, kind, parts))
+    }
+
+    /// What the store may hold for this request; `None`: nothing to look up.
+    pub(super) fn cache_plan(&self, endpoint: &Endpoint) -> Option<Plan> {
+        let route = self.route()?;
+        let what = match endpoint {
+            Endpoint::Manifest { name, reference } => {
+                let name = self.names.to_upstream(name)?;
+                if valid_digest(reference) {
+                    What::Digest {
+                        name,
+                        digest: reference.clone(),
+                    }
+                } else if route.tag_ttl > 0 && !self.client_accepts().is_empty() {
+                    let accept = cache::accept_key(&self.client_accepts());
+                    let identity = self.identity(Kind::Tag, &[&name, reference, &accept])?;
+                    What::Tag { name, identity }
+                } else {
+                    return None;
+                }
+            }
+            Endpoint::Blob { name, digest } => {
+                let name = self.names.to_upstream(name)?;
+                What::Blob {
+                    identity: self.identity(Kind::Redirect, &[&name, digest])?,
+                }
+            }
+            Endpoint::Base
+                if self.client_authorization.is_none() && route.credentials.is_none() =>
+            {
+                What::Base
+            }
+            _ => return None,
+        };
+        let token = self
+            .client_authorization
+            .as_ref()
+            .and_then(|a| a.to_str().ok())
+            .and_then(|a| a.strip_prefix("Bearer "));
+        let issued =
+            token.and_then(|t| self.identity(Kind::Issued, &[&cache::sha256(t.as_bytes())]));
+        Some(Plan { what, issued })
+    }
+
+    fn entry_key(&self, what: &What) -> Option<String> {
+        Some(match what {
+            What::Digest { name, digest } => cache::key(
+                Kind::Manifest,
+                &self.identity(Kind::Manifest, &[name, digest])?,
+            ),
+            What::Tag { identity, .. } => cache::key(Kind::Tag, identity),
+            What::Blob { identity } => cache::key(Kind::Redirect, identity),
+            What::Base => cache::key(Kind::Base, &self.identity(Kind::Base, &[])?),
+        })
+    }
+
+    pub(super) fn look_up(&mut self, plan: Plan) -> Step {
+        let Some(mut keys) = self.entry_key(&plan.what).map(|k| vec![k]) else {
+            return self.authorize_and_send();
+        };
+        keys.extend(plan.issued.as_ref().map(|i| cache::key(Kind::Issued, i)));
+        self.waiting = Waiting::CacheLookup(plan);
+        Step::Load(keys)
+    }
+
+    pub(super) fn cache_loaded(&mut self, plan: Plan, values: Vec<Option<Vec<u8>>>) -> Step {
+        let now = self.now;
+        let mut values = values.into_iter();
+        let entry = values.next().flatten();
+        let issued = match (&plan.issued, values.next().flatten()) {
+            (Some(id), Some(v)) => cache::find::<bool>(Some(&v), id, now).is_some(),
+            _ => false,
+        };
+        let own = self.route().is_some_and(|r| r.credentials.is_some());
+        self.storable = own || self.client_authorization.is_none() || issued;
+        let accepts = self.client_accepts();
+        match &plan.what {
+            What::Digest { name, digest } => {
+                let identity = self
+                    .identity(Kind::Manifest, &[name, digest])
+                    .unwrap_or_default();
+                let found = cache::find::<cache::Manifest>(entry.as_deref(), &identity, now)
+                    .filter(|m| cache::accepts(&accepts, &m.media_type));
+                if let Some((meta, bytes)) = found.and_then(|m| m.bytes().map(|b| (m, b))) {
+                    return self.reply_manifest(&meta, bytes);
+                }
+            }
+            What::Tag { name, identity } => {
+                let tag = cache::find::<cache::Tag>(entry.as_deref(), identity, now);
+                if let Some(tag) = tag.filter(|t| cache::accepts(&accepts, &t.media_type)) {
+                    let key = self
+                        .identity(Kind::Manifest, &[name, &tag.digest])
+                        .map(|id| cache::key(Kind::Manifest, &id));
+                    if let Some(key) = key {
+                        self.waiting = Waiting::CachedTagManifest {
+                            plan,
+                            digest: tag.digest,
+                        };
+                        return Step::Load(vec![key]);
+                    }
+                }
+            }
+            What::Blob { identity } => {
+                let url = cache::find::<String>(entry.as_deref(), identity, now)
+                    .and_then(|u| url::Url::parse(&u).ok());
+                if let Some(url) = url {
+                    return self.send_to_kept_redirect(url);
+                }
+            }
+            What::Base => {
+                let id = self.identity(Kind::Base, &[]).unwrap_or_default();
+                if let Some(base) = entry.and_then(|e| Entry::<cache::Base>::decode(&e, &id, now)) {
+                    let mut draft =
+                        Draft::error(&OciError::unauthorized("authentication required"));
+                    let challenge = base.challenge.and_then(|c| HeaderValue::from_str(&c).ok());
+                    if let Some(c) = challenge {
+                        draft.headers.insert(header::WWW_AUTHENTICATE, c);
+                    }
+                    return self.reply(draft);
+                }
+            }
+        }
+        // A HEAD by tag the proxy will keep goes upstream as a GET: the GET by digest that
+        // follows it is then answered from the store.
+        if matches!(plan.what, What::Tag { .. }) && self.storable && self.head_only {
+            self.fetch_body = true;
+            if let Some(p) = self.pending.as_mut() {
+                p.method = Method::GET;
+            }
+        }
+        self.cache = Some(plan);
+        self.authorize_and_send()
+    }
+
+    pub(super) fn cached_tag_manifest_loaded(
+        &mut self,
+        plan: Plan,
+        digest: String,
+        values: Vec<Option<Vec<u8>>>,
+    ) -> Step {
+        let What::Tag { name, .. } = &plan.what else {
+            return self.out_of_order("a tag's manifest");
+        };
+        let identity = self
+            .identity(Kind::Manifest, &[name, &digest])
+            .unwrap_or_default();
+        let bucket = values.into_iter().next().flatten();
+        let found = cache::find::<cache::Manifest>(bucket.as_deref(), &identity, self.now)
+            .and_then(|m| m.bytes().map(|b| (m, b)));
+        match found {
+            Some((meta, bytes)) => self.reply_manifest(&meta, bytes),
+            // The manifest's slot went to another: ask the upstream as if nothing were kept.
+            None => self.cache_loaded(
+                Plan {
+                    what: plan.what,
+                    issued: None,
+                },
+                vec![None],
+            ),
+        }
+    }
+
+    fn reply_manifest(&mut self, meta: &cache::Manifest, bytes: Vec<u8>) -> Step {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            (header::CONTENT_TYPE, meta.media_type.as_str()),
+            (
+                HeaderName::from_static("docker-content-digest"),
+                meta.digest.as_str(),
+            ),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                headers.insert(name, v);
+            }
+        }
+        self.reply(Draft {
+            status: StatusCode::OK,
+            headers,
+            body: DraftBody::Stored(bytes),
+            location: None,
+        })
+    }
+
+    /// A blob's kept redirect: handed to the client in `pass` mode, followed in `follow`.
+    fn send_to_kept_redirect(&mut self, url: url::Url) -> Step {
+        let pass = self
+            .route()
+            .is_some_and(|r| r.blob_redirect == BlobRedirect::Pass);
+        if pass {
+            return self.reply(Draft::redirect(StatusCode::TEMPORARY_REDIRECT, url));
+        }
+        let allowed =
+            Origin::of_url(&url).is_some_and(|o| self.route().is_some_and(|r| r.allows_cdn(&o)));
+        if !allowed {
+            return self.authorize_and_send();
+        }
+        self.hop = Some(Pending {
+            method: self.upstream_method(),
+            url,
+            headers: headers::cdn_request(&self.client_headers),
+        });
+        self.send_hop(None)
+    }
+
+    /// Keeps what a redirect of a blob said, for as long as its signature lasts.
+    pub(super) fn keep_redirect(&mut self, target: &url::Url) {
+        let Some(Plan {
+            what: What::Blob { identity },
+            ..
+        }) = &self.cache
+        else {
+            return;
+        };
+        let until = cache::signed_until(target).map(|u| u.saturating_sub(60));
+        if let Some(until) = until.filter(|u| *u > self.now && self.storable) {
+            let entry = Entry {
+                identity: identity.clone(),
+                until,
+                value: target.to_string(),
+            };
+            self.writes
+                .push(merge(Kind::Redirect, identity, entry.encode()));
+        }
+    }
+
+    /// Keeps where the upstream asks clients to authenticate, from any challenge it sends, and
+    /// whether its `/v2/` (`base`: this is its answer) is open: the token endpoint then need
+    /// not ask.
+    pub(super) fn keep_challenge(&mut self, head: &Response<()>, base: bool) {
+        let status = head.status();
+        let base = match status {
+            StatusCode::UNAUTHORIZED => realm_challenge(head.headers()).map(Some),
+            s if s.is_success() && base => Some(None),
+            _ => None,
+        };
+        let (Some(challenge), Some(id)) = (base, self.identity(Kind::Base, &[])) else {
+            return;
+        };
+        let entry = Entry {
+            identity: id.clone(),
+            until: self.now + cache::BASE_SECONDS,
+            value: cache::Base {
+                status: status.as_u16(),
+                challenge,
+            },
+        };
+        self.writes
+            .push(Write::Set(cache::key(Kind::Base, &id), entry.encode()));
+    }
+
+    /// A manifest answer the proxy may keep: its body is read first.
+    pub(super) fn keep_manifest(&mut self, head: &Response<()>) -> Option<Step> {
+        let plan = self.cache.clone()?;
+        if !matches!(plan.what, What::Digest { .. } | What::Tag { .. }) || !self.storable {
+            return None;
+        }
+        let length = head
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())?;
+        let typed = head.headers().contains_key(header::CONTENT_TYPE);
+        let identity = !head.headers().contains_key(header::CONTENT_ENCODING);
+        if head.status() != StatusCode::OK || length > cache::MAX_MANIFEST || !typed || !identity {
+            return None;
+        }
+        self.waiting = Waiting::ManifestBody {
+            head: head.clone(),
+            plan,
+        };
+        Some(Step::ReadResponse {
+            limit: cache::MAX_MANIFEST,
+        })
+    }
+
+    pub(super) fn manifest_read(&mut self, head: Response<()>, plan: Plan, body: Vec<u8>) -> Step {
+        let digest = cache::sha256(&body);
+        let said = head
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok());
+        let asked = match &plan.what {
+            What::Digest { digest, .. } => Some(digest.as_str()),
+            _ => None,
+        };
+        let media_type = head
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let proven = said.is_none_or(|d| d == digest) && asked.is_none_or(|d| d == digest);
+        let name = match &plan.what {
+            What::Digest { name, .. } | What::Tag { name, .. } => Some(name.clone()),
+            _ => None,
+        };
+        if let (true, Some(name)) = (proven, name) {
+            if let Some(id) = self.identity(Kind::Manifest, &[&name, &digest]) {
+                let entry = Entry {
+                    identity: id.clone(),
+                    until: u64::MAX,
+                    value: cache::Manifest::new(media_type.clone(), &body),
+                };
+                self.writes.push(merge(Kind::Manifest, &id, entry.encode()));
+            }
+            if let (What::Tag { identity, .. }, Some(ttl)) =
+                (&plan.what, self.route().map(|r| r.tag_ttl))
+            {
+                let entry = Entry {
+                    identity: identity.clone(),
+                    until: self.now + ttl,
+                    value: cache::Tag {
+                        media_type,
+                        digest,
+                        length: body.len() as u64,
+                    },
+                };
+                self.writes.push(merge(Kind::Tag, identity, entry.encode()));
+            }
+        }
+        let (parts, ()) = head.into_parts();
+        self.reply(Draft {
+            status: parts.status,
+            headers: parts.headers,
+            body: DraftBody::Stored(body),
+            location: None,
+        })
+    }
+
+    /// A manifest body that did not arrive whole: a HEAD needs none, a GET has failed.
+    pub(super) fn manifest_cut(&mut self, head: Response<()>, failure: Failure) -> Step {
+        if self.head_only {
+            return self.reply(Draft::upstream(head));
+        }
+        let origin = self.current.as_ref().and_then(Origin::of_url);
+        let e = failure.to_error(self.role, origin.as_ref(), self.timeout());
+        self.error(e)
+    }
+
+    /// A token request: what the store knows of the upstream's realm, and (for a client
+    /// without credentials) an anonymous token for the same scopes.
+    pub(super) fn token_lookup(&mut self, req: TokenRequest) -> Step {
+        let mut scopes = scope::to_upstream(&self.names, req.scopes());
+        scopes.sort();
+        let anonymous = (!req.offers_credentials())
+            .then(|| self.identity(Kind::AnonymousToken, &[&scopes.join(" ")]))
+            .flatten();
+        let Some(base) = self.identity(Kind::Base, &[]) else {
+            return self.probe("/v2/", None, Waiting::RealmDiscovery(req));
+        };
+        let mut keys = vec![cache::key(Kind::Base, &base)];
+        keys.extend(
+            anonymous
+                .as_ref()
+                .map(|a| cache::key(Kind::AnonymousToken, a)),
+        );
+        self.anonymous_identity = anonymous;
+        self.waiting = Waiting::TokenLookup(req);
+        Step::Load(keys)
+    }
+
+    pub(super) fn token_looked_up(
+        &mut self,
+        req: TokenRequest,
+        values: Vec<Option<Vec<u8>>>,
+    ) -> Step {
+        let now = self.now;
+        let mut values = values.into_iter();
+        let base = values.next().flatten();
+        let token = values.next().flatten().zip(self.anonymous_identity.clone());
+        if let Some(t) =
+            token.and_then(|(v, id)| cache::find::<cache::AnonymousToken>(Some(&v), &id, now))
+        {
+            return self.reply_anonymous_token(&t);
+        }
+        let id = self.identity(Kind::Base, &[]).unwrap_or_default();
+        match base.and_then(|b| Entry::<cache::Base>::decode(&b, &id, now)) {
+            Some(cache::Base {
+                challenge: Some(c), ..
+            }) => self.authenticate(&challenge::parse(&c), req),
+            Some(cache::Base { status, .. }) if (200..300).contains(&status) => {
+                let mut open = Response::new(());
+                *open.status_mut() = StatusCode::OK;
+                self.realm_discovered(open, req)
+            }
+            _ => self.probe("/v2/", None, Waiting::RealmDiscovery(req)),
+        }
+    }
+
+    fn reply_anonymous_token(&mut self, t: &cache::AnonymousToken) -> Step {
+        let body = serde_json::json!({
+            "token": t.token,
+            "access_token": t.token,
+            "expires_in": t.expires_at.saturating_sub(self.now),
+        });
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        self.reply(Draft::made(StatusCode::OK, bytes, "application/json"))
+    }
+
+    /// A realm's token for a client without credentials: read, kept for anonymous clients to
+    /// come, and its value remembered as anonymous (requests with it may fill the store).
+    pub(super) fn keep_anonymous_token(&mut self, head: &Response<()>) -> Option<Step> {
+        self.anonymous_identity.as_ref()?;
+        self.waiting = Waiting::AnonymousTokenBody { head: head.clone() };
+        Some(Step::ReadResponse {
+            limit: upstream_token::MAX_TOKEN_BODY,
+        })
+    }
+
+    pub(super) fn anonymous_token_read(&mut self, head: Response<()>, body: Vec<u8>) -> Step {
+        let now = self.now;
+        let token = upstream_token::Token::from_response(&body, now);
+        if let (Some(t), Some(id)) = (token, self.anonymous_identity.clone()) {
+            // Handed out while at least half its life is left, with what is left.
+            let expires_at = t.until + upstream_token::MARGIN_SECONDS;
+            let until = now + (expires_at - now) / 2;
+            let kept = cache::AnonymousToken {
+                token: t.token.clone(),
+                expires_at,
+            };
+            let entry = Entry {
+                identity: id.clone(),
+                until,
+                value: kept,
+            };
+            self.writes
+                .push(merge(Kind::AnonymousToken, &id, entry.encode()));
+            if let Some(issued) = self.identity(Kind::Issued, &[&cache::sha256(t.token.as_bytes())])
+            {
+                let mark = Entry {
+                    identity: issued.clone(),
+                    until: expires_at,
+                    value: true,
+                };
+                self.writes
+                    .push(merge(Kind::Issued, &issued, mark.encode()));
+            }
+        }
+        let (parts, ()) = head.into_parts();
+        self.reply(Draft {
+            status: parts.status,
+            headers: parts.headers,
+            body: DraftBody::Stored(body),
+            location: None,
+        })
+    }
+}

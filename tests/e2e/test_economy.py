@@ -1,0 +1,70 @@
+"""What a pull costs the upstream, counted by the test host (outbound requests per origin).
+
+The token registry (distribution with its token server on 127.0.0.2) sits behind a front that
+signs its blob redirects the way CloudFront does (`Expires=`), so the proxy may keep them for
+as long as the signature lasts."""
+from __future__ import annotations
+
+import pytest
+
+import harness
+from images import IMAGE_REPOS
+
+NAME = IMAGE_REPOS["layers20"]  # one platform: config + 20 layers
+
+
+def upstream_cost(before: dict, after: dict, origins) -> int:
+    return sum(after.get(o, 0) - before.get(o, 0) for o in origins)
+
+
+@pytest.mark.parametrize("mode", ["pass", "follow"])
+def test_docker_pull_cold_and_warm(mode, make_target, ups, built, docker):
+    target = make_target("token", blob_redirect=mode, front="signed")
+    registry = [target.registry.url, ups.token_server.url]
+    cdn = [ups.token.cdn.url]
+    blobs = len(built["layers20"]["blobs"])
+    cfg = docker.new_config()
+    ref = target.ref(NAME)
+
+    start = harness.outbound(target.proxy)
+    p = docker.pull(cfg, ref)
+    assert f"Digest: {target.digest(NAME)}" in p.stdout, p.stdout
+    cold = harness.outbound(target.proxy)
+    docker.remove_all_images()
+    p = docker.pull(cfg, ref)
+    assert f"Digest: {target.digest(NAME)}" in p.stdout, p.stdout
+    warm = harness.outbound(target.proxy)
+
+    cold_registry = upstream_cost(start, cold, registry)
+    warm_registry = upstream_cost(cold, warm, registry)
+    warm_cdn = upstream_cost(cold, warm, cdn)
+    print(f"\n{mode}: docker pull of {blobs} blobs: cold {cold_registry} registry and realm "
+          f"requests (+{upstream_cost(start, cold, cdn)} to storage), warm {warm_registry} "
+          f"(+{warm_cdn} to storage)")
+    # One learns the realm, one fetches the token, one the manifest (its HEAD by tag is
+    # answered from the GET the proxy keeps); then each blob.
+    assert cold_registry <= blobs + 3, (start, cold)
+    assert warm_registry == 0, (cold, warm)
+    if mode == "pass":
+        assert warm_cdn == 0, "the proxy fetched from storage in pass mode"
+    else:
+        assert warm_cdn == blobs, (cold, warm)
+
+
+def test_private_content_is_never_kept(make_target, ups, docker):
+    """A repository only a login can read: every pull goes to the upstream for its
+    manifests, however warm the store."""
+    from upstreams import ALICE
+    target = make_target("token", front="signed")
+    cfg = docker.new_config()
+    docker.login(cfg, target.hostport, ALICE)
+    ref = target.ref("private/secret")
+    docker.pull(cfg, ref)
+    docker.remove_all_images()
+    before = harness.outbound(target.proxy)
+    docker.pull(cfg, ref)
+    after = harness.outbound(target.proxy)
+    assert upstream_cost(before, after, [target.registry.url]) >= 2, (before, after)
+    anon = docker.new_config()
+    p = docker.pull(anon, ref, check=False)
+    assert p.returncode != 0, "a private image was served to an anonymous client from the store"
