@@ -58,10 +58,16 @@ fn digest_hex(parts: &[&str]) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The identity of an entry: what it is about, in full.
+/// The identity of an entry: what it is about, in full, and who saw it. What a route's own
+/// credentials fetched is that route's alone: another route to the same upstream (say, its
+/// plain mirror) may serve only what an anonymous request returned.
 pub fn identity(route: &Route, kind: Kind, parts: &[&str]) -> String {
     let upstream = route.upstream.to_string();
-    let mut all = vec![kind.name(), upstream.as_str()];
+    let viewer = match route.credentials {
+        Some(_) => format!("route {}", route.name),
+        None => "anonymous".to_string(),
+    };
+    let mut all = vec![kind.name(), upstream.as_str(), viewer.as_str()];
     all.extend_from_slice(parts);
     digest_hex(&all)
 }

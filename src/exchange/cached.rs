@@ -312,7 +312,11 @@ impl Exchange {
     /// A manifest answer the proxy may keep: its body is read first.
     pub(super) fn keep_manifest(&mut self, head: &Response<()>) -> Option<Step> {
         let plan = self.cache.clone()?;
-        if !matches!(plan.what, What::Digest { .. } | What::Tag { .. }) || !self.storable {
+        let bodiless = self.head_only && !self.fetch_body;
+        if !matches!(plan.what, What::Digest { .. } | What::Tag { .. })
+            || !self.storable
+            || bodiless
+        {
             return None;
         }
         let length = head
@@ -335,6 +339,16 @@ impl Exchange {
     }
 
     pub(super) fn manifest_read(&mut self, head: Response<()>, plan: Plan, body: Vec<u8>) -> Step {
+        // keep_manifest asked for a Content-Length: fewer bytes is a body cut short, which a
+        // reply of its own length would pass off as whole.
+        let promised = head
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if promised != Some(body.len()) {
+            return self.manifest_cut(head, Failure::Reset);
+        }
         let digest = cache::sha256(&body);
         let said = head
             .headers()

@@ -114,7 +114,8 @@ impl Exchange {
             }
         }
         if hop == Role::Registry {
-            let base = self.endpoint == Some(Endpoint::Base);
+            // An open `/v2/` counts only when nothing vouched for the request.
+            let base = self.endpoint == Some(Endpoint::Base) && auth.is_none();
             self.keep_challenge(&head, base);
         }
         if status.is_redirection() && status != StatusCode::NOT_MODIFIED {

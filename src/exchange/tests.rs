@@ -1372,3 +1372,129 @@ fn an_unreachable_store_costs_requests_never_answers() {
     }
     assert_eq!(count.get(), 4);
 }
+
+#[test]
+fn an_open_v2_seen_with_a_token_is_not_taken_for_an_open_registry() {
+    // distribution with token auth: `/v2/` answers 200 to a bearer of a token, 401 otherwise.
+    let upstream = |r: &Request<Vec<u8>>| {
+        Ok(
+            match (r.uri().path(), r.headers().get(header::AUTHORIZATION)) {
+                ("/token", _) => Canned::new(200).body(r#"{"token":"t-1","expires_in":300}"#),
+                ("/v2/", Some(_)) => Canned::new(200).body("{}"),
+                _ => bearer("http://127.0.0.2:5001/token", ""),
+            },
+        )
+    };
+    let cfg = config(&[]);
+    let mut store = std::collections::HashMap::new();
+    let run = simulate::run_with_store(
+        cfg.clone(),
+        incoming(Method::GET, "/v2/", &[("authorization", "Bearer t-1")]),
+        b"",
+        &mut store,
+        upstream,
+    );
+    assert_eq!(status(&run), 200);
+    // docker login: the token endpoint must still take the credentials to the realm.
+    let login = incoming(
+        Method::GET,
+        "/token?service=x",
+        &[("authorization", "Basic YWxpY2U6d3Jvbmc=")],
+    );
+    let run = simulate::run_with_store(cfg.clone(), login, b"", &mut store, upstream);
+    assert_eq!(status(&run), 200, "{run:?}");
+}
+
+#[test]
+fn a_manifest_cut_short_is_neither_kept_nor_served_as_whole() {
+    let cfg = config(&[]);
+    let mut store = std::collections::HashMap::new();
+    let req = incoming(Method::GET, "/v2/app/manifests/1", &[("accept", OCI_INDEX)]);
+    let run = simulate::run_with_store(cfg, req, b"", &mut store, |_| {
+        Ok(Canned::new(200)
+            .header("content-type", OCI_INDEX)
+            .header("content-length", INDEX.len().to_string())
+            .body(&INDEX[..INDEX.len() / 2]))
+    });
+    assert_eq!(status(&run), 502, "{run:?}");
+    assert!(store.is_empty(), "{store:?}");
+}
+
+#[test]
+fn a_head_answered_from_a_get_keeps_the_length() {
+    // distribution answers a manifest by digest whatever the Accept; the proxy turns an
+    // anonymous HEAD into the GET it keeps.
+    let digest = crate::cache::sha256(INDEX.as_bytes());
+    let upstream = |r: &Request<Vec<u8>>| {
+        let c = Canned::new(200)
+            .header("content-type", OCI_INDEX)
+            .header(
+                "docker-content-digest",
+                crate::cache::sha256(INDEX.as_bytes()),
+            )
+            .header("content-length", INDEX.len().to_string());
+        Ok(if r.method() == Method::HEAD {
+            c
+        } else {
+            c.body(INDEX)
+        })
+    };
+    let cfg = config(&[]);
+    let mut store = std::collections::HashMap::new();
+    let v2s2 = "application/vnd.docker.distribution.manifest.v2+json";
+    for (accept, round) in [(OCI_INDEX, 1), (v2s2, 1), (v2s2, 2), (OCI_INDEX, 2)] {
+        let path = format!("/v2/app/manifests/{digest}");
+        let req = incoming(Method::HEAD, &path, &[("accept", accept)]);
+        let run = simulate::run_with_store(cfg.clone(), req, b"", &mut store, upstream);
+        assert_eq!(status(&run), 200, "{accept} {round}: {run:?}");
+        assert_eq!(
+            header(&run, "content-length"),
+            INDEX.len().to_string(),
+            "{accept} {round}: {run:?}"
+        );
+    }
+}
+
+#[test]
+fn what_a_route_s_own_credentials_fetched_is_kept_for_that_route_alone() {
+    let cfg = table();
+    let tokens = std::rc::Rc::new(std::cell::Cell::new(0));
+    let mut store = std::collections::HashMap::new();
+    let digest = crate::cache::sha256(b"{}");
+    // With a slash: the hub route does not add `library/`.
+    let path = format!("/v2/team/app/manifests/{digest}");
+    let mut req = at("own.example.com", Method::GET, &path);
+    req.headers
+        .insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+    for round in 0..2 {
+        let run = simulate::run_with_store(
+            cfg.clone(),
+            req.clone(),
+            b"",
+            &mut store,
+            |r: &Request<Vec<u8>>| {
+                let mut own = own_upstream(tokens.clone());
+                let answer = own(r)?;
+                Ok(match answer.status {
+                    200 if r.uri().path().contains("/manifests/") => Canned::new(200)
+                        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+                        .header("content-length", "2")
+                        .body("{}"),
+                    _ => answer,
+                })
+            },
+        );
+        assert_eq!(status(&run), 200, "{round}: {run:?}");
+        assert_eq!(run.sent.is_empty(), round == 1, "{round}: {:?}", run.sent);
+    }
+    // The same upstream through a route without credentials: not from the store.
+    let mut anonymous = at("hub.example.com", Method::GET, &path);
+    anonymous.headers = req.headers.clone();
+    anonymous
+        .headers
+        .insert("host", HeaderValue::from_static("hub.example.com"));
+    let run = simulate::run_with_store(cfg, anonymous, b"", &mut store, |_| {
+        Ok(bearer("http://127.0.0.2:5001/token", "repository:app:pull"))
+    });
+    assert_eq!(status(&run), 401, "{run:?}");
+}

@@ -263,13 +263,15 @@ class ProxyPool:
 
 @pytest.fixture(scope="module")
 def shared(doubles):
-    """Module-wide proxies: blob_redirect=follow and =pass, against the doubles."""
+    """Module-wide proxies: blob_redirect=follow and =pass, against the doubles; each test
+    gets them with an empty store, as the doubles are reset for each test."""
     pool = ProxyPool()
     cache = {}
 
     def get(mode="follow"):
         if mode not in cache:
             cache[mode] = pool.start(doubles.variables(blob_redirect=mode), name=f"proxy-{mode}")
+        harness.forget(cache[mode])
         return cache[mode]
 
     yield get

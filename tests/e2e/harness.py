@@ -129,8 +129,19 @@ def start_proxy(variables: dict, host: str = "127.0.0.1", name: str = "proxy",
     if runtime_config:
         argv += ["--runtime-config-file", runtime_config]
     proxy = Service(name, argv, env=env, host=host, port=port)
+    proxy.state_dir = state
     PROXIES.append(proxy)
     return proxy
+
+
+def forget(proxy: Service) -> None:
+    """Empties a proxy's key-value store (SQLite in its state directory): a proxy reused
+    across tests whose upstream doubles change their answers must not remember the last one."""
+    import sqlite3
+    db = Path(proxy.state_dir) / "sqlite_key_value.db"
+    if db.exists():
+        with sqlite3.connect(db, timeout=30) as conn:
+            conn.execute("DELETE FROM spin_key_value")
 
 
 def outbound(proxy: Service) -> dict:

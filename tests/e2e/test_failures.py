@@ -475,14 +475,25 @@ def test_range_passes_through(proxy, env, where, rng, start, end):
     assert [x.header("Range") for x in target.requests if x.path != "/v2/"][-1] == rng
 
 
-def test_head_stays_head_and_keeps_digest_and_length(proxy, env):
-    env.up.route(f"/v2/{NAME}/manifests/v1", manifest(MANIFEST))
-    r = call(proxy.url, "HEAD", f"/v2/{NAME}/manifests/v1", headers=[("Accept", ACCEPT)])
+@pytest.mark.parametrize("who", ["anonymous", "with credentials"])
+def test_head_keeps_digest_and_length(proxy, env, who):
+    """A HEAD's answer has the GET's length, digest and type. With credentials it stays a
+    HEAD upstream (nothing of it may be kept); an anonymous HEAD by tag becomes the GET whose
+    manifest the proxy keeps, so docker's GET by digest that follows costs nothing."""
+    digest = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+    for ref in ("v1", digest):
+        env.up.route(f"/v2/{NAME}/manifests/{ref}", manifest(MANIFEST))
+    auth = [("Authorization", "Bearer someone")] if who == "with credentials" else []
+    r = call(proxy.url, "HEAD", f"/v2/{NAME}/manifests/v1", headers=[("Accept", ACCEPT), *auth])
     assert r.status == 200, r.describe()
     assert r.header("Content-Length") == str(len(MANIFEST)), r.describe()
-    assert r.header("Docker-Content-Digest") == "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+    assert r.header("Docker-Content-Digest") == digest
     assert r.header("Content-Type") == "application/vnd.oci.image.manifest.v1+json"
-    assert [x.method for x in env.up.requests] == ["HEAD"], [(x.method, x.target) for x in env.up.requests]
+    sent = [x.method for x in env.up.requests]
+    assert sent == (["HEAD"] if auth else ["GET"]), [(x.method, x.target) for x in env.up.requests]
+    g = call(proxy.url, "GET", f"/v2/{NAME}/manifests/{digest}", headers=[("Accept", ACCEPT), *auth])
+    assert g.status == 200 and g.body == MANIFEST, g.describe()
+    assert len(env.up.requests) == (2 if auth else 1), [(x.method, x.target) for x in env.up.requests]
 
 
 def test_absolute_link_pagination_points_at_proxy(proxy, env):

@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 use spin_registry_proxy::config::Config;
 use spin_registry_proxy::origin::OriginError;
 
-const NAMES: [&str; 9] = [
+const NAMES: [&str; 10] = [
     "upstream",
     "upstream_auth",
     "upstream_cdn",
@@ -16,6 +16,7 @@ const NAMES: [&str; 9] = [
     "blob_redirect",
     "home",
     "upstream_timeout",
+    "tag_ttl",
 ];
 
 fn descriptions() -> Vec<String> {
@@ -38,6 +39,7 @@ fn descriptions() -> Vec<String> {
             "not a repository name",
             "expected \"true\" or \"false\"",
             "expected seconds (0 < s <= 3600)",
+            "expected seconds (0 to 86400)",
             "expected an http(s) URL without user",
         ]
         .map(String::from),

@@ -3,6 +3,7 @@
 use crate::kv::{KvView, SharedStores};
 use crate::manifest::Manifest;
 use crate::outbound::{Counters, OutboundPolicy, PolicyHooks};
+use crate::pool::Pool;
 use crate::routes::Route;
 use crate::variables::{self, AppVariables, ComponentVariables};
 use anyhow::{Context, Result};
@@ -20,6 +21,7 @@ pub struct App {
     pub routes: Vec<Route>,
     pub handlers: Vec<Arc<ComponentHandler>>,
     pub counters: Arc<Counters>,
+    pub pool: Arc<Pool>,
 }
 
 pub struct ComponentHandler {
@@ -27,6 +29,7 @@ pub struct ComponentHandler {
     pre: ProxyPre<RequestState>,
     policy: Arc<OutboundPolicy>,
     counters: Arc<Counters>,
+    pool: Arc<Pool>,
     variables: Arc<HashMap<String, String>>,
     environment: Vec<(String, String)>,
     stores: SharedStores,
@@ -84,6 +87,7 @@ impl App {
     ) -> Result<Self> {
         let engine = Engine::new(&Config::new())?;
         let counters = Arc::new(Counters::default());
+        let pool = Arc::new(Pool::default());
         let mut loaded: BTreeMap<&str, Arc<ComponentHandler>> = BTreeMap::new();
         let mut routes = Vec::new();
         let mut handlers = Vec::new();
@@ -100,6 +104,7 @@ impl App {
                             app_vars,
                             stores.clone(),
                             counters.clone(),
+                            pool.clone(),
                         )
                         .with_context(|| format!("cannot load component {id:?}"))?,
                     );
@@ -114,6 +119,7 @@ impl App {
             routes,
             handlers,
             counters,
+            pool,
         })
     }
 }
@@ -126,6 +132,7 @@ impl ComponentHandler {
         app_vars: &AppVariables,
         stores: SharedStores,
         counters: Arc<Counters>,
+        pool: Arc<Pool>,
     ) -> Result<Self> {
         let spec = &manifest.components[id];
         stores.check_grants(id, &spec.key_value_stores)?;
@@ -153,6 +160,7 @@ impl ComponentHandler {
             pre,
             policy,
             counters,
+            pool,
             variables,
             environment: spec.environment.clone().into_iter().collect(),
             stores,
@@ -171,7 +179,11 @@ impl ComponentHandler {
             table: ResourceTable::new(),
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
-            hooks: PolicyHooks(self.policy.clone(), self.counters.clone()),
+            hooks: PolicyHooks(
+                self.policy.clone(),
+                self.counters.clone(),
+                self.pool.clone(),
+            ),
             variables: ComponentVariables(self.variables.clone()),
             stores: self.stores.clone(),
             granted: self.granted.clone(),

@@ -7,6 +7,7 @@ mod cli;
 mod kv;
 mod manifest;
 mod outbound;
+mod pool;
 mod routes;
 mod server;
 mod variables;
@@ -83,13 +84,19 @@ fn announce(app: &app::App, addr: std::net::SocketAddr) -> Result<()> {
     Ok(())
 }
 
-/// `kill -USR1 <pid>` prints the outbound requests per origin (one `OUTBOUND {...}` line).
+/// `kill -USR1 <pid>` prints the upstream connections opened (`CONNECTS n`), then the outbound
+/// requests per origin (one `OUTBOUND {...}` line), in one write.
 async fn print_counters_on_usr1(app: Arc<app::App>) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut usr1 = signal(SignalKind::user_defined1())?;
     while usr1.recv().await.is_some() {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "{}", app.counters.line())?;
+        let lines = format!(
+            "CONNECTS {}\n{}\n",
+            app.pool.connects(),
+            app.counters.line()
+        );
+        out.write_all(lines.as_bytes())?;
         out.flush()?;
     }
     Ok(())

@@ -2,7 +2,6 @@
 //! with Spin's matching rules, enforced in wasmtime-wasi-http's `send_request` hook.
 
 use anyhow::{bail, ensure, Context, Result};
-use http_body_util::BodyExt;
 use std::future::Future;
 use std::sync::Arc;
 use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks};
@@ -178,8 +177,12 @@ impl Counters {
     }
 }
 
-/// The wasi-http hooks for one request's store: the default sender behind the policy.
-pub struct PolicyHooks(pub Arc<OutboundPolicy>, pub Arc<Counters>);
+/// The wasi-http hooks for one request's store: the pooled sender behind the policy.
+pub struct PolicyHooks(
+    pub Arc<OutboundPolicy>,
+    pub Arc<Counters>,
+    pub Arc<crate::pool::Pool>,
+);
 
 impl WasiHttpHooks for PolicyHooks {
     fn send_request(
@@ -200,12 +203,10 @@ impl WasiHttpHooks for PolicyHooks {
             );
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
+        let pool = self.2.clone();
         Box::new(async move {
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as IoFuture,
-            ))
+            let response = pool.send(request, options).await?;
+            Ok((response, Box::new(async { Ok(()) }) as IoFuture))
         })
     }
 }

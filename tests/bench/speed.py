@@ -1,0 +1,302 @@
+#!/usr/bin/env python3
+"""Speed benchmark: the proxy against a direct pull and against nginx, in the same run.
+
+Starts a real `docker-registry serve` (anonymous, filesystem storage: it serves blobs itself,
+the "same-host upstream" case) with one large blob and a one-layer image, and in front of it:
+
+  proxy          the component spin.toml names, in the test host, blob_redirect = follow,
+                 tag_ttl = 0 (nothing kept: every request goes upstream)
+  proxy (kept)   the same with tag_ttl = 60: HEAD by tag and by digest answered from its store
+  floor          tests/bench/floor: a Spin component that only forwards (one variable read)
+  nginx          proxy_pass with 64 KiB proxy buffers (`proxy_buffers 8 64k`, no temp files)
+
+Then, in interleaved rounds (the order rotates each round; medians over the rounds):
+
+  * blob GET, 1 stream and 4 concurrent streams (curl to /dev/null): MiB/s, and ÷ direct
+    measured in the same round;
+  * the proxy's peak RSS above idle during the 4 streams (VmHWM of the test host);
+  * HEAD manifest (hey, 16 connections): req/s ÷ direct; CPU per HEAD of the process that
+    answers (utime + stime from /proc), and the proxy's own CPU per HEAD above the floor.
+
+Numbers only, no assertion on speed. The exit status is non-zero only when something broke (a
+pull short or failed, a non-2xx answer).
+
+    python3 tests/bench/speed.py                   # 1 GiB blob, 8 rounds, 5000 HEADs each
+    python3 tests/bench/speed.py --size 200 --rounds 3 --heads 2000   # a short run
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchlib import (ROOT, MiB, RssSampler, harness, image, make_blob, push_blob, rss_kb,
+                      start_registry)
+
+NAME = "bench/speed"
+ACCEPT = "application/vnd.oci.image.manifest.v1+json"
+FLOOR_DIR = ROOT / "tests" / "bench" / "floor"
+FLOOR_WASM = ROOT / "target" / "wasm32-wasip2" / "release" / "forward_floor.wasm"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+NGINX = """worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  upstream registry {{
+    server {upstream};
+    keepalive 32;
+  }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://registry;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $http_host;
+      proxy_buffer_size 64k;
+      proxy_buffers 8 64k;
+      proxy_max_temp_file_size 0;
+    }}
+  }}
+}}
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its children (nginx's worker), in seconds."""
+    total = 0
+    for p in [pid, *descendants(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+def descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = [int(x) for x in (task / "children").read_text().split()]
+            except (FileNotFoundError, ProcessLookupError, ValueError):
+                kids = []
+            out.extend(kids)
+            todo.extend(kids)
+    return out
+
+
+def start_nginx(work: Path, registry: harness.Service) -> harness.Service:
+    d = work / "nginx"
+    d.mkdir()
+    port = harness.free_port()
+    conf = d / "nginx.conf"
+    conf.write_text(NGINX.format(dir=d, port=port, upstream=f"127.0.0.1:{registry.port}"))
+    return harness.Service("bench-nginx", ["nginx", "-c", conf, "-p", d], port=port)
+
+
+def start_floor(work: Path, registry: harness.Service) -> harness.Service:
+    d = work / "floor"
+    d.mkdir()
+    manifest = d / "spin.toml"
+    manifest.write_text(f"""spin_manifest_version = 2
+
+[application]
+name = "forward-floor"
+version = "0.1.0"
+
+[variables]
+upstream = {{ required = true }}
+
+[[trigger.http]]
+route = "/..."
+component = "floor"
+
+[component.floor]
+source = "{FLOOR_WASM}"
+allowed_outbound_hosts = ["{registry.url}"]
+
+[component.floor.variables]
+upstream = "{{{{ upstream }}}}"
+""")
+    port = harness.free_port()
+    return harness.Service("bench-floor", [harness.HOST_BIN, "--from", manifest, "--listen",
+                                           f"127.0.0.1:{port}", "--state-dir", d],
+                           env={"SPIN_VARIABLE_UPSTREAM": registry.url}, port=port)
+
+
+def pull(url: str, size: int, streams: int) -> float:
+    """`streams` concurrent curl GETs to /dev/null; MiB/s over all of them."""
+    argv = ["curl", "-s", "-S", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", url]
+    t0 = time.monotonic()
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(streams)]
+    outs = [p.communicate() for p in procs]
+    elapsed = time.monotonic() - t0
+    for p, (out, err) in zip(procs, outs):
+        if p.returncode != 0 or out.decode().split() != ["200", str(size)]:
+            raise RuntimeError(f"pull {url}: rc={p.returncode} out={out!r} err={err!r}")
+    return streams * size / MiB / elapsed
+
+
+def heads(url: str, n: int, pid: int) -> tuple[float, float]:
+    """n HEADs over 16 connections (hey); (req/s, CPU ms per HEAD of process `pid`)."""
+    argv = ["hey", "-n", str(n), "-c", "16", "-m", "HEAD", "-H", f"Accept: {ACCEPT}", url]
+    cpu0 = cpu_seconds(pid)
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(pid) - cpu0
+    codes = {int(c): int(k) for c, k in re.findall(r"\[(\d{3})\]\s+(\d+) responses", out)}
+    if set(codes) != {200} or codes[200] != n:
+        raise RuntimeError(f"HEAD {url}: {codes}\n{out}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return rps, 1000 * cpu / n
+
+
+def build_floor() -> None:
+    subprocess.run(["cargo", "build", "-q", "--release", "--target", "wasm32-wasip2",
+                    "--manifest-path", FLOOR_DIR / "Cargo.toml", "--target-dir",
+                    ROOT / "target"], check=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", type=int, default=1024, help="blob size in MiB (1024)")
+    ap.add_argument("--rounds", type=int, default=8, help="interleaved rounds (8)")
+    ap.add_argument("--heads", type=int, default=5000, help="HEADs per measurement (5000)")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: blobs,heads")
+    args = ap.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    for tool in ("curl", "hey", "nginx"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} not found")
+    wasm = ROOT / "target" / "wasm32-wasip2" / "release" / "spin_registry_proxy.wasm"
+    for exe in (harness.HOST_BIN, wasm):
+        if not Path(exe).exists():
+            sys.exit(f"missing {exe}: build it first (tests/run does)")
+    build_floor()
+
+    work = Path(tempfile.mkdtemp(prefix="speed-bench-"))
+    services = []
+    try:
+        registry = start_registry(work, "speed-bench")
+        services.append(registry)
+        size = args.size * MiB
+        path = work / "blob"
+        digest = make_blob(path, size)
+        push_blob(registry.url, NAME, path, digest)
+        path.unlink()
+        img = image(registry.url, NAME, "latest", work, os.urandom(4096))
+        proxy_vars = {"upstream": registry.url, "upstream_auth": "http://127.0.0.2:9",
+                      "upstream_cdn": "http://127.0.0.3:9", "blob_redirect": "follow"}
+        proxy = harness.start_proxy({**proxy_vars, "tag_ttl": "0"}, name="bench-proxy")
+        kept = harness.start_proxy({**proxy_vars, "tag_ttl": "60"}, name="bench-proxy-kept")
+        floor = start_floor(work, registry)
+        nginx = start_nginx(work, registry)
+        services += [proxy, kept, floor, nginx]
+        print(f"registry {registry.url}; blob {args.size} MiB; {args.rounds} rounds", flush=True)
+
+        blob_path = f"/v2/{NAME}/blobs/{digest}"
+        blob_targets = {"direct": registry, "proxy": proxy, "nginx": nginx}
+        streams = {}   # (target, n) -> [MiB/s per round]
+        ratios = {}    # (target, n) -> [÷ direct per round]
+        rss = []
+        if "blobs" not in skip:
+            # A first pull each way warms the page cache and the component's compiled code.
+            for svc in blob_targets.values():
+                pull(svc.url + blob_path, size, 1)
+            order = list(blob_targets)
+            for r in range(args.rounds):
+                for n in (1, 4):
+                    got = {}
+                    for t in order[r % len(order):] + order[:r % len(order)]:
+                        svc = blob_targets[t]
+                        if t == "proxy" and n == 4:
+                            idle = rss_kb(proxy.pid) / 1024
+                            with RssSampler(proxy.pid, every=0.02) as s:
+                                got[t] = pull(svc.url + blob_path, size, n)
+                            rss.append(max(s.samples or [idle]) - idle)
+                        else:
+                            got[t] = pull(svc.url + blob_path, size, n)
+                    for t, v in got.items():
+                        streams.setdefault((t, n), []).append(v)
+                        ratios.setdefault((t, n), []).append(v / got["direct"])
+                print(f"round {r + 1}: " + ", ".join(
+                    f"{t} {streams[(t, n)][-1]:.0f}" for n in (1, 4) for t in order)
+                    + " MiB/s (1 stream, then 4)", flush=True)
+
+        manifest_url = f"/v2/{NAME}/manifests/latest"
+        head_targets = {
+            "direct": (registry, manifest_url),
+            "floor": (floor, manifest_url),
+            "proxy": (proxy, manifest_url),
+            "proxy, kept tag": (kept, manifest_url),
+            "proxy, kept digest": (kept, f"/v2/{NAME}/manifests/{img['manifest']}"),
+            "nginx": (nginx, manifest_url),
+        }
+        rps, cpu = {}, {}
+        if "heads" not in skip:
+            # Warm every path once: the kept proxy stores the manifest by tag and by digest.
+            for svc, p in head_targets.values():
+                subprocess.run(["curl", "-sf", "-o", "/dev/null", "-H", f"Accept: {ACCEPT}",
+                                svc.url + p], check=True)
+            order = list(head_targets)
+            for r in range(args.rounds):
+                for t in order[r % len(order):] + order[:r % len(order)]:
+                    svc, p = head_targets[t]
+                    q, c = heads(svc.url + p, args.heads, svc.pid)
+                    rps.setdefault(t, []).append(q)
+                    cpu.setdefault(t, []).append(c)
+                print(f"round {r + 1}: " + ", ".join(f"{t} {rps[t][-1]:.0f}" for t in order)
+                      + " HEAD/s", flush=True)
+    finally:
+        for s in reversed(services):
+            s.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    med = statistics.median
+    print()
+    if streams:
+        print(f"blob GET of {args.size} MiB, medians of {args.rounds} rounds "
+              "(÷ direct: median of the per-round ratios)")
+        print("| | MiB/s, 1 stream | ÷ direct | MiB/s, 4 streams | ÷ direct |")
+        print("|---|---|---|---|---|")
+        for t in blob_targets:
+            print(f"| {t} | {med(streams[(t, 1)]):.0f} | {med(ratios[(t, 1)]):.2f} | "
+                  f"{med(streams[(t, 4)]):.0f} | {med(ratios[(t, 4)]):.2f} |")
+        print(f"proxy peak RSS above idle during 4 streams: median {med(rss):.1f} MiB, "
+              f"max {max(rss):.1f} MiB")
+    if rps:
+        print()
+        print(f"HEAD manifest, hey -c 16, {args.heads} per round, medians of {args.rounds} rounds")
+        print("| | req/s | ÷ direct | CPU ms per HEAD (answering process) |")
+        print("|---|---|---|---|")
+        for t in head_targets:
+            print(f"| {t} | {med(rps[t]):.0f} | {med(rps[t]) / med(rps['direct']):.2f} | "
+                  f"{med(cpu[t]):.3f} |")
+        own = med(cpu["proxy"]) - med(cpu["floor"])
+        print(f"proxy's own CPU per HEAD above the floor: {own:.3f} ms uncached, "
+              f"{med(cpu['proxy, kept tag']) - med(cpu['floor']):+.3f} ms kept (a kept answer "
+              "makes no upstream request)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
