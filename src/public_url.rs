@@ -44,17 +44,22 @@ pub fn public_origin(
                 .map_err(|_| bad_request("X-Forwarded-Proto/X-Forwarded-Host is not an origin"));
         }
     }
-    // Spin's own record of the URL, for a runtime that hides Host.
-    let full_url = headers
-        .get("spin-full-url")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|u| url::Url::parse(u).ok());
-    let spin = full_url.as_ref().and_then(Origin::of_url);
-    let spin_authority = spin.as_ref().map(Origin::authority);
-    let host = headers
+    // Spin's own record of the URL, for a runtime that hides Host (parsed only then).
+    let direct_host = headers
         .get(http::header::HOST)
         .map(|h| h.to_str().unwrap_or("\u{0}"))
-        .or(request_authority)
+        .or(request_authority);
+    let spin = match (direct_host, request_scheme) {
+        (Some(_), Some(_)) => None,
+        _ => headers
+            .get("spin-full-url")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|u| url::Url::parse(u).ok())
+            .as_ref()
+            .and_then(Origin::of_url),
+    };
+    let spin_authority = spin.as_ref().map(Origin::authority);
+    let host = direct_host
         .or(spin_authority.as_deref())
         .ok_or_else(|| bad_request("the request has no Host header"))?;
     let scheme = request_scheme

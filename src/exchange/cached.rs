@@ -294,7 +294,10 @@ impl Exchange {
             s if s.is_success() && base => Some(None),
             _ => None,
         };
-        let (Some(challenge), Some(id)) = (base, self.identity(Kind::Base, &[])) else {
+        let Some(challenge) = base else {
+            return;
+        };
+        let Some(id) = self.identity(Kind::Base, &[]) else {
             return;
         };
         let entry = Entry {

@@ -14,7 +14,8 @@ Then, in interleaved rounds (the order rotates each round; medians over the roun
 
   * blob GET, 1 stream and 4 concurrent streams (curl to /dev/null): MiB/s, and ÷ direct
     measured in the same round;
-  * the proxy's peak RSS above idle during the 4 streams (VmHWM of the test host);
+  * the proxy's peak RSS above idle during the 4 streams (VmRSS of the test host, sampled);
+  * CPU seconds per GiB moved of the process that answers (the registry itself for direct);
   * HEAD manifest (hey, 16 connections): req/s ÷ direct; CPU per HEAD of the process that
     answers (utime + stime from /proc), and the proxy's own CPU per HEAD above the floor.
 
@@ -159,6 +160,7 @@ def pull(url: str, size: int, streams: int) -> float:
 
 def heads(url: str, n: int, pid: int) -> tuple[float, float]:
     """n HEADs over 16 connections (hey); (req/s, CPU ms per HEAD of process `pid`)."""
+    n -= n % 16  # hey gives each connection n // 16
     argv = ["hey", "-n", str(n), "-c", "16", "-m", "HEAD", "-H", f"Accept: {ACCEPT}", url]
     cpu0 = cpu_seconds(pid)
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
@@ -218,6 +220,7 @@ def main() -> int:
         streams = {}   # (target, n) -> [MiB/s per round]
         ratios = {}    # (target, n) -> [÷ direct per round]
         rss = []
+        blob_cpu = {}  # (target, n) -> [CPU seconds per GiB of the answering process]
         if "blobs" not in skip:
             # A first pull each way warms the page cache and the component's compiled code.
             for svc in blob_targets.values():
@@ -228,6 +231,7 @@ def main() -> int:
                     got = {}
                     for t in order[r % len(order):] + order[:r % len(order)]:
                         svc = blob_targets[t]
+                        cpu0 = cpu_seconds(svc.pid)
                         if t == "proxy" and n == 4:
                             idle = rss_kb(proxy.pid) / 1024
                             with RssSampler(proxy.pid, every=0.02) as s:
@@ -235,6 +239,8 @@ def main() -> int:
                             rss.append(max(s.samples or [idle]) - idle)
                         else:
                             got[t] = pull(svc.url + blob_path, size, n)
+                        gib = n * size / (1 << 30)
+                        blob_cpu.setdefault((t, n), []).append((cpu_seconds(svc.pid) - cpu0) / gib)
                     for t, v in got.items():
                         streams.setdefault((t, n), []).append(v)
                         ratios.setdefault((t, n), []).append(v / got["direct"])
@@ -276,11 +282,12 @@ def main() -> int:
     if streams:
         print(f"blob GET of {args.size} MiB, medians of {args.rounds} rounds "
               "(÷ direct: median of the per-round ratios)")
-        print("| | MiB/s, 1 stream | ÷ direct | MiB/s, 4 streams | ÷ direct |")
-        print("|---|---|---|---|---|")
+        print("| | MiB/s, 1 stream | ÷ direct | MiB/s, 4 streams | ÷ direct | CPU s/GiB |")
+        print("|---|---|---|---|---|---|")
         for t in blob_targets:
             print(f"| {t} | {med(streams[(t, 1)]):.0f} | {med(ratios[(t, 1)]):.2f} | "
-                  f"{med(streams[(t, 4)]):.0f} | {med(ratios[(t, 4)]):.2f} |")
+                  f"{med(streams[(t, 4)]):.0f} | {med(ratios[(t, 4)]):.2f} | "
+                  f"{med(blob_cpu[(t, 1)] + blob_cpu[(t, 4)]):.2f} |")
         print(f"proxy peak RSS above idle during 4 streams: median {med(rss):.1f} MiB, "
               f"max {max(rss):.1f} MiB")
     if rps:

@@ -141,6 +141,15 @@ def needs_proxy():
         pytest.skip("checks proxy behaviour; E2E_DIRECT=1 talks to the registry")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_proxy_outlives_the_session():
+    """A proxy a test forgot to stop is stopped here (by PID), so none outlives the run."""
+    yield
+    for p in harness.PROXIES:
+        if p.running():
+            p.stop()
+
+
 @pytest.fixture(autouse=True)
 def _proxies_never_crash():
     """Every proxy running after a test (the test's own and shared ones) shows no crash."""

@@ -41,6 +41,8 @@ def route_for(kind: str, env, blob_redirect: str) -> dict:
 
 @pytest.fixture
 def imitate(env, built):
+    started = []
+
     def make(kind, blob_redirect="pass"):
         store = ImageStore()
         for tag in TAGS:
@@ -50,8 +52,11 @@ def imitate(env, built):
         proxy = harness.start_proxy(
             {"routes": json.dumps([route_for(kind, env, blob_redirect)])},
             allowed_hosts=hosts, name=f"proxy-{kind}")
+        started.append(proxy)
         return registry, proxy
-    return make
+    yield make
+    for p in started:
+        p.stop()
 
 
 @pytest.mark.parametrize("blob_redirect", ["pass", "follow"])

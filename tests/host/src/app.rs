@@ -85,7 +85,12 @@ impl App {
         app_vars: &AppVariables,
         stores: SharedStores,
     ) -> Result<Self> {
-        let engine = Engine::new(&Config::new())?;
+        let mut config = Config::new();
+        // For `perf record`: names the guest's compiled functions in /tmp/perf-<pid>.map.
+        if std::env::var_os("SPIN_TEST_HOST_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
+        let engine = Engine::new(&config)?;
         let counters = Arc::new(Counters::default());
         let pool = Arc::new(Pool::default());
         let mut loaded: BTreeMap<&str, Arc<ComponentHandler>> = BTreeMap::new();

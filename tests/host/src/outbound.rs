@@ -185,6 +185,12 @@ pub struct PolicyHooks(
 );
 
 impl WasiHttpHooks for PolicyHooks {
+    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
+        std::env::var("SPIN_TEST_HOST_BUFFER_CHUNKS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1)
+    }
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
