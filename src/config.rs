@@ -104,7 +104,7 @@ fn single_route<F: Fn(&str) -> Option<String>>(v: &Variables<F>) -> Result<Route
         t => t
             .parse::<u64>()
             .ok()
-            .filter(|s| *s <= 86_400)
+            .filter(|s| *s <= routes::MAX_TAG_TTL)
             .ok_or_else(|| error("tag_ttl", "expected seconds (0 to 86400)"))?,
     };
     let docker_hub = DOCKER_HUB_HOSTS.contains(&upstream.host.as_str());

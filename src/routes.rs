@@ -357,6 +357,11 @@ fn build(raw: RawRoute, index: usize, defaults: Defaults) -> Result<Route, Confi
             "a route with credentials serves every client with them: say \"public\": true",
         ));
     }
+    let tag_ttl = match raw.tag_ttl {
+        None => defaults.tag_ttl,
+        Some(t) if t <= MAX_TAG_TTL => t,
+        Some(_) => return Err(err("tag_ttl", "expected seconds (0 to 86400)")),
+    };
     let library = raw
         .library
         .unwrap_or_else(|| preset.is_some_and(|p| p.library));
@@ -378,11 +383,14 @@ fn build(raw: RawRoute, index: usize, defaults: Defaults) -> Result<Route, Confi
         catalog,
         blob_redirect,
         timeout,
-        tag_ttl: raw.tag_ttl.unwrap_or(defaults.tag_ttl),
+        tag_ttl,
         credentials,
         public,
     })
 }
+
+/// A day: a tag kept longer would hide a push for longer than anyone expects.
+pub const MAX_TAG_TTL: u64 = 86_400;
 
 /// Parses the `routes` variable. Errors name the route and the field, never a value.
 pub fn parse(json: &str, defaults: Defaults) -> Result<Routes, ConfigError> {
@@ -458,6 +466,23 @@ mod tests {
          "cdn": ["http://127.0.0.3:5002"], "prefix": "team", "blob_redirect": "follow",
          "timeout": 10, "username": "robot", "password": "s3cret", "public": true}
     ]"#;
+
+    #[test]
+    fn tag_ttl_defaults_and_is_bounded() {
+        let one = |extra: &str| {
+            parse(
+                &format!(r#"[{{"name": "a", "preset": "ghcr"{extra}}}]"#),
+                defaults(),
+            )
+        };
+        assert_eq!(one("").unwrap().0[0].tag_ttl, 60);
+        assert_eq!(one(r#", "tag_ttl": 0"#).unwrap().0[0].tag_ttl, 0);
+        let e = one(r#", "tag_ttl": 18446744073709551615"#).unwrap_err();
+        assert!(
+            e.0.contains("tag_ttl: expected seconds (0 to 86400)"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn selects_by_host_path_and_ns() {

@@ -68,3 +68,26 @@ def test_private_content_is_never_kept(make_target, ups, docker):
     anon = docker.new_config()
     p = docker.pull(anon, ref, check=False)
     assert p.returncode != 0, "a private image was served to an anonymous client from the store"
+
+
+def test_an_unreachable_store_costs_requests_never_a_pull(ups, seeded, built, tmp_path):
+    """The key-value store on a Redis that is not there (every open, read and write fails):
+    pulls work as without a store, each one paying its upstream requests."""
+    import clients
+    rc = tmp_path / "runtime-config.toml"
+    rc.write_text('[key_value_store.default]\ntype = "redis"\n'
+                  f'url = "redis://127.0.0.1:{harness.free_port()}"\n')
+    reg = ups.front("token", "signed")
+    proxy = harness.start_proxy({"upstream": reg.url, "upstream_auth": ups.token_server.url,
+                                 "upstream_cdn": ups.token.cdn.url}, runtime_config=rc)
+    try:
+        name = IMAGE_REPOS["multiarch"]
+        costs = []
+        for _ in range(2):
+            before = harness.outbound(proxy)
+            clients.skopeo_copy_all(f"127.0.0.1:{proxy.port}/{name}:latest")
+            costs.append(upstream_cost(before, harness.outbound(proxy), [reg.url]))
+        assert costs[0] == costs[1] > 0, costs
+        assert "status=5" not in proxy.log(), proxy.log()[-3000:]
+    finally:
+        proxy.stop()

@@ -19,11 +19,12 @@ const FIELDS: [&str; 13] = [
     "prefix",
     "blob_redirect",
     "timeout",
+    "tag_ttl",
     "credentials",
     "public",
 ];
 
-const WORDS: [&str; 11] = [
+const WORDS: [&str; 12] = [
     "unknown preset",
     "missing (give it, or a preset that has one)",
     "not a URL",
@@ -33,6 +34,7 @@ const WORDS: [&str; 11] = [
     "not a repository name",
     "expected \"pass\" or \"follow\"",
     "expected seconds (0 < s <= 3600)",
+    "expected seconds (0 to 86400)",
     "give username and password, or token alone",
     "a route with credentials serves every client with them: say \"public\": true",
 ];
