@@ -396,13 +396,7 @@ impl Exchange {
                 self.writes.push(merge(Kind::Tag, identity, entry.encode()));
             }
         }
-        let (parts, ()) = head.into_parts();
-        self.reply(Draft {
-            status: parts.status,
-            headers: parts.headers,
-            body: DraftBody::Stored(body),
-            location: None,
-        })
+        self.reply_stored(head, body)
     }
 
     /// A manifest body that did not arrive whole: a HEAD needs none, a GET has failed.
@@ -514,6 +508,11 @@ impl Exchange {
                     .push(merge(Kind::Issued, &issued, mark.encode()));
             }
         }
+        self.reply_stored(head, body)
+    }
+
+    /// The upstream's answer with the body the proxy read (and may have kept).
+    fn reply_stored(&mut self, head: Response<()>, body: Vec<u8>) -> Step {
         let (parts, ()) = head.into_parts();
         self.reply(Draft {
             status: parts.status,

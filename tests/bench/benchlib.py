@@ -82,6 +82,24 @@ def push_blob(registry: str, name: str, path: Path, digest: str) -> None:
     conn.close()
 
 
+def curl_pulls(url: str, size: int, streams: int, extra=()) -> float:
+    """`streams` concurrent curl GETs to /dev/null, each checked for a 200 of `size` bytes;
+    returns the elapsed seconds."""
+    import subprocess
+    import time
+    argv = ["curl", "-s", "-S", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+            *extra, url]
+    t0 = time.monotonic()
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(streams)]
+    outs = [p.communicate() for p in procs]
+    elapsed = time.monotonic() - t0
+    for p, (out, err) in zip(procs, outs):
+        if p.returncode != 0 or out.decode().split() != ["200", str(size)]:
+            raise RuntimeError(f"pull {url}: curl rc={p.returncode} out={out!r} err={err!r}")
+    return elapsed
+
+
 def rss_kb(pid: int, key: str = "VmRSS") -> int:
     """A memory figure of /proc/PID/status in KiB (VmRSS now, VmHWM the peak); 0 if gone."""
     try:
@@ -93,7 +111,8 @@ def rss_kb(pid: int, key: str = "VmRSS") -> int:
     return 0
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`."""
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
@@ -121,7 +140,7 @@ class RssSampler:
     def _run(self):
         while not self._stop.wait(self.every):
             self.samples.append(rss_kb(self.pid) / 1024)
-            kids = _descendants(self.pid)
+            kids = descendants(self.pid)
             if kids:
                 now = sum(rss_kb(k, "VmHWM") for k in kids)
                 self.children_peak_kb = max(self.children_peak_kb, now)

@@ -17,7 +17,9 @@ Then, in interleaved rounds (the order rotates each round; medians over the roun
   * the proxy's peak RSS above idle during the 4 streams (VmRSS of the test host, sampled);
   * CPU seconds per GiB moved of the process that answers (the registry itself for direct);
   * HEAD manifest (hey, 16 connections): req/s ÷ direct; CPU per HEAD of the process that
-    answers (utime + stime from /proc), and the proxy's own CPU per HEAD above the floor.
+    answers (utime + stime from /proc), and the proxy's own CPU per HEAD above the floor;
+  * `skopeo copy` of a one-layer image (200 MiB layer) into a directory: seconds, proxy ÷
+    direct.
 
 Numbers only, no assertion on speed. The exit status is non-zero only when something broke (a
 pull short or failed, a non-2xx answer).
@@ -38,28 +40,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import (ROOT, MiB, RssSampler, harness, image, make_blob, push_blob, rss_kb,
-                      start_registry)
+from benchlib import (ROOT, MiB, RssSampler, curl_pulls, descendants, harness, image, make_blob,
+                      push_blob, rss_kb, start_registry)
 
 NAME = "bench/speed"
+SKOPEO_NAME = "bench/skopeo"
 ACCEPT = "application/vnd.oci.image.manifest.v1+json"
 FLOOR_DIR = ROOT / "tests" / "bench" / "floor"
 FLOOR_WASM = ROOT / "target" / "wasm32-wasip2" / "release" / "forward_floor.wasm"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-NGINX = """worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
-  upstream registry {{
+NGINX = """  upstream registry {{
     server {upstream};
     keepalive 32;
   }}
@@ -74,9 +65,7 @@ http {{
       proxy_buffers 8 64k;
       proxy_max_temp_file_size 0;
     }}
-  }}
-}}
-"""
+  }}"""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -91,26 +80,13 @@ def cpu_seconds(pid: int) -> float:
     return total / CLK_TCK
 
 
-def descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                kids = [int(x) for x in (task / "children").read_text().split()]
-            except (FileNotFoundError, ProcessLookupError, ValueError):
-                kids = []
-            out.extend(kids)
-            todo.extend(kids)
-    return out
-
-
 def start_nginx(work: Path, registry: harness.Service) -> harness.Service:
     d = work / "nginx"
     d.mkdir()
     port = harness.free_port()
     conf = d / "nginx.conf"
-    conf.write_text(NGINX.format(dir=d, port=port, upstream=f"127.0.0.1:{registry.port}"))
+    conf.write_text(harness.nginx_config(d, NGINX.format(port=port,
+                                                         upstream=f"127.0.0.1:{registry.port}")))
     return harness.Service("bench-nginx", ["nginx", "-c", conf, "-p", d], port=port)
 
 
@@ -146,16 +122,7 @@ upstream = "{{{{ upstream }}}}"
 
 def pull(url: str, size: int, streams: int) -> float:
     """`streams` concurrent curl GETs to /dev/null; MiB/s over all of them."""
-    argv = ["curl", "-s", "-S", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", url]
-    t0 = time.monotonic()
-    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for _ in range(streams)]
-    outs = [p.communicate() for p in procs]
-    elapsed = time.monotonic() - t0
-    for p, (out, err) in zip(procs, outs):
-        if p.returncode != 0 or out.decode().split() != ["200", str(size)]:
-            raise RuntimeError(f"pull {url}: rc={p.returncode} out={out!r} err={err!r}")
-    return streams * size / MiB / elapsed
+    return streams * size / MiB / curl_pulls(url, size, streams)
 
 
 def heads(url: str, n: int, pid: int) -> tuple[float, float]:
@@ -172,6 +139,16 @@ def heads(url: str, n: int, pid: int) -> tuple[float, float]:
     return rps, 1000 * cpu / n
 
 
+def skopeo_copy(svc: harness.Service, dest: Path) -> float:
+    """Seconds for `skopeo copy` of the image into a fresh directory."""
+    shutil.rmtree(dest, ignore_errors=True)
+    t0 = time.monotonic()
+    subprocess.run(["skopeo", "copy", "-q", "--src-tls-verify=false",
+                    f"docker://127.0.0.1:{svc.port}/{SKOPEO_NAME}:latest", f"dir:{dest}"],
+                   check=True, capture_output=True)
+    return time.monotonic() - t0
+
+
 def build_floor() -> None:
     subprocess.run(["cargo", "build", "-q", "--release", "--target", "wasm32-wasip2",
                     "--manifest-path", FLOOR_DIR / "Cargo.toml", "--target-dir",
@@ -183,7 +160,8 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=1024, help="blob size in MiB (1024)")
     ap.add_argument("--rounds", type=int, default=8, help="interleaved rounds (8)")
     ap.add_argument("--heads", type=int, default=5000, help="HEADs per measurement (5000)")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: blobs,heads")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: blobs,heads,skopeo")
+    ap.add_argument("--image", type=int, default=200, help="skopeo's image layer in MiB (200)")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     for tool in ("curl", "hey", "nginx"):
@@ -206,6 +184,8 @@ def main() -> int:
         push_blob(registry.url, NAME, path, digest)
         path.unlink()
         img = image(registry.url, NAME, "latest", work, os.urandom(4096))
+        if "skopeo" not in skip:
+            image(registry.url, SKOPEO_NAME, "latest", work, os.urandom(args.image * MiB))
         proxy_vars = {"upstream": registry.url, "upstream_auth": "http://127.0.0.2:9",
                       "upstream_cdn": "http://127.0.0.3:9", "blob_redirect": "follow"}
         proxy = harness.start_proxy({**proxy_vars, "tag_ttl": "0"}, name="bench-proxy")
@@ -272,6 +252,14 @@ def main() -> int:
                     cpu.setdefault(t, []).append(c)
                 print(f"round {r + 1}: " + ", ".join(f"{t} {rps[t][-1]:.0f}" for t in order)
                       + " HEAD/s", flush=True)
+        copies = {}  # target -> [seconds per round]
+        if "skopeo" not in skip:
+            targets = {"direct": registry, "proxy": proxy}
+            for r in range(args.rounds):
+                for t in list(targets)[r % 2:] + list(targets)[:r % 2]:
+                    copies.setdefault(t, []).append(skopeo_copy(targets[t], work / "copy"))
+                print(f"round {r + 1}: skopeo copy " + ", ".join(
+                    f"{t} {copies[t][-1]:.2f}s" for t in targets), flush=True)
     finally:
         for s in reversed(services):
             s.stop()
@@ -302,6 +290,12 @@ def main() -> int:
         print(f"proxy's own CPU per HEAD above the floor: {own:.3f} ms uncached, "
               f"{med(cpu['proxy, kept tag']) - med(cpu['floor']):+.3f} ms kept (a kept answer "
               "makes no upstream request)")
+    if copies:
+        print()
+        ratios = [p / d for p, d in zip(copies["proxy"], copies["direct"])]
+        print(f"skopeo copy of a {args.image} MiB one-layer image to dir: (1 layer through "
+              f"`follow`), medians of {args.rounds} rounds: direct {med(copies['direct']):.2f} s, "
+              f"proxy {med(copies['proxy']):.2f} s, proxy ÷ direct time {med(ratios):.3f}")
     return 0
 
 

@@ -32,7 +32,8 @@ import threading
 import time
 from pathlib import Path
 
-from benchlib import ROOT, MiB, RssSampler, harness, make_blob, push_blob, rss_kb, start_registry
+from benchlib import (ROOT, MiB, RssSampler, curl_pulls, harness, make_blob, push_blob, rss_kb,
+                      start_registry)
 
 NAME = "bench/blobs"
 CONCURRENCY = 4
@@ -42,18 +43,7 @@ HELD_RATE = "512k"
 
 def pull_timed(url: str, size: int, extra=()) -> float:
     """CONCURRENCY concurrent curl GETs to /dev/null; returns elapsed seconds."""
-    argv = ["curl", "-s", "-S", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
-            *extra, url]
-    t0 = time.monotonic()
-    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for _ in range(CONCURRENCY)]
-    outs = [p.communicate() for p in procs]
-    elapsed = time.monotonic() - t0
-    for p, (out, err) in zip(procs, outs):
-        got = out.decode().split()
-        if p.returncode != 0 or got != ["200", str(size)]:
-            raise RuntimeError(f"pull {url}: curl rc={p.returncode} out={out!r} err={err!r}")
-    return elapsed
+    return curl_pulls(url, size, CONCURRENCY, extra)
 
 
 def pull_verified(url: str, digest: str) -> None:

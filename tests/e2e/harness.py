@@ -134,6 +134,26 @@ def start_proxy(variables: dict, host: str = "127.0.0.1", name: str = "proxy",
     return proxy
 
 
+def nginx_config(d: Path, http: str) -> str:
+    """An nginx.conf running in the foreground with everything it writes under `d`; `http` is
+    the rest of its `http` block (upstreams, servers)."""
+    return f"""worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+{http}
+}}
+"""
+
+
 def forget(proxy: Service) -> None:
     """Empties a proxy's key-value store (SQLite in its state directory): a proxy reused
     across tests whose upstream doubles change their answers must not remember the last one."""

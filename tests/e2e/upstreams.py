@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from harness import WORK, Service, free_port
+from harness import WORK, Service, free_port, nginx_config
 
 HERE = Path(__file__).resolve().parent
 
@@ -187,19 +187,7 @@ def start_tag_pager(registry: Registry, sign_redirects=None) -> Registry:
                     token=registry.token, cdn=registry.cdn, extra={"pager_of": registry})
 
 
-NGINX_GZIP = """worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log;
-events {{ worker_connections 256; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
-  gzip on;
+NGINX_GZIP = """  gzip on;
   gzip_types application/json;
   gzip_min_length 1;
   gzip_proxied any;
@@ -211,9 +199,7 @@ http {{
       proxy_set_header Host $http_host;
       proxy_buffering off;
     }}
-  }}
-}}
-"""
+  }}"""
 
 
 def start_gzip_front(registry: Registry) -> Registry:
@@ -223,7 +209,8 @@ def start_gzip_front(registry: Registry) -> Registry:
     port = free_port(host)
     d = Path(tempfile.mkdtemp(prefix="nginx-gzip-", dir=WORK))
     conf = d / "nginx.conf"
-    conf.write_text(NGINX_GZIP.format(dir=d, host=host, port=port, upstream=registry.url))
+    conf.write_text(nginx_config(d, NGINX_GZIP.format(host=host, port=port,
+                                                      upstream=registry.url)))
     svc = Service(f"nginx-gzip-{registry.kind}", ["nginx", "-c", conf, "-p", d], host=host,
                   port=port)
     return Registry(kind=registry.kind, service=svc, storage=registry.storage,
