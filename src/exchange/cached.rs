@@ -135,8 +135,14 @@ impl Exchange {
         let own = self.route().is_some_and(|r| r.credentials.is_some());
         self.storable = own || self.client_authorization.is_none() || issued;
         let accepts = self.client_accepts();
-        match &plan.what {
-            What::Digest { name, digest } => {
+        // Credentials of the client's own go to the upstream, which alone judges them.
+        let what = if self.storable {
+            Some(&plan.what)
+        } else {
+            None
+        };
+        match what {
+            Some(What::Digest { name, digest }) => {
                 let identity = self
                     .identity(Kind::Manifest, &[name, digest])
                     .unwrap_or_default();
@@ -146,7 +152,7 @@ impl Exchange {
                     return self.reply_manifest(&meta, bytes);
                 }
             }
-            What::Tag { name, identity } => {
+            Some(What::Tag { name, identity }) => {
                 let tag = cache::find::<cache::Tag>(entry.as_deref(), identity, now);
                 if let Some(tag) = tag.filter(|t| cache::accepts(&accepts, &t.media_type)) {
                     let key = self
@@ -161,14 +167,14 @@ impl Exchange {
                     }
                 }
             }
-            What::Blob { identity } => {
+            Some(What::Blob { identity }) => {
                 let url = cache::find::<String>(entry.as_deref(), identity, now)
                     .and_then(|u| url::Url::parse(&u).ok());
                 if let Some(url) = url {
                     return self.send_to_kept_redirect(url);
                 }
             }
-            What::Base => {
+            Some(What::Base) => {
                 let id = self.identity(Kind::Base, &[]).unwrap_or_default();
                 if let Some(base) = entry.and_then(|e| Entry::<cache::Base>::decode(&e, &id, now)) {
                     let mut draft =
@@ -180,6 +186,7 @@ impl Exchange {
                     return self.reply(draft);
                 }
             }
+            None => {}
         }
         // A HEAD by tag the proxy will keep goes upstream as a GET: the GET by digest that
         // follows it is then answered from the store.

@@ -1283,6 +1283,21 @@ fn the_store_keeps_nothing_a_client_with_credentials_got() {
     });
     assert_eq!(status(&run), 200);
     assert!(store.is_empty(), "{store:?}");
+    // However warm the store, a client's own credentials are judged by the upstream.
+    docker_pull(&cfg, &mut store);
+    let digest = crate::cache::sha256(INDEX.as_bytes());
+    let req = incoming(
+        Method::GET,
+        &format!("/v2/app/manifests/{digest}"),
+        &[
+            ("authorization", "Bearer expired-or-forged"),
+            ("accept", OCI_INDEX),
+        ],
+    );
+    let asked = std::rc::Rc::new(std::cell::Cell::new(0));
+    let run = simulate::run_with_store(cfg, req, b"", &mut store, signed_upstream(asked.clone()));
+    assert_eq!(asked.get(), 1);
+    assert_eq!(status(&run), 401);
 }
 
 #[test]

@@ -185,7 +185,7 @@ pub struct PolicyHooks(
 );
 
 impl WasiHttpHooks for PolicyHooks {
-    /// wasmtime's default (1), as in Spin, unless `SPIN_TEST_HOST_BUFFER_CHUNKS` says otherwise:
+    /// wasmtime's default (1), unless `SPIN_TEST_HOST_BUFFER_CHUNKS` says otherwise:
     /// a knob for measuring what the runtime's buffering does to streaming, not for tests.
     fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
         std::env::var("SPIN_TEST_HOST_BUFFER_CHUNKS")
