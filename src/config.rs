@@ -1,8 +1,12 @@
 //! Configuration from Spin variables, validated once per request before anything is sent.
 //!
 //! Errors name the variable (and the route) and what is wrong, never a value: a value may hold
-//! a credential, and configuration errors reach every client and the log. Few variables are
-//! read (each read costs the host memory): with a `routes` table, only the four that apply.
+//! a credential, and configuration errors reach every client and the log.
+//!
+//! Few variables are read, since each read costs the host memory (Spin's RSS grows with the
+//! reads per request). spin.toml bundles the application variables into three component
+//! variables (see [`BUNDLES`]): `routes`, `site` and, only without a route table, `single`;
+//! so a request costs two reads with a route table and three without.
 
 use crate::origin::Origin;
 use crate::routes::{self, Defaults, Route, Routes};
@@ -53,18 +57,101 @@ fn error(name: &str, what: impl std::fmt::Display) -> ConfigError {
     ConfigError(format!("variable {name}: {what}"))
 }
 
-/// A variable's trimmed value; empty when unset.
-struct Variables<F: Fn(&str) -> Option<String>>(F);
+/// Component variables that each carry several application variables, one `name=value` line
+/// apiece in this order, composed by spin.toml's templates (`site = "public_url={{ public_url
+/// }}\n..."`). A spin.toml without them (an older one) gets one read per variable instead.
+pub const BUNDLES: [(&str, &[&str]); 2] = [
+    ("site", &["public_url", "trust_forwarded", "home"]),
+    (
+        "single",
+        &[
+            "upstream",
+            "upstream_auth",
+            "upstream_cdn",
+            "repository_prefix",
+            "blob_redirect",
+            "upstream_timeout",
+            "tag_ttl",
+        ],
+    ),
+];
+
+/// The values of one bundle, in its order.
+fn unbundle(bundle: &str, names: &[&str], text: &str) -> Result<Vec<String>, ConfigError> {
+    let lines: Vec<&str> = text.split('\n').collect();
+    let values = (lines.len() == names.len())
+        .then(|| {
+            names
+                .iter()
+                .zip(&lines)
+                .map(|(name, line)| {
+                    let value = line.strip_prefix(name)?.strip_prefix('=')?;
+                    Some(value.trim().to_string())
+                })
+                .collect::<Option<Vec<String>>>()
+        })
+        .flatten();
+    // A value holding a line break shifts the lines; spin.toml's template is the other cause.
+    values.ok_or_else(|| {
+        error(
+            bundle,
+            format!(
+                "expected the lines {}=…, each value on one line",
+                names.join("=…, ")
+            ),
+        )
+    })
+}
+
+/// A bundle read: its name and values, or `None` when the component has no such variable.
+type BundleRead = (&'static str, Option<Vec<String>>);
+
+/// Variables by application name, read through their bundle when the component has one.
+struct Variables<F: Fn(&str) -> Option<String>> {
+    get: F,
+    bundles: std::cell::RefCell<Vec<BundleRead>>,
+}
 
 impl<F: Fn(&str) -> Option<String>> Variables<F> {
-    fn get(&self, name: &str) -> String {
-        (self.0)(name)
+    fn new(get: F) -> Self {
+        Self {
+            get,
+            bundles: Default::default(),
+        }
+    }
+
+    /// A variable's trimmed value; empty when unset.
+    fn get(&self, name: &str) -> Result<String, ConfigError> {
+        let Some((bundle, names)) = BUNDLES.iter().find(|(_, names)| names.contains(&name)) else {
+            return Ok(self.read(name));
+        };
+        let at = names.iter().position(|n| *n == name).unwrap_or(0);
+        let mut bundles = self.bundles.borrow_mut();
+        if !bundles.iter().any(|(b, _)| b == bundle) {
+            let values = match (self.get)(bundle) {
+                Some(text) => Some(unbundle(bundle, names, &text)?),
+                None => None,
+            };
+            bundles.push((bundle, values));
+        }
+        let values = bundles
+            .iter()
+            .find(|(b, _)| b == bundle)
+            .and_then(|(_, v)| v.as_ref());
+        Ok(match values {
+            Some(values) => values.get(at).cloned().unwrap_or_default(),
+            None => self.read(name),
+        })
+    }
+
+    fn read(&self, name: &str) -> String {
+        (self.get)(name)
             .map(|v| v.trim().to_string())
             .unwrap_or_default()
     }
 
     fn origin(&self, name: &str, pattern: bool) -> Result<Option<Origin>, ConfigError> {
-        let value = self.get(name);
+        let value = self.get(name)?;
         if value.is_empty() {
             return Ok(None);
         }
@@ -85,13 +172,13 @@ fn single_route<F: Fn(&str) -> Option<String>>(v: &Variables<F>) -> Result<Route
     let upstream_url = upstream
         .url()
         .ok_or_else(|| error("upstream", "not a URL"))?;
-    let blob_redirect = routes::parse_blob_redirect(&v.get("blob_redirect"))
+    let blob_redirect = routes::parse_blob_redirect(&v.get("blob_redirect")?)
         .ok_or_else(|| error("blob_redirect", "expected \"pass\" or \"follow\""))?;
-    let prefix = v.get("repository_prefix").trim_matches('/').to_string();
+    let prefix = v.get("repository_prefix")?.trim_matches('/').to_string();
     if !prefix.is_empty() && !crate::endpoint::valid_name(&prefix) {
         return Err(error("repository_prefix", "not a repository name"));
     }
-    let timeout = match v.get("upstream_timeout").as_str() {
+    let timeout = match v.get("upstream_timeout")?.as_str() {
         "" => DEFAULT_TIMEOUT,
         t => t
             .parse::<f64>()
@@ -99,7 +186,7 @@ fn single_route<F: Fn(&str) -> Option<String>>(v: &Variables<F>) -> Result<Route
             .and_then(routes::parse_timeout)
             .ok_or_else(|| error("upstream_timeout", "expected seconds (0 < s <= 3600)"))?,
     };
-    let tag_ttl = match v.get("tag_ttl").as_str() {
+    let tag_ttl = match v.get("tag_ttl")?.as_str() {
         "" => DEFAULT_TAG_TTL,
         t => t
             .parse::<u64>()
@@ -138,8 +225,8 @@ fn single_route<F: Fn(&str) -> Option<String>>(v: &Variables<F>) -> Result<Route
 impl Config {
     /// Reads the variables through `get`, which returns `None` for an unset variable.
     pub fn from_variables(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let v = Variables(get);
-        let table = v.get("routes");
+        let v = Variables::new(get);
+        let table = v.read("routes");
         let routes = if table.is_empty() {
             Routes(vec![single_route(&v)?])
         } else {
@@ -150,12 +237,12 @@ impl Config {
             };
             routes::parse(&table, defaults)?
         };
-        let trust_forwarded = match v.get("trust_forwarded").as_str() {
+        let trust_forwarded = match v.get("trust_forwarded")?.as_str() {
             "" | "false" => false,
             "true" => true,
             _ => return Err(error("trust_forwarded", "expected \"true\" or \"false\"")),
         };
-        let home = match v.get("home").as_str() {
+        let home = match v.get("home")?.as_str() {
             "" => None,
             h => {
                 let url = url::Url::parse(h)
@@ -293,18 +380,97 @@ mod tests {
         assert!(!r.library);
     }
 
-    #[test]
-    fn a_route_table_reads_only_what_applies() {
+    /// Reads made for `vars` (application name → value) through spin.toml's bundles, or one
+    /// by one when `bundled` is false.
+    fn reads(vars: &[(&str, &str)], bundled: bool) -> (Result<Config, ConfigError>, Vec<String>) {
         let read = std::cell::RefCell::new(Vec::new());
+        let value = |n: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| v.to_string())
+        };
         let c = Config::from_variables(|k| {
             read.borrow_mut().push(k.to_string());
-            (k == "routes").then(|| r#"[{"preset": "ghcr"}]"#.to_string())
-        })
-        .unwrap();
-        assert_eq!(c.routes.0[0].upstream.to_string(), "https://ghcr.io");
+            match BUNDLES.iter().find(|(b, _)| *b == k) {
+                Some((_, names)) if bundled => Some(
+                    names
+                        .iter()
+                        .map(|n| format!("{n}={}", value(n).unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                ),
+                Some(_) => None,
+                None => value(k),
+            }
+        });
+        (c, read.into_inner())
+    }
+
+    #[test]
+    fn a_request_reads_two_variables_with_a_route_table_and_three_without() {
+        let (c, read) = reads(&[("routes", r#"[{"preset": "ghcr"}]"#)], true);
         assert_eq!(
-            *read.borrow(),
-            ["routes", "trust_forwarded", "home", "public_url"]
+            c.unwrap().routes.0[0].upstream.to_string(),
+            "https://ghcr.io"
         );
+        assert_eq!(read, ["routes", "site"]);
+        let vars = [
+            ("upstream", "http://127.0.0.1:5000"),
+            ("upstream_cdn", "https://*.cdn.example"),
+            ("repository_prefix", "/team/"),
+            ("tag_ttl", "5"),
+            ("public_url", "https://images.example.com"),
+            ("trust_forwarded", "true"),
+            ("home", "https://example.com/"),
+        ];
+        let (bundled, read) = reads(&vars, true);
+        assert_eq!(read, ["routes", "single", "site"]);
+        let (one_by_one, read) = reads(&vars, false);
+        assert_eq!(read.len(), 13, "{read:?}");
+        let bundled = bundled.unwrap();
+        assert_eq!(bundled, one_by_one.unwrap());
+        assert_eq!(bundled.routes.0[0].prefix, "team");
+        assert_eq!(bundled.routes.0[0].tag_ttl, 5);
+        assert!(bundled.trust_forwarded && bundled.home.is_some());
+    }
+
+    #[test]
+    fn a_value_with_a_line_break_cannot_pass_for_another_variable() {
+        for (k, v) in [
+            (
+                "home",
+                "https://example.com/\npublic_url=https://evil.example",
+            ),
+            ("public_url", "https://a.example\ntrust_forwarded=true"),
+        ] {
+            let e = reads(&[("upstream", "http://r"), (k, v)], true)
+                .0
+                .unwrap_err();
+            assert!(
+                e.to_string().contains("variable site: expected the lines"),
+                "{e}"
+            );
+            assert!(!e.to_string().contains("evil") && !e.to_string().contains("a.example"));
+        }
+        let e = Config::from_variables(|k| (k == "single").then(|| "upstream=http://r".into()))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("invalid configuration: variable single:"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn spin_toml_composes_the_bundles_this_code_reads() {
+        let manifest = include_str!("../spin.toml");
+        for (bundle, names) in BUNDLES {
+            let lines: Vec<String> = names.iter().map(|n| format!("{n}={{{{ {n} }}}}")).collect();
+            let expected = format!("{bundle} = \"{}\"", lines.join("\\n"));
+            assert!(
+                manifest.lines().any(|l| l == expected),
+                "spin.toml lacks {expected}"
+            );
+        }
     }
 }

@@ -164,15 +164,24 @@ def forget(proxy: Service) -> None:
             conn.execute("DELETE FROM spin_key_value")
 
 
-def outbound(proxy: Service) -> dict:
-    """The test host's outbound requests per origin so far (it prints them on SIGUSR1)."""
+def counters(proxy: Service) -> dict:
+    """What the test host has counted so far: `connects` (upstream connections opened),
+    `variable_reads`, and `outbound` requests per origin. It prints them on SIGUSR1 in one
+    write that ends with the OUTBOUND line, so once that line is there, so is the rest."""
     import json
     before = proxy.log().count("OUTBOUND ")
     os.kill(proxy.pid, signal.SIGUSR1)
     text = proxy.wait_log(lambda t: t.count("OUTBOUND ") > before)
-    lines = [ln for ln in text.splitlines() if ln.startswith("OUTBOUND ")]
-    assert len(lines) > before, f"{proxy.name} printed no counts:\n{text[-2000:]}"
-    return json.loads(lines[-1][len("OUTBOUND "):])
+    assert text.count("OUTBOUND ") > before, f"{proxy.name} printed no counts:\n{text[-2000:]}"
+    block = text[text.rindex("CONNECTS "):].splitlines()
+    last = {ln.split(" ", 1)[0]: ln.split(" ", 1)[1] for ln in block if " " in ln}
+    return {"connects": int(last["CONNECTS"]), "variable_reads": int(last["VARIABLE_READS"]),
+            "outbound": json.loads(last["OUTBOUND"])}
+
+
+def outbound(proxy: Service) -> dict:
+    """The test host's outbound requests per origin so far."""
+    return counters(proxy)["outbound"]
 
 
 def manifest_with_hosts(hosts, where: Path) -> Path:

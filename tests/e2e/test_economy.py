@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 import harness
-from images import IMAGE_REPOS
+from images import IMAGE_REPOS, PREFIX
 
 NAME = IMAGE_REPOS["layers20"]  # one platform: config + 20 layers
 
@@ -91,3 +91,26 @@ def test_an_unreachable_store_costs_requests_never_a_pull(ups, seeded, built, tm
         assert "status=5" not in proxy.log(), proxy.log()[-3000:]
     finally:
         proxy.stop()
+
+
+def test_a_request_reads_three_variables_or_two_with_a_route_table(make_target, ups):
+    """On Spin every variable read costs host memory under load: spin.toml bundles the
+    application variables, so a request reads `routes` and `site`, plus `single` without a
+    route table (eleven reads before the bundles)."""
+    import json
+    import clients
+    single = make_target("token").proxy
+    table = [{"name": "r", "path": "r", "upstream": ups.anon.url, "prefix": PREFIX}]
+    routed = harness.start_proxy({"routes": json.dumps(table)}, allowed_hosts=[ups.anon.url],
+                                 name="routes-proxy")
+    try:
+        for proxy, path, reads in [(single, "", 3), (routed, "r/", 2)]:
+            before = harness.counters(proxy)["variable_reads"]
+            for _ in range(10):
+                url = f"http://127.0.0.1:{proxy.port}/v2/{path}{NAME}/manifests/latest"
+                accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+                assert clients.http_request("HEAD", url, accept, None).status in (200, 401), url
+            after = harness.counters(proxy)["variable_reads"]
+            assert after - before == 10 * reads, (proxy.name, before, after)
+    finally:
+        routed.stop()

@@ -3,10 +3,12 @@
 //! credential).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use spin_registry_proxy::config::Config;
+use spin_registry_proxy::config::{Config, BUNDLES};
 use spin_registry_proxy::origin::OriginError;
 
-const NAMES: [&str; 10] = [
+/// Application variables, then the bundles spin.toml composes of them (absent unless the input
+/// has that many lines).
+const NAMES: [&str; 12] = [
     "upstream",
     "upstream_auth",
     "upstream_cdn",
@@ -17,6 +19,8 @@ const NAMES: [&str; 10] = [
     "home",
     "upstream_timeout",
     "tag_ttl",
+    "site",
+    "single",
 ];
 
 fn descriptions() -> Vec<String> {
@@ -44,6 +48,12 @@ fn descriptions() -> Vec<String> {
         ]
         .map(String::from),
     );
+    for (_, names) in BUNDLES {
+        d.push(format!(
+            "expected the lines {}=…, each value on one line",
+            names.join("=…, ")
+        ));
+    }
     d
 }
 
@@ -58,7 +68,8 @@ fuzz_target!(|data: &[u8]| {
         if i == 0 && v.len() % 2 == 1 {
             return Some("https://registry-1.docker.io".to_string());
         }
-        Some(v.to_string())
+        // Lines are the variables; \x01 stands for a line break inside a value (a bundle).
+        Some(v.replace('\x01', "\n"))
     };
     if let Err(e) = Config::from_variables(get) {
         let e = e.to_string();

@@ -84,16 +84,18 @@ fn announce(app: &app::App, addr: std::net::SocketAddr) -> Result<()> {
     Ok(())
 }
 
-/// `kill -USR1 <pid>` prints the upstream connections opened (`CONNECTS n`), then the outbound
-/// requests per origin (one `OUTBOUND {...}` line), in one write.
+/// `kill -USR1 <pid>` prints the upstream connections opened (`CONNECTS n`), the variable
+/// reads (`VARIABLE_READS n`), then the outbound requests per origin (one `OUTBOUND {...}`
+/// line), in one write.
 async fn print_counters_on_usr1(app: Arc<app::App>) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut usr1 = signal(SignalKind::user_defined1())?;
     while usr1.recv().await.is_some() {
         let mut out = std::io::stdout().lock();
         let lines = format!(
-            "CONNECTS {}\n{}\n",
+            "CONNECTS {}\nVARIABLE_READS {}\n{}\n",
             app.pool.connects(),
+            crate::variables::READS.load(std::sync::atomic::Ordering::Relaxed),
             app.counters.line()
         );
         out.write_all(lines.as_bytes())?;

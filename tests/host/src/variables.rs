@@ -113,8 +113,13 @@ pub fn component_variables(
 /// Per-store state behind `fermyon:spin/variables`.
 pub struct ComponentVariables(pub Arc<HashMap<String, String>>);
 
+/// Every `variables::get` since the host started: on Spin each read costs host memory, so a
+/// test counts them per request. `SIGUSR1` prints it.
+pub static READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl wit::Host for ComponentVariables {
     fn get(&mut self, name: String) -> Result<String, WitError> {
+        READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         validate_name(&name).map_err(|e| WitError::InvalidName(format!("{name:?}: {e}")))?;
         self.0
             .get(&name)
