@@ -281,7 +281,12 @@ pub fn check(config: &Config, req: &Incoming, run: &Run) -> Result<(), String> {
         && req.path.contains("/blobs/");
     // NAMES: no upstream origin in a client-facing header or a body the proxy made, unless the
     // client itself sent that text (an echo of its own path is not a leak).
-    let sent_by_client = format!("{} {:?} {:?}", req.path, req.query, req.headers);
+    let sent_by_client = format!(
+        "{} {} {:?}",
+        req.path,
+        req.query.as_deref().unwrap_or(""),
+        req.headers
+    );
     let texts: Vec<String> = upstream_texts(config)
         .into_iter()
         .filter(|t| !sent_by_client.contains(t.as_str()))
@@ -296,7 +301,7 @@ pub fn check(config: &Config, req: &Incoming, run: &Run) -> Result<(), String> {
         }
     }
     if let ClientBody::Bytes(b) = run.reply.body() {
-        let text = String::from_utf8_lossy(b);
+        let text = body_text(b);
         if let Some(t) = texts.iter().find(|t| text.contains(t.as_str())) {
             return fail("NAMES", format!("body names {t}"));
         }
@@ -442,6 +447,30 @@ pub fn config(src: &mut Source) -> Config {
             .map(|(_, v)| v.to_string())
     })
     .expect("generated configurations are valid")
+}
+
+/// What a made body says: the strings of a JSON body as a client decodes them (an escape such
+/// as `\u0012` next to a client's `7.0.0.2` is not the text `127.0.0.2`), else its bytes.
+fn body_text(body: &[u8]) -> String {
+    fn strings(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::String(s) => out.push(s.clone()),
+            serde_json::Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
+            serde_json::Value::Object(o) => o.iter().for_each(|(k, v)| {
+                out.push(k.clone());
+                strings(v, out);
+            }),
+            other => out.push(other.to_string()),
+        }
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) => {
+            let mut out = Vec::new();
+            strings(&v, &mut out);
+            out.join("\n")
+        }
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    }
 }
 
 fn name(src: &mut Source) -> String {

@@ -705,6 +705,20 @@ fn unknown_paths_and_bad_names_are_oci_errors() {
 }
 
 #[test]
+fn an_escaped_echo_of_the_client_s_path_is_not_the_upstream_s_name() {
+    // JSON spells \x12 as \u0012: next to the client's "7.0.0.2:5001" that reads as the realm's
+    // authority, though the proxy said nothing the client did not send (found by fuzzing).
+    let cfg = config(&[]);
+    let run = drive(
+        &cfg,
+        incoming(Method::GET, "/\u{12}7.0.0.2:5001", &[]),
+        b"",
+        |_| panic!("no request"),
+    );
+    assert_eq!(status(&run), 404);
+}
+
+#[test]
 fn hostile_host_headers_get_a_400_and_no_page() {
     let cfg = config(&[]);
     for host in ["[<img src=x onerror=alert(1)>]", "a\",realm=\"evil", "x/y"] {
