@@ -11,7 +11,8 @@ and the same 64 clients against the registry directly (the token request there i
 what the proxy's token endpoint asks an anonymous upstream). Prints, per kind and in total,
 requests/s through the proxy and directly and their ratio, the errors (non-2xx answers and
 transport errors: must be 0), and the test host's RSS at the start, the peak and the end of
-the run (must be flat: no growth with the number of requests).
+the run, and the highest in each fifth of it (must be flat: no growth with the number of
+requests once the host has reached its working size).
 
 Numbers only, no assertion on speed; the exit status is non-zero when there were errors.
 
@@ -126,6 +127,11 @@ def main() -> int:
     peak = max(trace.samples or [end_mb])
     print(f"test host RSS: start {start_mb:.1f} MiB, peak {peak:.1f} MiB, end {end_mb:.1f} MiB "
           f"(end - start {end_mb - start_mb:+.1f} MiB); log lines written: {lines}")
+    # Flat or growing: the highest RSS in each fifth of the run (a leak climbs to the end).
+    n = len(trace.samples)
+    fifths = [max(trace.samples[i * n // 5:(i + 1) * n // 5] or [0]) for i in range(5)]
+    print("test host RSS, highest per fifth of the run: "
+          + ", ".join(f"{mb:.1f}" for mb in fifths) + " MiB")
     warm_bad = sum(r["bad"] for _, r, _ in warm)
     print(f"errors: {bad} (warm-up: {warm_bad})")
     for label, r, out in via + direct:
