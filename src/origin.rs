@@ -33,6 +33,18 @@ pub enum OriginError {
     Wildcard,
 }
 
+impl OriginError {
+    /// Every reason, for checks that an error message is one of them.
+    pub const ALL: [OriginError; 6] = [
+        OriginError::NoScheme,
+        OriginError::Scheme,
+        OriginError::NotAnOrigin,
+        OriginError::Host,
+        OriginError::Port,
+        OriginError::Wildcard,
+    ];
+}
+
 impl fmt::Display for OriginError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

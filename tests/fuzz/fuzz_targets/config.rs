@@ -24,17 +24,7 @@ const NAMES: [&str; 12] = [
 ];
 
 fn descriptions() -> Vec<String> {
-    let mut d: Vec<String> = [
-        OriginError::NoScheme,
-        OriginError::Scheme,
-        OriginError::NotAnOrigin,
-        OriginError::Host,
-        OriginError::Port,
-        OriginError::Wildcard,
-    ]
-    .iter()
-    .map(|e| e.to_string())
-    .collect();
+    let mut d: Vec<String> = OriginError::ALL.iter().map(|e| e.to_string()).collect();
     d.extend(
         [
             "is empty",

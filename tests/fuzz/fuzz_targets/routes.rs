@@ -85,15 +85,7 @@ fn fixed(message: &str) -> bool {
                     .is_some_and(|n| label(&format!("route {n}: x")).is_some());
         }
     }
-    let origin_words = [
-        OriginError::NoScheme,
-        OriginError::Scheme,
-        OriginError::NotAnOrigin,
-        OriginError::Host,
-        OriginError::Port,
-        OriginError::Wildcard,
-    ]
-    .map(|e| e.to_string());
+    let origin_words = OriginError::ALL.map(|e| e.to_string());
     FIELDS.iter().any(|f| {
         rest.strip_prefix(f)
             .and_then(|r| r.strip_prefix(": "))
