@@ -122,23 +122,25 @@ impl<F: Fn(&str) -> Option<String>> Variables<F> {
 
     /// A variable's trimmed value; empty when unset.
     fn get(&self, name: &str) -> Result<String, ConfigError> {
-        let Some((bundle, names)) = BUNDLES.iter().find(|(_, names)| names.contains(&name)) else {
+        let Some((bundle, names, at)) = BUNDLES.iter().find_map(|(bundle, names)| {
+            let at = names.iter().position(|n| *n == name)?;
+            Some((*bundle, *names, at))
+        }) else {
             return Ok(self.read(name));
         };
-        let at = names.iter().position(|n| *n == name).unwrap_or(0);
         let mut bundles = self.bundles.borrow_mut();
-        if !bundles.iter().any(|(b, _)| b == bundle) {
-            let values = match (self.get)(bundle) {
-                Some(text) => Some(unbundle(bundle, names, &text)?),
-                None => None,
-            };
-            bundles.push((bundle, values));
-        }
-        let values = bundles
-            .iter()
-            .find(|(b, _)| b == bundle)
-            .and_then(|(_, v)| v.as_ref());
-        Ok(match values {
+        let i = match bundles.iter().position(|(b, _)| *b == bundle) {
+            Some(i) => i,
+            None => {
+                let values = match (self.get)(bundle) {
+                    Some(text) => Some(unbundle(bundle, names, &text)?),
+                    None => None,
+                };
+                bundles.push((bundle, values));
+                bundles.len() - 1
+            }
+        };
+        Ok(match &bundles[i].1 {
             Some(values) => values.get(at).cloned().unwrap_or_default(),
             None => self.read(name),
         })
