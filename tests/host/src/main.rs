@@ -4,6 +4,7 @@
 mod app;
 mod bindings;
 mod cli;
+mod engine;
 mod kv;
 mod manifest;
 mod outbound;
