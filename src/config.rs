@@ -171,9 +171,6 @@ fn single_route<F: Fn(&str) -> Option<String>>(v: &Variables<F>) -> Result<Route
     let upstream = v
         .origin("upstream", false)?
         .ok_or_else(|| error("upstream", "is empty"))?;
-    let upstream_url = upstream
-        .url()
-        .ok_or_else(|| error("upstream", "not a URL"))?;
     let blob_redirect = routes::parse_blob_redirect(&v.get("blob_redirect")?)
         .ok_or_else(|| error("blob_redirect", "expected \"pass\" or \"follow\""))?;
     let prefix = v.get("repository_prefix")?.trim_matches('/').to_string();
@@ -209,7 +206,6 @@ fn single_route<F: Fn(&str) -> Option<String>>(v: &Variables<F>) -> Result<Route
         path: String::new(),
         mirrors: vec![registry],
         ns_only: false,
-        upstream_url,
         auth: v.origin("upstream_auth", false)?.into_iter().collect(),
         cdn: v.origin("upstream_cdn", true)?.into_iter().collect(),
         upstream,

@@ -196,7 +196,7 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    pub fn start(config: Config, req: Incoming) -> (Exchange, Step) {
+    pub fn start(config: Config, mut req: Incoming) -> (Exchange, Step) {
         let head_only = req.method == Method::HEAD;
         let public = crate::public_url::public_origin(
             &config,
@@ -216,7 +216,8 @@ impl Exchange {
             ns,
             endpoint: endpoint.as_ref().ok().cloned(),
             head_only,
-            client_headers: req.headers.clone(),
+            // Kept once, here: the request's own copy is left empty.
+            client_headers: std::mem::take(&mut req.headers),
             waiting: Waiting::Nothing,
             current: None,
             role: Role::Registry,
@@ -249,7 +250,7 @@ impl Exchange {
         let names = NameMap::default();
         let ctx = reply::Context {
             public: None,
-            realm: String::new(),
+            ns: None,
             upstream: None,
             names: &names,
             endpoint: None,
@@ -291,7 +292,7 @@ impl Exchange {
                 self.token_request(TokenRequest::new(
                     false,
                     query.as_bytes(),
-                    req.headers.get(header::AUTHORIZATION),
+                    self.client_headers.get(header::AUTHORIZATION),
                 ))
             }
             _ if !read_only => self.method_not_allowed(&req.method),
@@ -317,7 +318,7 @@ impl Exchange {
                     // challenge of `/v2/` for every repository, so it is the proxy's, and
                     // token requests find their route by the scope's repository. A login
                     // (which comes back with its token) is checked by no registry.
-                    if req.headers.contains_key(header::AUTHORIZATION) {
+                    if self.client_headers.contains_key(header::AUTHORIZATION) {
                         let ok = Draft::made(StatusCode::OK, b"{}".to_vec(), "application/json");
                         return self.reply(ok);
                     }
@@ -485,14 +486,9 @@ impl Exchange {
     /// Every answer leaves through here.
     fn reply(&mut self, draft: Draft) -> Step {
         self.waiting = Waiting::Nothing;
-        let realm = match (&self.public, &self.ns) {
-            (Some(p), Some(ns)) => format!("{p}{}?ns={ns}", crate::endpoint::TOKEN_PATH),
-            (Some(p), None) => format!("{p}{}", crate::endpoint::TOKEN_PATH),
-            _ => String::new(),
-        };
         let ctx = reply::Context {
             public: self.public.as_ref(),
-            realm,
+            ns: self.ns.as_deref(),
             upstream: self.route.as_ref().map(|r| &r.upstream),
             names: &self.names,
             endpoint: self.endpoint.as_ref(),

@@ -167,9 +167,20 @@ impl Origin {
         }
     }
 
-    /// This origin as a URL with an empty path.
+    /// This origin as a URL with an empty path. Never `None` for a parsed origin (tested).
     pub fn url(&self) -> Option<url::Url> {
         url::Url::parse(&format!("{self}/")).ok()
+    }
+
+    /// This origin with `path`, encoded as `Url::set_path` encodes it. Parsed on demand, once:
+    /// a route table's routes are read per request and most of them serve none of it.
+    pub fn url_with_path(&self, path: &str) -> Option<url::Url> {
+        if path.starts_with('/') && !path.contains(['?', '#']) {
+            return url::Url::parse(&format!("{self}{path}")).ok();
+        }
+        let mut url = self.url()?;
+        url.set_path(path);
+        Some(url)
     }
 }
 
@@ -197,6 +208,33 @@ mod tests {
             "http://h"
         );
         assert_eq!(Origin::parse("http://my_registry:5000").unwrap().port, 5000);
+    }
+
+    #[test]
+    fn every_origin_is_a_url_with_any_path() {
+        for text in [
+            "https://registry-1.docker.io",
+            "http://127.0.0.1:5000",
+            "http://[::1]:8080",
+            "http://my_registry:5000",
+            "http://1.2.3",
+            "http://0x7f.1",
+            "https://xn--bcher-kva.example",
+        ] {
+            let o = Origin::parse(text).unwrap();
+            for path in [
+                "/v2/",
+                "/v2/a/b/manifests/sha256:00",
+                "/v2/a b/%41",
+                "/x?y",
+                "/x#y",
+                "v2",
+            ] {
+                let mut want = o.url().unwrap();
+                want.set_path(path);
+                assert_eq!(o.url_with_path(path), Some(want), "{text} {path}");
+            }
+        }
     }
 
     #[test]

@@ -30,8 +30,8 @@ use http::{Response, StatusCode};
 pub struct Context<'a> {
     /// Unknown only when the request's own Host could not be read.
     pub public: Option<&'a Origin>,
-    /// The proxy's token endpoint for this request (with containerd's `ns`, when it sent one).
-    pub realm: String,
+    /// containerd's `ns`, when it sent one: the proxy's realm carries it back.
+    pub ns: Option<&'a str>,
     /// The upstream registry, whose Link targets are mapped.
     pub upstream: Option<&'a Origin>,
     pub names: &'a NameMap,
@@ -232,9 +232,13 @@ pub fn finish(ctx: &Context, draft: Draft) -> ClientResponse {
     // R2
     if let (StatusCode::UNAUTHORIZED, Some(public)) = (status, ctx.public) {
         let upstream = challenge::from_headers(&offered);
+        let realm = match ctx.ns {
+            Some(ns) => format!("{public}{}?ns={ns}", crate::endpoint::TOKEN_PATH),
+            None => format!("{public}{}", crate::endpoint::TOKEN_PATH),
+        };
         let c = challenge::proxy_challenge(
             &upstream,
-            &ctx.realm,
+            &realm,
             public,
             ctx.names,
             endpoint_scope(ctx.endpoint),
@@ -273,7 +277,7 @@ mod tests {
     fn ctx<'a>(public: &'a Origin, upstream: &'a Origin, names: &'a NameMap) -> Context<'a> {
         Context {
             public: Some(public),
-            realm: format!("{public}/token"),
+            ns: None,
             upstream: Some(upstream),
             names,
             endpoint: None,

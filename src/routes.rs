@@ -45,8 +45,6 @@ pub struct Route {
     /// Selected only by `ns` (it names mirrors, and no host or path).
     pub ns_only: bool,
     pub upstream: Origin,
-    /// `upstream` as a URL: the base every registry request is built on.
-    pub upstream_url: url::Url,
     /// Token realm origins, where clients' credentials may go (besides `upstream`).
     pub auth: Vec<Origin>,
     /// Origin patterns redirects may be followed to, never with credentials.
@@ -279,7 +277,6 @@ fn build(raw: RawRoute, index: usize, defaults: Defaults) -> Result<Route, Confi
         })
         .ok_or_else(|| err("upstream", "missing (give it, or a preset that has one)"))?;
     let upstream = origin("upstream", &upstream_text, false)?;
-    let upstream_url = upstream.url().ok_or_else(|| err("upstream", "not a URL"))?;
     let auth_texts = match raw.auth {
         Some(a) => a.into_vec(),
         None => preset
@@ -375,7 +372,6 @@ fn build(raw: RawRoute, index: usize, defaults: Defaults) -> Result<Route, Confi
         mirrors: mirrors.iter().map(|m| m.to_ascii_lowercase()).collect(),
         ns_only,
         upstream,
-        upstream_url,
         auth,
         cdn,
         prefix,

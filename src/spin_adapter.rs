@@ -23,6 +23,15 @@ use wasi::io::streams::{InputStream, OutputStream, StreamError};
 /// concurrent pull (tests/bench/speed.py).
 const COPY_BYTES: u64 = 256 << 10;
 
+/// The most of an upstream body the client does not get (a challenge, an error page, a
+/// redirect) read to its end anyway: the runtime's connection pool (hyper's, in Spin as in the
+/// test host) closes a connection whose response was dropped before its end, and the next
+/// request to that upstream pays a new connection and TLS handshake. Such bodies are small; a
+/// larger one costs more to read than a new connection.
+const RELEASE_BYTES: u64 = 64 << 10;
+/// How long the rest of such a body is waited for: a slow or stalling upstream costs this.
+const RELEASE_WAIT: Duration = Duration::from_millis(100);
+
 /// What the log line reports about one request.
 struct Served {
     status: u16,
@@ -92,7 +101,7 @@ fn serve(
     let mut request = Some(req);
     let (mut exchange, mut step) = Exchange::start(config, incoming);
     // The upstream response whose body a later step may read or stream.
-    let mut last: Option<IncomingResponse> = None;
+    let mut last: Option<Upstream> = None;
     let mut store = KeyValue::default();
     loop {
         store.write(exchange.take_writes(), now);
@@ -107,27 +116,84 @@ fn serve(
                 }
             }
             Step::Send(request) => {
-                last = None;
+                release(last.take());
+                let head_only = request.method() == http::Method::HEAD;
                 match send(request, exchange.timeout()) {
-                    Ok(resp) => {
-                        let head = head_from_wasi(&resp);
-                        last = Some(resp);
+                    Ok(response) => {
+                        let head = head_from_wasi(&response);
+                        last = Some(Upstream {
+                            response,
+                            head_only,
+                        });
                         exchange.on_response(head)
                     }
                     Err(f) => exchange.on_failure(f),
                 }
             }
-            Step::ReadResponse { limit } => match last.take().map(|r| read_response(r, limit)) {
-                Some(Ok(body)) => exchange.on_body(body),
-                Some(Err(f)) => exchange.on_failure(f),
-                None => exchange.on_failure(Failure::Other("no response to read".into())),
-            },
+            Step::ReadResponse { limit } => {
+                match last.take().map(|u| read_response(u.response, limit)) {
+                    Some(Ok(body)) => exchange.on_body(body),
+                    Some(Err(f)) => exchange.on_failure(f),
+                    None => exchange.on_failure(Failure::Other("no response to read".into())),
+                }
+            }
             Step::Reply(response) => {
                 let upstream = exchange.upstream_status.map(|s| s.as_u16());
                 let cause = exchange.cause().map(String::from);
                 return (write(out, response, last.take()), upstream, cause);
             }
         };
+    }
+}
+
+/// An upstream response, and whether it answers a HEAD (its body is empty by definition).
+struct Upstream {
+    response: IncomingResponse,
+    head_only: bool,
+}
+
+/// Lets go of an upstream response the client does not get, read to its end when that is small
+/// and (nearly) there, so that its connection goes back to the pool.
+fn release(upstream: Option<Upstream>) {
+    let Some(Upstream {
+        response,
+        head_only: false,
+    }) = upstream
+    else {
+        return;
+    };
+    let declared = response.headers().get("content-length");
+    let too_long = declared
+        .first()
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > RELEASE_BYTES);
+    if too_long {
+        return;
+    }
+    let Ok(body) = response.consume() else { return };
+    let Ok(stream) = body.stream() else { return };
+    let nanos = u64::try_from(RELEASE_WAIT.as_nanos()).unwrap_or(u64::MAX);
+    let deadline = wasi::clocks::monotonic_clock::subscribe_duration(nanos);
+    let mut left = RELEASE_BYTES;
+    loop {
+        match stream.read(left) {
+            Ok(chunk) if chunk.is_empty() => {
+                let readable = stream.subscribe();
+                let ready = wasi::io::poll::poll(&[&readable, &deadline]);
+                if !ready.contains(&0) {
+                    return;
+                }
+            }
+            Ok(chunk) => {
+                left = left.saturating_sub(chunk.len() as u64);
+                if left == 0 {
+                    return;
+                }
+            }
+            // The end (the connection is free again), or a failure that closed it.
+            Err(_) => return,
+        }
     }
 }
 
@@ -338,7 +404,7 @@ fn read_response(resp: IncomingResponse, limit: usize) -> Result<Vec<u8>, Failur
 }
 
 /// Sends the response: the head, then its bytes or the upstream body streamed.
-fn write(out: ResponseOutparam, r: ClientResponse, upstream: Option<IncomingResponse>) -> Served {
+fn write(out: ResponseOutparam, r: ClientResponse, upstream: Option<Upstream>) -> Served {
     let (head, body) = r.into_parts();
     let status = head.status().as_u16();
     let expected = head
@@ -357,6 +423,7 @@ fn write(out: ResponseOutparam, r: ClientResponse, upstream: Option<IncomingResp
         // A HEAD keeps the GET's Content-Length, so its body is never taken: the runtime
         // would check a taken body against that length.
         ResponseOutparam::set(out, resp);
+        release(upstream);
         return served(0, None);
     }
     let Ok(outgoing_body) = resp.body() else {
@@ -366,17 +433,22 @@ fn write(out: ResponseOutparam, r: ClientResponse, upstream: Option<IncomingResp
     let Ok(output) = outgoing_body.write() else {
         return served(0, Some("response body unavailable".into()));
     };
-    let copied = match body {
-        ClientBody::Bytes(bytes) | ClientBody::Stored(bytes) => write_all(&output, &bytes)
-            .map(|()| bytes.len() as u64)
-            .map_err(|(n, e)| (n as u64, format!("client went away: {e:?}"))),
-        ClientBody::Upstream => copy_upstream(upstream, &output),
-        ClientBody::None => Ok(0),
+    let (copied, unused) = match body {
+        ClientBody::Bytes(bytes) | ClientBody::Stored(bytes) => (
+            write_all(&output, &bytes)
+                .map(|()| bytes.len() as u64)
+                .map_err(|(n, e)| (n as u64, format!("client went away: {e:?}"))),
+            upstream,
+        ),
+        ClientBody::Upstream => (copy_upstream(upstream.map(|u| u.response), &output), None),
+        ClientBody::None => (Ok(0), upstream),
     };
     match copied {
         Ok(n) => {
             drop(output);
             let _ = OutgoingBody::finish(outgoing_body, None);
+            // After the client has its answer: it waits for none of this.
+            release(unused);
             served(n, None)
         }
         // A client that closes once it has every byte it was promised has not failed.

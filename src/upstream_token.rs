@@ -175,7 +175,6 @@ mod tests {
             path: String::new(),
             mirrors: vec![],
             ns_only: false,
-            upstream_url: upstream.url().unwrap(),
             upstream,
             auth: vec![],
             cdn: vec![],

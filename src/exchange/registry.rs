@@ -26,8 +26,9 @@ impl Exchange {
             None => endpoint.path(),
         };
         let query = listing::upstream_query(endpoint, req.query.as_deref(), &self.names);
-        let headers = headers::registry_request(&req.headers);
-        let authorization = token::upstream_authorization(req.headers.get(header::AUTHORIZATION));
+        let headers = headers::registry_request(&self.client_headers);
+        let authorization =
+            token::upstream_authorization(self.client_headers.get(header::AUTHORIZATION));
         let Some(url) = self.upstream_url(&path, query.as_deref()) else {
             return self.error(OciError::internal("no route"));
         };
@@ -388,8 +389,7 @@ impl Exchange {
     }
 
     pub(super) fn upstream_url(&self, path: &str, query: Option<&str>) -> Option<url::Url> {
-        let mut url = self.route()?.upstream_url.clone();
-        url.set_path(path);
+        let mut url = self.route()?.upstream.url_with_path(path)?;
         url.set_query(query);
         Some(url)
     }

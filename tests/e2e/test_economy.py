@@ -114,3 +114,27 @@ def test_a_request_reads_three_variables_or_two_with_a_route_table(make_target, 
             assert after - before == 10 * reads, (proxy.name, before, after)
     finally:
         routed.stop()
+
+
+def test_answers_the_client_does_not_get_leave_their_connection_open(make_target):
+    """Spin's outbound pool (hyper's) closes a connection whose response was dropped before its
+    end. The proxy reads the small bodies it does not pass on (error pages it replaces, the
+    repository probe of its token endpoint) to their end, so the next request reuses the
+    connection instead of paying a new one (and a TLS handshake on a real upstream)."""
+    import clients
+    target = make_target("anon")
+    proxy = target.proxy
+    repository = target.name(NAME)
+    before = harness.counters(proxy)
+    for i in range(10):
+        r = clients.http_request("GET", f"{proxy.url}/v2/{repository}/manifests/missing-{i}")
+        assert r.status == 404, r
+        r = clients.http_request(
+            "GET", f"{proxy.url}/token?service=x&scope=repository:{repository}:pull")
+        assert r.status == 200, r
+    after = harness.counters(proxy)
+    sent = sum(after["outbound"].values()) - sum(before["outbound"].values())
+    connects = after["connects"] - before["connects"]
+    print(f"\n{sent} upstream requests over {connects} new connections")
+    assert sent >= 20, (before, after)
+    assert connects <= 2, (before, after)

@@ -28,7 +28,6 @@ fn descriptions() -> Vec<String> {
     d.extend(
         [
             "is empty",
-            "not a URL",
             "expected \"pass\" or \"follow\"",
             "not a repository name",
             "expected \"true\" or \"false\"",

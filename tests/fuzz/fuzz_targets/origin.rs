@@ -27,6 +27,20 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     if let Ok(o) = Origin::parse_pattern(&text) {
         safe(&o);
+        // Routes build their upstream URLs from origins on demand: one that parses is a URL.
+        if !o.is_wildcard() {
+            let url = o.url_with_path("/v2/a/manifests/b");
+            assert_eq!(
+                url.as_ref().map(url::Url::as_str),
+                o.url()
+                    .map(|mut u| {
+                        u.set_path("/v2/a/manifests/b");
+                        u.to_string()
+                    })
+                    .as_deref(),
+                "{text:?}"
+            );
+        }
     }
     let parts: Vec<&[u8]> = data.splitn(3, |b| *b == b'\n').collect();
     let mut headers = http::HeaderMap::new();

@@ -24,10 +24,9 @@ const FIELDS: [&str; 13] = [
     "public",
 ];
 
-const WORDS: [&str; 12] = [
+const WORDS: [&str; 11] = [
     "unknown preset",
     "missing (give it, or a preset that has one)",
-    "not a URL",
     "expected a host name or *.domain, without port",
     "not repository path segments",
     "expected registry host names (docker.io, host:port)",
