@@ -14,7 +14,8 @@ emptied in between), and prints the requests each pull cost:
   storage    requests to blob storage (only `follow` makes them: `pass` hands the client the
              signed URL)
 
-and how many pulls of the image an hour's 500 outbound requests allow, cold and warm.
+how many pulls of the image an hour's 500 outbound requests allow, cold and warm, and how many
+upstream connections each pull opened (a request on a pooled connection pays no TLS handshake).
 Numbers only, no assertion; the exit status is non-zero only when a pull failed.
 
     python3 tests/bench/economy.py                  # layers20 (config + 20 layers) and multiarch
@@ -72,7 +73,7 @@ def main() -> int:
                     }, name=f"economy-{client}-{mode}")
                     try:
                         ref = f"127.0.0.1:{proxy.port}/{name}:latest"
-                        counts = [harness.outbound(proxy)]
+                        counts = [harness.counters(proxy)]
                         for _ in range(2):
                             if client == "docker":
                                 dockerd.remove_all_images()
@@ -85,16 +86,20 @@ def main() -> int:
                                 containerd.drop_namespace(ns)
                             else:
                                 clients.skopeo_copy_all(ref)
-                            counts.append(harness.outbound(proxy))
+                            counts.append(harness.counters(proxy))
                     finally:
                         proxy.stop()
-                    cold = (cost(counts[0], counts[1], registry_origins),
-                            cost(counts[0], counts[1], storage_origins))
-                    warm = (cost(counts[1], counts[2], registry_origins),
-                            cost(counts[1], counts[2], storage_origins))
-                    rows.append((key, blobs, client, mode, cold, warm))
+                    out = [c["outbound"] for c in counts]
+                    cold = (cost(out[0], out[1], registry_origins),
+                            cost(out[0], out[1], storage_origins))
+                    warm = (cost(out[1], out[2], registry_origins),
+                            cost(out[1], out[2], storage_origins))
+                    # New upstream connections, all origins: a pooled one costs no handshake.
+                    opened = [counts[i + 1]["connects"] - counts[i]["connects"] for i in (0, 1)]
+                    rows.append((key, blobs, client, mode, cold, warm, opened))
                     print(f"{key} ({blobs} blobs) {client} {mode}: cold {cold[0]} + {cold[1]} "
-                          f"storage, warm {warm[0]} + {warm[1]} storage", flush=True)
+                          f"storage, warm {warm[0]} + {warm[1]} storage; connections opened: "
+                          f"cold {opened[0]}, warm {opened[1]}", flush=True)
     finally:
         if dockerd:
             dockerd.remove_all_images()
@@ -106,12 +111,14 @@ def main() -> int:
     print()
     print("Upstream requests per pull (registry + realm; + blob storage), and pulls per hour "
           f"within {BUDGET} outbound requests")
-    print("| image | blobs | client | blob_redirect | cold | warm | pulls/h cold | pulls/h warm |")
-    print("|---|---|---|---|---|---|---|---|")
-    for key, blobs, client, mode, cold, warm in rows:
+    print("| image | blobs | client | blob_redirect | cold | warm | pulls/h cold | pulls/h warm "
+          "| connections opened cold / warm |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for key, blobs, client, mode, cold, warm, opened in rows:
         per_hour = lambda c: "unbounded" if sum(c) == 0 else str(BUDGET // sum(c))  # noqa: E731
         print(f"| {key} | {blobs} | {client} | {mode} | {cold[0]} + {cold[1]} | "
-              f"{warm[0]} + {warm[1]} | {per_hour(cold)} | {per_hour(warm)} |")
+              f"{warm[0]} + {warm[1]} | {per_hour(cold)} | {per_hour(warm)} | "
+              f"{opened[0]} / {opened[1]} |")
     return 0
 
 

@@ -7,7 +7,8 @@ the "same-host upstream" case) with one large blob and a one-layer image, and in
   proxy          the component spin.toml names, in the test host, blob_redirect = follow,
                  tag_ttl = 0 (nothing kept: every request goes upstream)
   proxy (kept)   the same with tag_ttl = 60: HEAD by tag and by digest answered from its store
-  floor          tests/bench/floor: a Spin component that only forwards (one variable read)
+  floor          tests/bench/floor: a Spin component that only forwards (one variable read),
+                 built with the project's settings (.cargo/config.toml: the same stack size)
   nginx          proxy_pass with 64 KiB proxy buffers (`proxy_buffers 8 64k`, no temp files)
 
 Then, in interleaved rounds (the order rotates each round; medians over the rounds):
@@ -150,9 +151,11 @@ def skopeo_copy(svc: harness.Service, dest: Path) -> float:
 
 
 def build_floor() -> None:
+    # From the project's root, so that its .cargo/config.toml (the component's stack size)
+    # applies to the floor as well: what the proxy spends above the floor is then its code's.
     subprocess.run(["cargo", "build", "-q", "--release", "--target", "wasm32-wasip2",
                     "--manifest-path", FLOOR_DIR / "Cargo.toml", "--target-dir",
-                    ROOT / "target"], check=True)
+                    ROOT / "target"], check=True, cwd=ROOT)
 
 
 def main() -> int:

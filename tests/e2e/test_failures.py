@@ -646,3 +646,23 @@ def test_credentials_never_logged(fresh, env):
     assert "/token" in log, f"token requests not logged at all:\n{log}"
     for secret in (basic, "alice:s3cret", "s3cret", bearer, refresh, refresh2, issued):
         assert secret not in log, f"credential {secret!r} in host log:\n{log}"
+
+
+@pytest.mark.parametrize("depth, status", [(126, 200), (400, 502)])
+def test_listings_nested_deeper_than_any_registry_sends_cost_no_trap(fresh, env, depth, status):
+    """A hostile upstream (no registry sends this) nests a tags listing that the proxy must
+    parse to map its names: as deep as serde_json parses (128 levels) it is rewritten within
+    the component's 256 KiB stack (.cargo/config.toml); deeper is refused in plain words. The
+    guest never traps, which would end the request without an OCI error."""
+    p = fresh(env.variables(repository_prefix="org"))
+    arrays = "[" * depth + "]" * depth
+    objects = '{"o":' * depth + "1" + "}" * depth
+    body = f'{{"name":"org/{NAME}","tags":["a"],"x":{arrays},"y":{objects}}}'.encode()
+    env.up.route(f"/v2/org/{NAME}/tags/list", Response(200, [("Content-Type", "application/json")], body))
+    r = call(p.url, "GET", f"/v2/{NAME}/tags/list")
+    assert r.status == status, r.describe()
+    if status == 200:
+        assert r.json()["name"] == NAME and r.json()["tags"] == ["a"], r.describe()
+    else:
+        assert oci_error_of(r), r.describe()
+    assert "trapped" not in p.log(), p.log()[-2000:]
