@@ -127,11 +127,14 @@ def test_answers_the_client_does_not_get_leave_their_connection_open(make_target
     repository = target.name(NAME)
     before = harness.counters(proxy)
     for i in range(10):
-        r = clients.http_request("GET", f"{proxy.url}/v2/{repository}/manifests/missing-{i}")
-        assert r.status == 404, r
-        r = clients.http_request(
-            "GET", f"{proxy.url}/token?service=x&scope=repository:{repository}:pull")
-        assert r.status == 200, r
+        for path, status in [(f"/v2/{repository}/manifests/missing-{i}", 404),
+                             (f"/token?service=x&scope=repository:{repository}:pull", 200)]:
+            lines = proxy.log().count(f"GET {path.split('?')[0]} ")
+            r = clients.http_request("GET", proxy.url + path)
+            assert r.status == status, r
+            # The body is read after the client has its answer, and the log line written
+            # after that: the connection is back in the pool once the line is there.
+            proxy.wait_log(lambda t: t.count(f"GET {path.split('?')[0]} ") > lines)
     after = harness.counters(proxy)
     sent = sum(after["outbound"].values()) - sum(before["outbound"].values())
     connects = after["connects"] - before["connects"]
