@@ -55,8 +55,11 @@ fn run() -> Result<()> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
+        // Before the announcement: a test that has read it may signal at once, and a SIGUSR1
+        // without a handler would end the process.
+        let usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
         announce(&app, listener.local_addr()?)?;
-        tokio::spawn(print_counters_on_usr1(app.clone()));
+        tokio::spawn(print_counters_on_usr1(app.clone(), usr1));
         tokio::select! {
             r = server::serve(app, listener) => r,
             r = shutdown_signal() => r,
@@ -88,9 +91,10 @@ fn announce(app: &app::App, addr: std::net::SocketAddr) -> Result<()> {
 /// `kill -USR1 <pid>` prints the upstream connections opened (`CONNECTS n`), the variable
 /// reads (`VARIABLE_READS n`), then the outbound requests per origin (one `OUTBOUND {...}`
 /// line), in one write.
-async fn print_counters_on_usr1(app: Arc<app::App>) -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut usr1 = signal(SignalKind::user_defined1())?;
+async fn print_counters_on_usr1(
+    app: Arc<app::App>,
+    mut usr1: tokio::signal::unix::Signal,
+) -> Result<()> {
     while usr1.recv().await.is_some() {
         let mut out = std::io::stdout().lock();
         let lines = format!(
