@@ -172,12 +172,9 @@ impl Origin {
         url::Url::parse(&format!("{self}/")).ok()
     }
 
-    /// This origin with `path`, encoded as `Url::set_path` encodes it. Parsed on demand, once:
-    /// a route table's routes are read per request and most of them serve none of it.
+    /// This origin with `path`. Built on demand: a route table's routes are read per request
+    /// and most of them serve none of it.
     pub fn url_with_path(&self, path: &str) -> Option<url::Url> {
-        if path.starts_with('/') && !path.contains(['?', '#']) {
-            return url::Url::parse(&format!("{self}{path}")).ok();
-        }
         let mut url = self.url()?;
         url.set_path(path);
         Some(url)
