@@ -7,14 +7,16 @@ the "same-host upstream" case) with one large blob and a one-layer image, and in
   proxy          the component spin.toml names, in the test host, blob_redirect = follow,
                  tag_ttl = 0 (nothing kept: every request goes upstream)
   proxy (kept)   the same with tag_ttl = 60: HEAD by tag and by digest answered from its store
-  floor          tests/bench/floor: a Spin component that only forwards (one variable read),
-                 built with the project's settings (.cargo/config.toml: the same stack size)
+  floor          tests/bench/floor: a Spin component that only forwards (one variable read,
+                 one blocking splice per chunk), built with the project's settings
+                 (.cargo/config.toml: the same stack size): what any component on this runtime
+                 gets, for blobs as for HEADs
   nginx          proxy_pass with 64 KiB proxy buffers (`proxy_buffers 8 64k`, no temp files)
 
 Then, in interleaved rounds (the order rotates each round; medians over the rounds):
 
-  * blob GET, 1 stream and 4 concurrent streams (curl to /dev/null): MiB/s, and ÷ direct
-    measured in the same round;
+  * blob GET, 1 stream and 4 concurrent streams (curl to /dev/null) direct, through the floor,
+    the proxy and nginx: MiB/s, and ÷ direct measured in the same round;
   * the proxy's peak RSS above idle during the 4 streams (VmRSS of the test host, sampled);
   * CPU seconds per GiB moved of the process that answers (the registry itself for direct);
   * HEAD manifest (hey, 16 connections): req/s ÷ direct; CPU per HEAD of the process that
@@ -199,7 +201,7 @@ def main() -> int:
         print(f"registry {registry.url}; blob {args.size} MiB; {args.rounds} rounds", flush=True)
 
         blob_path = f"/v2/{NAME}/blobs/{digest}"
-        blob_targets = {"direct": registry, "proxy": proxy, "nginx": nginx}
+        blob_targets = {"direct": registry, "floor": floor, "proxy": proxy, "nginx": nginx}
         streams = {}   # (target, n) -> [MiB/s per round]
         ratios = {}    # (target, n) -> [÷ direct per round]
         rss = []
