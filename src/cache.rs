@@ -243,7 +243,7 @@ pub fn signed_until(url: &url::Url) -> Option<u64> {
         ("X-Goog-Date", "X-Goog-Expires"),
     ] {
         if let (Some(d), Some(e)) = (get(date), get(expires)) {
-            return Some(iso_basic_to_unix(d)? + e.parse::<u64>().ok()?);
+            return iso_basic_to_unix(d)?.checked_add(e.parse::<u64>().ok()?);
         }
     }
     if let Some(e) = get("Expires") {
@@ -339,6 +339,12 @@ mod tests {
         );
         assert_eq!(
             signed_until(&u("https://s3/x?X-Amz-Date=garbage&X-Amz-Expires=60")),
+            None
+        );
+        assert_eq!(
+            signed_until(&u(
+                "https://s3/x?X-Amz-Date=20261130T120000Z&X-Amz-Expires=18446744073709551615"
+            )),
             None
         );
     }

@@ -250,9 +250,29 @@ impl Config {
                 Some(url.ok_or_else(|| error("home", "expected an http(s) URL without user"))?)
             }
         };
+        let public_url = v.origin("public_url", false)?;
+        if let Some(public) = &public_url {
+            // Every request would be taken for one at `public_url`'s host: routed as such, and
+            // told to fetch its token there.
+            if let Some(r) = routes
+                .0
+                .iter()
+                .find(|r| r.hosts.iter().any(|h| *h != public.host))
+            {
+                return Err(error(
+                    "public_url",
+                    format!(
+                        "names one host, but route {:?} serves another: leave public_url empty \
+                         so each request's Host makes its realm (a DNS name on the default port \
+                         gets https), or set trust_forwarded behind a front proxy",
+                        r.name
+                    ),
+                ));
+            }
+        }
         Ok(Self {
             routes,
-            public_url: v.origin("public_url", false)?,
+            public_url,
             trust_forwarded,
             home,
         })
@@ -274,6 +294,32 @@ mod tests {
 
     fn single(pairs: &[(&str, &str)]) -> Route {
         config(pairs).unwrap().routes.0.remove(0)
+    }
+
+    #[test]
+    fn public_url_and_routes_for_other_hosts_are_refused() {
+        let table = r#"[{"name": "a", "host": "images.example.com", "upstream": "https://a.example"},
+                        {"name": "b", "host": "team.example.com", "upstream": "https://b.example"}]"#;
+        let e = config(&[
+            ("routes", table),
+            ("public_url", "https://images.example.com"),
+        ])
+        .unwrap_err();
+        assert!(e.0.contains("route \"b\" serves another"), "{e}");
+        assert!(config(&[("routes", table)]).is_ok());
+        let one = r#"[{"name": "a", "host": "images.example.com", "upstream": "https://a.example"},
+                      {"name": "b", "path": "b", "upstream": "https://b.example"}]"#;
+        assert!(config(&[
+            ("routes", one),
+            ("public_url", "https://images.example.com")
+        ])
+        .is_ok());
+        let wild = r#"[{"name": "a", "host": "*.example.com", "upstream": "https://a.example"}]"#;
+        assert!(config(&[
+            ("routes", wild),
+            ("public_url", "https://images.example.com")
+        ])
+        .is_err());
     }
 
     #[test]

@@ -429,6 +429,8 @@ pub fn config(src: &mut Source) -> Config {
     } else {
         String::new()
     };
+    // The table serves two hosts: one public URL would take every request for one of them.
+    let public = if table.is_empty() { public } else { "" };
     let pairs = [
         ("routes", table.as_str()),
         ("upstream", upstream),

@@ -16,6 +16,8 @@ use sha2::{Digest, Sha256};
 pub const MARGIN_SECONDS: u64 = 20;
 /// What a realm's token lives when the answer does not say (the token spec's default).
 pub const DEFAULT_EXPIRES_IN: u64 = 60;
+/// The longest a token is kept, whatever the realm says: a day.
+const MAX_LIFETIME: u64 = 86_400;
 /// Largest realm answer the proxy reads.
 pub const MAX_TOKEN_BODY: usize = 64 << 10;
 
@@ -144,7 +146,7 @@ impl Token {
             .unwrap_or(DEFAULT_EXPIRES_IN);
         Some(Token {
             token: token.to_string(),
-            until: now + lifetime.saturating_sub(MARGIN_SECONDS),
+            until: now.saturating_add(lifetime.min(MAX_LIFETIME).saturating_sub(MARGIN_SECONDS)),
         })
     }
 
@@ -212,6 +214,14 @@ mod tests {
         assert_eq!(d.until, DEFAULT_EXPIRES_IN - MARGIN_SECONDS);
         assert!(Token::from_response(b"{\"token\":\"a\\nb\"}", 0).is_none());
         assert!(Token::from_response(b"not json", 0).is_none());
+        // A realm's lifetime is kept for a day at most, and no number overflows.
+        let huge = br#"{"token":"t","expires_in":18446744073709551615}"#;
+        let h = Token::from_response(huge, u64::MAX - 5).unwrap();
+        assert_eq!(h.until, u64::MAX);
+        assert_eq!(
+            Token::from_response(huge, 1000).unwrap().until,
+            1000 + 86_400 - MARGIN_SECONDS
+        );
     }
 
     #[test]

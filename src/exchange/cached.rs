@@ -491,8 +491,8 @@ impl Exchange {
         let token = upstream_token::Token::from_response(&body, now);
         if let (Some(t), Some(id)) = (token, self.anonymous_identity.clone()) {
             // Handed out while at least half its life is left, with what is left.
-            let expires_at = t.until + upstream_token::MARGIN_SECONDS;
-            let until = now + (expires_at - now) / 2;
+            let expires_at = t.until.saturating_add(upstream_token::MARGIN_SECONDS);
+            let until = now.saturating_add(expires_at.saturating_sub(now) / 2);
             let kept = cache::AnonymousToken {
                 token: t.token.clone(),
                 expires_at,
