@@ -217,6 +217,7 @@ fn single_route<F: Fn(&str) -> Option<String>>(v: &Variables<F>) -> Result<Route
         tag_ttl,
         credentials: None,
         public: false,
+        logins: routes::Logins::Unshared,
     })
 }
 

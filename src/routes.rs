@@ -60,6 +60,19 @@ pub struct Route {
     pub credentials: Option<Credentials>,
     /// Serves anonymous clients with the route's own credentials.
     pub public: bool,
+    /// Whether it passes a client's credentials upstream (see `Routes::passes_logins`).
+    pub logins: Logins,
+}
+
+/// A route's `client_credentials`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logins {
+    /// `false`, or the route has credentials of its own.
+    Never,
+    /// Unless another route on the host takes them to another registry.
+    Unshared,
+    /// `true`: this route's registry is the one a login for its hosts is for.
+    Always,
 }
 
 impl Route {
@@ -70,6 +83,11 @@ impl Route {
     /// Hosts the token endpoint may send clients' credentials to: the upstream and its realm.
     pub fn allows_realm(&self, realm: &Origin) -> bool {
         *realm == self.upstream || self.auth.contains(realm)
+    }
+
+    /// Where clients' credentials may go: the same for both routes.
+    fn same_destination(&self, other: &Route) -> bool {
+        self.upstream == other.upstream && self.auth == other.auth
     }
 
     /// Hosts a redirect may be followed to, without credentials.
@@ -150,6 +168,22 @@ impl Routes {
     }
 
     /// Whether `host` is served only by path routes: `/v2/` is then the proxy's to answer.
+    /// Whether `route`, serving a request for `host`, passes the client's credentials
+    /// upstream. A client keeps one login per host: where another route on the host would
+    /// take it to another registry, each would get the other's, so neither does (clients are
+    /// anonymous there), unless one says `"client_credentials": true`.
+    pub fn passes_logins(&self, route: &Route, host: &str) -> bool {
+        match route.logins {
+            Logins::Never => false,
+            Logins::Always => true,
+            Logins::Unshared => !self.0.iter().any(|r| {
+                r.logins != Logins::Never
+                    && !r.same_destination(route)
+                    && r.host_rank(host).is_some()
+            }),
+        }
+    }
+
     pub fn paths_only(&self, host: &str) -> bool {
         let serving: Vec<&Route> = self
             .0
@@ -200,6 +234,7 @@ struct RawRoute {
     password: Option<String>,
     token: Option<String>,
     public: Option<bool>,
+    client_credentials: Option<bool>,
 }
 
 /// What every route of the table shares with the single-upstream variables.
@@ -348,6 +383,12 @@ fn build(raw: RawRoute, index: usize, defaults: Defaults) -> Result<Route, Confi
         }
     };
     let public = raw.public.unwrap_or(false);
+    if credentials.is_some() && raw.client_credentials == Some(true) {
+        return Err(err(
+            "client_credentials",
+            "a route with credentials of its own passes no client's upstream",
+        ));
+    }
     if credentials.is_some() && !public {
         return Err(err(
             "public",
@@ -380,9 +421,51 @@ fn build(raw: RawRoute, index: usize, defaults: Defaults) -> Result<Route, Confi
         blob_redirect,
         timeout,
         tag_ttl,
+        logins: match (&credentials, raw.client_credentials) {
+            (Some(_), _) | (None, Some(false)) => Logins::Never,
+            (None, None) => Logins::Unshared,
+            (None, Some(true)) => Logins::Always,
+        },
         credentials,
         public,
     })
+}
+
+/// Whether two routes can serve a request for the same host.
+fn hosts_overlap(a: &Route, b: &Route) -> bool {
+    let overlap = |x: &str, y: &str| match (x.strip_prefix('*'), y.strip_prefix('*')) {
+        (None, None) => x == y,
+        (Some(sx), None) => y.ends_with(sx) && y.len() > sx.len(),
+        (None, Some(sy)) => x.ends_with(sy) && x.len() > sy.len(),
+        (Some(sx), Some(sy)) => sx.ends_with(sy) || sy.ends_with(sx),
+    };
+    a.hosts.is_empty()
+        || b.hosts.is_empty()
+        || a.hosts
+            .iter()
+            .any(|x| b.hosts.iter().any(|y| overlap(x, y)))
+}
+
+/// Two routes that both say `"client_credentials": true` on a host they share, for different
+/// registries: no one of them is the one a login is for.
+fn check_logins(routes: &[Route]) -> Result<(), ConfigError> {
+    for (i, a) in routes.iter().enumerate() {
+        for b in &routes[..i] {
+            if a.logins == Logins::Always
+                && b.logins == Logins::Always
+                && !a.same_destination(b)
+                && hosts_overlap(a, b)
+            {
+                return Err(ConfigError(format!(
+                    "variable routes: route {:?}: takes clients' credentials on a host where \
+                     route {:?}, for another registry, takes them too (a client has one login \
+                     per host)",
+                    a.name, b.name
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A day: a tag kept longer would hide a push for longer than anyone expects.
@@ -412,6 +495,7 @@ pub fn parse(json: &str, defaults: Defaults) -> Result<Routes, ConfigError> {
         .enumerate()
         .map(|(i, r)| build(r, i, defaults))
         .collect::<Result<Vec<_>, _>>()?;
+    check_logins(&routes)?;
     for (i, a) in routes.iter().enumerate() {
         for b in &routes[..i] {
             if a.name == b.name {
@@ -478,6 +562,58 @@ mod tests {
             e.0.contains("tag_ttl: expected seconds (0 to 86400)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_hosts_logins_go_to_one_registry() {
+        let t = |json: &str| parse(json, defaults());
+        let passes = |r: &Routes, name: &str, host: &str| {
+            let route = r.0.iter().find(|x| x.name == name).unwrap();
+            r.passes_logins(route, host)
+        };
+        let shared = t(
+            r#"[{"name": "a", "path": "a", "upstream": "https://a.example"},
+                          {"name": "b", "path": "b", "upstream": "https://b.example"},
+                          {"name": "c", "path": "c", "upstream": "https://a.example"}]"#,
+        )
+        .unwrap();
+        assert!(!passes(&shared, "a", "x.example") && !passes(&shared, "b", "x.example"));
+        let same = t(
+            r#"[{"name": "a", "path": "a", "upstream": "https://a.example"},
+                        {"name": "c", "path": "c", "upstream": "https://a.example"}]"#,
+        )
+        .unwrap();
+        assert!(passes(&same, "a", "x.example") && passes(&same, "c", "x.example"));
+        let split = t(
+            r#"[{"name": "a", "host": "a.example.com", "upstream": "https://a.example"},
+                         {"name": "b", "host": "*.b.example.com", "upstream": "https://b.example"},
+                         {"name": "m", "mirrors": ["ghcr.io"], "upstream": "https://a.example"}]"#,
+        )
+        .unwrap();
+        assert!(passes(&split, "a", "a.example.com") && passes(&split, "m", "a.example.com"));
+        assert!(!passes(&split, "b", "x.b.example.com") && !passes(&split, "m", "x.b.example.com"));
+        let chosen = t(
+            r#"[{"name": "a", "path": "a", "upstream": "https://a.example",
+                            "client_credentials": true},
+                           {"name": "b", "path": "b", "upstream": "https://b.example"},
+                           {"name": "n", "path": "n", "upstream": "https://a.example",
+                            "client_credentials": false}]"#,
+        )
+        .unwrap();
+        assert!(passes(&chosen, "a", "x") && !passes(&chosen, "b", "x"));
+        assert!(!passes(&chosen, "n", "x"));
+        let both = t(
+            r#"[{"name": "a", "path": "a", "upstream": "https://a.example",
+                          "client_credentials": true},
+                         {"name": "b", "host": "*.example.com", "upstream": "https://b.example",
+                          "client_credentials": true}]"#,
+        );
+        assert!(both.unwrap_err().0.contains("one login per host"));
+        let own = t(
+            r#"[{"name": "a", "upstream": "https://a.example", "token": "t",
+                         "public": true, "client_credentials": true}]"#,
+        );
+        assert!(own.unwrap_err().0.contains("client_credentials"));
     }
 
     #[test]

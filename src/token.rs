@@ -65,6 +65,21 @@ impl TokenRequest {
         }
     }
 
+    /// The same request as a client without credentials makes it: a GET with what names the
+    /// token, and nothing of who asks.
+    pub fn without_credentials(self) -> Self {
+        let params = self
+            .params
+            .into_iter()
+            .filter(|(k, _)| matches!(k.as_str(), "scope" | "service" | "client_id"))
+            .collect();
+        Self {
+            form: false,
+            params,
+            basic: None,
+        }
+    }
+
     fn get(&self, name: &str) -> Option<&str> {
         self.params
             .iter()
@@ -157,6 +172,10 @@ impl TokenRequest {
             .extend_pairs(self.upstream_params(service, names))
             .finish()
     }
+}
+
+pub fn is_basic(value: &HeaderValue) -> bool {
+    is_scheme(value, "basic")
 }
 
 /// The `Authorization` to send upstream for what the client sent: Basic credentials and

@@ -191,6 +191,7 @@ mod tests {
                 password: "s3cret".into(),
             }),
             public: true,
+            logins: crate::routes::Logins::Never,
         }
     }
 

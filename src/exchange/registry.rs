@@ -27,8 +27,11 @@ impl Exchange {
         };
         let query = listing::upstream_query(endpoint, req.query.as_deref(), &self.names);
         let headers = headers::registry_request(&self.client_headers);
+        // Basic credentials are a login for this host, which may be another route's registry.
+        let takes_logins = self.route().is_some_and(|r| self.passes_logins(r));
         let authorization =
-            token::upstream_authorization(self.client_headers.get(header::AUTHORIZATION));
+            token::upstream_authorization(self.client_headers.get(header::AUTHORIZATION))
+                .filter(|a| takes_logins || !token::is_basic(a));
         let Some(url) = self.upstream_url(&path, query.as_deref()) else {
             return self.error(OciError::internal("no route"));
         };
@@ -386,6 +389,12 @@ impl Exchange {
         } else {
             Method::GET
         }
+    }
+
+    /// Whether `route` passes the client's credentials upstream, on the host asked.
+    pub(super) fn passes_logins(&self, route: &Route) -> bool {
+        let host = self.public.as_ref().map_or("", |p| p.host.as_str());
+        self.config.routes.passes_logins(route, host)
     }
 
     pub(super) fn upstream_url(&self, path: &str, query: Option<&str>) -> Option<url::Url> {

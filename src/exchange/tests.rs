@@ -983,6 +983,73 @@ fn token_requests_route_by_scope_and_never_span_two_routes() {
     );
 }
 
+#[test]
+fn a_login_reaches_no_registry_but_the_one_it_is_for() {
+    // ghcr and quay share images.example.com (and the mirror route serves every host): a
+    // client's one login for the host would reach each of them.
+    let login = |cfg: &Config, path: &str| {
+        let mut req = at("images.example.com", Method::GET, path);
+        req.headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic YWxpY2U6czNjcmV0"),
+        );
+        drive(
+            cfg,
+            req,
+            b"",
+            by_path(vec![
+                ("/v2/", bearer("http://127.0.0.5:5005/token", "")),
+                ("/token", Canned::new(200).body(r#"{"token":"g"}"#)),
+                ("/v2/o/a/manifests/1", manifest_ok()),
+            ]),
+        )
+    };
+    let scope = "/token?scope=repository:ghcr/o/a:pull&account=alice";
+    let run = login(&table(), scope);
+    assert_eq!(status(&run), 200);
+    let asked = run.sent.last().unwrap();
+    assert!(
+        asked.headers().get(header::AUTHORIZATION).is_none(),
+        "{run:?}"
+    );
+    assert!(!asked.uri().to_string().contains("alice"), "{run:?}");
+    let run = login(&table(), "/v2/quay/o/a/manifests/1");
+    assert!(run
+        .sent
+        .iter()
+        .all(|r| r.headers().get(header::AUTHORIZATION).is_none()));
+    // The route that says the host's logins are its own gets them; the other still does not.
+    let mine = TABLE.replace(
+        r#""path": "ghcr","#,
+        r#""path": "ghcr", "client_credentials": true,"#,
+    );
+    let cfg = config(&[("routes", &mine)]);
+    let run = login(&cfg, scope);
+    let asked = run.sent.last().unwrap();
+    assert_eq!(
+        asked.headers()[header::AUTHORIZATION],
+        "Basic YWxpY2U6czNjcmV0"
+    );
+    let run = login(&cfg, "/v2/quay/o/a/manifests/1");
+    assert!(run
+        .sent
+        .iter()
+        .all(|r| r.headers().get(header::AUTHORIZATION).is_none()));
+    // Alone on its host, a route takes the host's logins.
+    let alone = r#"[{"name": "ghcr", "host": "images.example.com", "upstream": "http://127.0.0.5:5005",
+                     "auth": "http://127.0.0.5:5005"},
+                    {"name": "quay", "host": "quay.example.com", "upstream": "http://127.0.0.6:5006"}]"#;
+    let run = login(
+        &config(&[("routes", alone)]),
+        "/token?scope=repository:o/a:pull",
+    );
+    let asked = run.sent.last().unwrap();
+    assert_eq!(
+        asked.headers()[header::AUTHORIZATION],
+        "Basic YWxpY2U6czNjcmV0"
+    );
+}
+
 /// The token realm of the credentialed route: counts the token requests it answers.
 fn own_upstream(
     tokens: std::rc::Rc<std::cell::Cell<u32>>,

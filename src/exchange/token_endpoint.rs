@@ -11,6 +11,12 @@ impl Exchange {
             Err(e) => return self.error(e),
         };
         let authenticates_itself = route.credentials.is_some();
+        // A login meant for another registry on this host stays here.
+        let req = if self.passes_logins(&route) {
+            req
+        } else {
+            req.without_credentials()
+        };
         self.use_route(route);
         if let Some(name) = scope::first_invalid_name(&self.names, req.scopes()) {
             return self.error(OciError::name_invalid(format!(

@@ -204,6 +204,35 @@ def test_login_on_a_path_routed_domain(routed, docker):
     assert r.status == 401 and clients.only_bearer(r)["realm"] == f"http://{host}/token", r
 
 
+def test_a_login_goes_only_to_the_registry_it_is_for(ups, seeded, docker, podman):
+    """Two registries by path on one host, and a client with one login for the host: the route
+    that says `client_credentials` gets it (a private pull works), the other takes the client
+    as anonymous (its images pull, where the login used to be refused as unused, and the
+    login never leaves for it)."""
+    table = [{"name": "tok", "path": "tok", "client_credentials": True, **token_route(ups)},
+             {"name": "open", "path": "open", "upstream": ups.anon.url}]
+    p = start(ups, table)
+    try:
+        host = f"127.0.0.1:{p.port}"
+        cfg = docker.new_config()
+        docker.login(cfg, host, ALICE)
+        mark = ups.token_server.mark()
+        docker.pull(cfg, f"{host}/tok/private/secret:latest")
+        private = seeded["token"][("private/secret", "latest")]
+        assert any(d.endswith(private) for d in docker.repo_digests(cfg, f"{host}/tok/private/secret:latest"))
+        docker.pull(cfg, f"{host}/open/multiarch:latest")
+        public = seeded["anon"][("multiarch", "latest")]
+        assert any(d.endswith(public) for d in docker.repo_digests(cfg, f"{host}/open/multiarch:latest"))
+        podman.pull(f"{host}/open/multiarch:latest", creds=ALICE)
+        asked = ups.token_server.since(mark)
+        assert any(e.get("user") == ALICE[0] for e in asked), asked
+        r = call(p.url, "GET", "/token?scope=repository:open/multiarch:pull&service=x",
+                 headers=[("Host", host), ("Authorization", clients.basic_header(ALICE))])
+        assert r.status == 200, r.describe()
+    finally:
+        p.stop()
+
+
 def test_ten_pulls_through_a_credentialed_route_cost_one_token(ups, seeded):
     p = start(ups, main_table(ups))
     try:
