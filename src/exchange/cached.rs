@@ -74,7 +74,10 @@ impl Exchange {
                     }
                 } else if route.tag_ttl > 0 && !self.client_accepts().is_empty() {
                     let accept = cache::accept_key(&self.client_accepts());
-                    let identity = self.identity(Kind::Tag, &[&name, reference, &accept])?;
+                    // Routes to one upstream share what they saw, each for as long as it says.
+                    let ttl = route.tag_ttl.to_string();
+                    let identity =
+                        self.identity(Kind::Tag, &[&name, reference, &accept, &ttl])?;
                     What::Tag { name, identity }
                 } else {
                     return None;

@@ -1343,6 +1343,19 @@ fn a_warm_pull_costs_the_upstream_nothing() {
 }
 
 #[test]
+fn a_tag_is_kept_for_each_route_as_long_as_it_says() {
+    // Two routes to one upstream share a store: what the one keeping tags for a day saw is
+    // not served by the one that keeps them for a minute.
+    let mut store = std::collections::HashMap::new();
+    let day = config(&[("tag_ttl", "86400")]);
+    assert_eq!(docker_pull(&day, &mut store), 4);
+    assert_eq!(docker_pull(&day, &mut store), 0);
+    let minute = config(&[("tag_ttl", "60")]);
+    assert_eq!(docker_pull(&minute, &mut store), 1, "the tag went upstream");
+    assert_eq!(docker_pull(&minute, &mut store), 0);
+}
+
+#[test]
 fn the_store_keeps_nothing_a_client_with_credentials_got() {
     let cfg = config(&[]);
     let mut store = std::collections::HashMap::new();
