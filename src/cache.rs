@@ -34,6 +34,8 @@ pub enum Kind {
     /// A token the proxy handed a client as anonymous: requests with it are anonymous ones.
     Issued,
     Redirect,
+    /// A route's own upstream token for a scope.
+    OwnToken,
 }
 
 impl Kind {
@@ -45,6 +47,7 @@ impl Kind {
             Kind::AnonymousToken => "anonymous-token",
             Kind::Issued => "issued",
             Kind::Redirect => "redirect",
+            Kind::OwnToken => "own-token",
         }
     }
 }

@@ -26,7 +26,7 @@ enum What {
 }
 
 /// The write that puts an entry of `kind` into its bucket.
-fn merge(kind: Kind, identity: &str, entry: Vec<u8>) -> Write {
+pub(super) fn merge(kind: Kind, identity: &str, entry: Vec<u8>) -> Write {
     Write::Merge {
         key: cache::key(kind, identity),
         entry,
@@ -76,8 +76,7 @@ impl Exchange {
                     let accept = cache::accept_key(&self.client_accepts());
                     // Routes to one upstream share what they saw, each for as long as it says.
                     let ttl = route.tag_ttl.to_string();
-                    let identity =
-                        self.identity(Kind::Tag, &[&name, reference, &accept, &ttl])?;
+                    let identity = self.identity(Kind::Tag, &[&name, reference, &accept, &ttl])?;
                     What::Tag { name, identity }
                 } else {
                     return None;

@@ -2,6 +2,7 @@
 //! the realm when none is kept, and replaced once when the upstream refuses one.
 
 use super::*;
+use crate::cache::{self, Entry, Kind};
 
 impl Exchange {
     /// The scope the route's own token needs for this request, in upstream names.
@@ -22,10 +23,10 @@ impl Exchange {
     ) -> Step {
         let mut values = values.into_iter();
         let realm = values.next().flatten().and_then(|v| Realm::decode(&v));
-        let token = values
-            .next()
-            .flatten()
-            .and_then(|v| upstream_token::Token::decode_valid(&v, self.now));
+        let identity = self.own_token_identity(scope.as_deref());
+        let bucket = values.next().flatten();
+        let token = identity
+            .and_then(|id| cache::find::<upstream_token::Token>(bucket.as_deref(), &id, self.now));
         if let Some(t) = token {
             self.own_cached = true;
             return self.send_pending(upstream_token::bearer(&t.token));
@@ -39,6 +40,26 @@ impl Exchange {
             Some(realm) => self.fetch_own_token(&realm, scope.as_deref(), scope.clone()),
             // Unknown yet: the upstream's 401 will say.
             None => self.send_pending(None),
+        }
+    }
+
+    fn own_token_identity(&self, scope: Option<&str>) -> Option<String> {
+        Some(upstream_token::token_identity(
+            self.route()?,
+            scope.unwrap_or(""),
+        ))
+    }
+
+    /// Keeps the route's token for `scope` until `until` (`0`: drops it).
+    fn keep_own_token(&mut self, scope: Option<&str>, token: upstream_token::Token) {
+        if let Some(id) = self.own_token_identity(scope) {
+            let entry = Entry {
+                identity: id.clone(),
+                until: token.until,
+                value: token,
+            };
+            self.writes
+                .push(cached::merge(Kind::OwnToken, &id, entry.encode()));
         }
     }
 
@@ -108,11 +129,9 @@ impl Exchange {
                 .because("token realm answer without a token"),
             );
         };
-        if let Some(route) = self.route() {
-            let key = upstream_token::token_key(route, scope.as_deref().unwrap_or(""));
-            self.writes.push(Write::Set(key, token.encode()));
-        }
-        self.send_pending(upstream_token::bearer(&token.token))
+        let bearer = upstream_token::bearer(&token.token);
+        self.keep_own_token(scope.as_deref(), token);
+        self.send_pending(bearer)
     }
 
     /// A 401 to the route's own credentials (or to none yet): learn the realm, drop a stored
@@ -130,8 +149,11 @@ impl Exchange {
             realm.encode(),
         ));
         if self.own_cached {
-            let key = upstream_token::token_key(&route, scope.as_deref().unwrap_or(""));
-            self.writes.push(Write::Delete(key));
+            let ended = upstream_token::Token {
+                token: String::new(),
+                until: 0,
+            };
+            self.keep_own_token(scope.as_deref(), ended);
         }
         if realm == Realm::Basic {
             self.own_fresh = true;

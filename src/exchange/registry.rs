@@ -2,6 +2,7 @@
 //! redirects, and answered with the upstream's body, a rewritten listing or an error.
 
 use super::*;
+use crate::cache::{self, Kind};
 
 impl Exchange {
     pub(super) fn registry_request(&mut self, endpoint: &Endpoint, req: Incoming) -> Step {
@@ -68,7 +69,10 @@ impl Exchange {
                 };
                 let keys = vec![
                     upstream_token::realm_key(route),
-                    upstream_token::token_key(route, scope.as_deref().unwrap_or("")),
+                    cache::key(
+                        Kind::OwnToken,
+                        &upstream_token::token_identity(route, scope.as_deref().unwrap_or("")),
+                    ),
                 ];
                 self.waiting = Waiting::OwnCredentials { scope };
                 Step::Load(keys)

@@ -1107,6 +1107,34 @@ fn a_credentialed_route_asks_its_realm_once_for_many_pulls() {
 }
 
 #[test]
+fn a_credentialed_route_s_tokens_for_any_names_keep_the_store_bounded() {
+    // Anonymous clients name any repository they like; each name is a scope the route's
+    // account gets a token for.
+    let cfg = table();
+    let tokens = std::rc::Rc::new(std::cell::Cell::new(0));
+    let mut store = std::collections::HashMap::new();
+    for i in 0..3000 {
+        let path = format!("/v2/rand{i}/manifests/1");
+        let req = at("own.example.com", Method::GET, &path);
+        let run = simulate::run_with_store(
+            cfg.clone(),
+            req,
+            b"",
+            &mut store,
+            own_upstream(tokens.clone()),
+        );
+        assert_eq!(status(&run), 200, "{path}");
+    }
+    let own: Vec<_> = store.keys().filter(|k| k.contains("own-token")).collect();
+    assert!(own.len() <= crate::cache::BUCKETS as usize, "{}", own.len());
+    assert!(
+        store.len() < 3 * crate::cache::BUCKETS as usize,
+        "{}",
+        store.len()
+    );
+}
+
+#[test]
 fn a_refused_stored_token_is_dropped_and_replaced_once() {
     let cfg = table();
     let tokens = std::rc::Rc::new(std::cell::Cell::new(0));
