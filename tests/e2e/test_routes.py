@@ -274,7 +274,7 @@ def test_two_instances_on_one_redis_share_one_token(ups, seeded, redis_server, t
         assert len(asked) == 1, asked
         keys = subprocess.run(["redis-cli", "-p", str(redis_server.port), "--scan"],
                               capture_output=True, text=True).stdout.split()
-        assert any(k.startswith("spin-registry-proxy:token:") for k in keys), keys
+        assert any(k.startswith("spin-registry-proxy:own-token:") for k in keys), keys
     finally:
         a.stop()
         b.stop()
