@@ -241,13 +241,18 @@ impl Exchange {
             ));
             return self.error(e);
         }
-        // Another host never sees the client's credentials, nor more of its headers than a
-        // download needs.
-        let cdn_headers = headers::cdn_request(&self.client_headers);
+        // Another host never sees the client's credentials. Another registry's API gets what
+        // the client asks of the API (its Accept chooses the manifest's type); storage, no
+        // more than a download needs.
+        let hop_headers = if to_api {
+            headers.clone()
+        } else {
+            headers::cdn_request(&self.client_headers)
+        };
         self.hop = Some(Pending {
             method,
             url: target,
-            headers: cdn_headers,
+            headers: hop_headers,
         });
         self.headers_for_redirects = headers;
         self.send_hop(None)

@@ -1180,10 +1180,11 @@ fn a_redirect_target_that_wants_an_anonymous_token_gets_one() {
     // registry.k8s.io: every request is redirected to a regional Artifact Registry host,
     // which challenges for an anonymous token of its own.
     let cfg = config(&[("upstream_cdn", "http://*.pkg.test")]);
+    let accept = "application/vnd.oci.image.index.v1+json";
     let req = incoming(
         Method::GET,
         "/v2/pause/manifests/3.9",
-        &[("authorization", "Bearer client-token")],
+        &[("authorization", "Bearer client-token"), ("accept", accept)],
     );
     let run = drive(&cfg, req, b"", |r| {
         let auth = r
@@ -1214,6 +1215,10 @@ fn a_redirect_target_that_wants_an_anonymous_token_gets_one() {
         .headers()
         .get(header::AUTHORIZATION)
         .is_none_or(|v| v != "Bearer client-token")));
+    // The other registry's API is asked what the client asked (the manifest types it takes).
+    for asked in [&run.sent[1], &run.sent[3]] {
+        assert_eq!(asked.headers()[header::ACCEPT], accept, "{asked:?}");
+    }
     // A realm on a host the route may not reach: the client gets the proxy's challenge.
     let cfg = config(&[("upstream_cdn", "http://*.pkg.test")]);
     let run = drive(
