@@ -25,6 +25,10 @@ enum What {
     Base,
 }
 
+/// The least lifetime a kept anonymous token is handed out with: clients take any shorter
+/// `expires_in` for this long.
+const MIN_TOKEN_SECONDS: u64 = 60;
+
 /// The write that puts an entry of `kind` into its bucket.
 pub(super) fn merge(kind: Kind, identity: &str, entry: Vec<u8>) -> Write {
     Write::Merge {
@@ -492,20 +496,25 @@ impl Exchange {
         let now = self.now;
         let token = upstream_token::Token::from_response(&body, now);
         if let (Some(t), Some(id)) = (token, self.anonymous_identity.clone()) {
-            // Handed out while at least half its life is left, with what is left.
+            // Handed out while at least half its life is left, with what is left, and never
+            // with under a minute: docker and containerd take a shorter `expires_in` for 60 s.
             let expires_at = t.until.saturating_add(upstream_token::MARGIN_SECONDS);
-            let until = now.saturating_add(expires_at.saturating_sub(now) / 2);
-            let kept = cache::AnonymousToken {
-                token: t.token.clone(),
-                expires_at,
-            };
-            let entry = Entry {
-                identity: id.clone(),
-                until,
-                value: kept,
-            };
-            self.writes
-                .push(merge(Kind::AnonymousToken, &id, entry.encode()));
+            let until = now
+                .saturating_add(expires_at.saturating_sub(now) / 2)
+                .min(expires_at.saturating_sub(MIN_TOKEN_SECONDS));
+            if until > now {
+                let kept = cache::AnonymousToken {
+                    token: t.token.clone(),
+                    expires_at,
+                };
+                let entry = Entry {
+                    identity: id.clone(),
+                    until,
+                    value: kept,
+                };
+                self.writes
+                    .push(merge(Kind::AnonymousToken, &id, entry.encode()));
+            }
             if let Some(issued) = self.identity(Kind::Issued, &[&cache::sha256(t.token.as_bytes())])
             {
                 let mark = Entry {

@@ -1376,6 +1376,35 @@ fn a_warm_pull_costs_the_upstream_nothing() {
 }
 
 #[test]
+fn anonymous_tokens_are_handed_out_again_only_with_a_minute_left() {
+    let token_requests = |expires_in: u64| {
+        let cfg = config(&[]);
+        let mut store = std::collections::HashMap::new();
+        let asked = std::rc::Rc::new(std::cell::Cell::new(0));
+        for _ in 0..2 {
+            let asked = asked.clone();
+            let req = incoming(Method::GET, "/token?scope=repository:app:pull", &[]);
+            let run = simulate::run_with_store(cfg.clone(), req, b"", &mut store, move |r| {
+                Ok(match r.uri().path() {
+                    "/token" => {
+                        asked.set(asked.get() + 1);
+                        let body = format!(r#"{{"token":"t","expires_in":{expires_in}}}"#);
+                        Canned::new(200).body(body)
+                    }
+                    _ => bearer("http://127.0.0.2:5001/token", "repository:app:pull"),
+                })
+            });
+            assert_eq!(status(&run), 200);
+        }
+        asked.get()
+    };
+    assert_eq!(token_requests(300), 1);
+    assert_eq!(token_requests(90), 1);
+    // Kept, it would reach clients with under a minute left, which they use for a minute.
+    assert_eq!(token_requests(60), 2);
+}
+
+#[test]
 fn a_tag_is_kept_for_each_route_as_long_as_it_says() {
     // Two routes to one upstream share a store: what the one keeping tags for a day saw is
     // not served by the one that keeps them for a minute.
