@@ -194,6 +194,11 @@ impl Exchange {
             }
             None => {}
         }
+        self.not_kept(plan)
+    }
+
+    /// Nothing kept answers: the upstream is asked, and what it says may be kept.
+    fn not_kept(&mut self, plan: Plan) -> Step {
         // A HEAD by tag the proxy will keep goes upstream as a GET: the GET by digest that
         // follows it is then answered from the store.
         if matches!(plan.what, What::Tag { .. }) && self.storable && self.head_only {
@@ -223,14 +228,9 @@ impl Exchange {
             .and_then(|m| m.bytes().map(|b| (m, b)));
         match found {
             Some((meta, bytes)) => self.reply_manifest(&meta, bytes),
-            // The manifest's slot went to another: ask the upstream as if nothing were kept.
-            None => self.cache_loaded(
-                Plan {
-                    what: plan.what,
-                    issued: None,
-                },
-                vec![None],
-            ),
+            // The manifest's slot went to another: ask the upstream as if nothing were kept,
+            // for the same client (whose token may be one the proxy handed out anonymously).
+            None => self.not_kept(plan),
         }
     }
 

@@ -1405,6 +1405,18 @@ fn anonymous_tokens_are_handed_out_again_only_with_a_minute_left() {
 }
 
 #[test]
+fn a_kept_tag_whose_manifest_gave_way_is_kept_again() {
+    let cfg = config(&[]);
+    let mut store = std::collections::HashMap::new();
+    assert_eq!(docker_pull(&cfg, &mut store), 4);
+    // Another manifest took its slot; the tag is still kept, and the client's token is one the
+    // proxy handed out anonymously: what the upstream says now is kept again.
+    store.retain(|k, _| !k.starts_with("spin-registry-proxy:manifest:"));
+    assert_eq!(docker_pull(&cfg, &mut store), 1);
+    assert_eq!(docker_pull(&cfg, &mut store), 0);
+}
+
+#[test]
 fn a_tag_is_kept_for_each_route_as_long_as_it_says() {
     // Two routes to one upstream share a store: what the one keeping tags for a day saw is
     // not served by the one that keeps them for a minute.
