@@ -236,11 +236,18 @@ impl Exchange {
 
     fn reply_manifest(&mut self, meta: &cache::Manifest, bytes: Vec<u8>) -> Step {
         let mut headers = HeaderMap::new();
+        // As registries answer (distribution's ETag is the quoted digest).
+        let etag = format!("\"{}\"", meta.digest);
         for (name, value) in [
             (header::CONTENT_TYPE, meta.media_type.as_str()),
             (
                 HeaderName::from_static("docker-content-digest"),
                 meta.digest.as_str(),
+            ),
+            (header::ETAG, etag.as_str()),
+            (
+                HeaderName::from_static("docker-distribution-api-version"),
+                "registry/2.0",
             ),
         ] {
             if let Ok(v) = HeaderValue::from_str(value) {

@@ -1347,11 +1347,20 @@ fn docker_pull(cfg: &Config, store: &mut std::collections::HashMap<String, Vec<u
     let head = step(incoming(Method::HEAD, "/v2/app/manifests/1", &auth), 200);
     assert_eq!(header(&head, "docker-content-digest"), digest);
     assert_eq!(header(&head, "content-length"), INDEX.len().to_string());
+    let before = count.get();
     let get = step(
         incoming(Method::GET, &format!("/v2/app/manifests/{digest}"), &auth),
         200,
     );
     assert_eq!(get.body, INDEX.as_bytes());
+    if count.get() == before {
+        // From the store, as a registry answers.
+        assert_eq!(header(&get, "etag"), format!("\"{digest}\""));
+        assert_eq!(
+            header(&get, "docker-distribution-api-version"),
+            "registry/2.0"
+        );
+    }
     let blob = step(
         incoming(Method::GET, &format!("/v2/app/blobs/{BLOB}"), &auth),
         307,
