@@ -167,7 +167,6 @@ impl Routes {
         })
     }
 
-    /// Whether `host` is served only by path routes: `/v2/` is then the proxy's to answer.
     /// Whether `route`, serving a request for `host`, passes the client's credentials
     /// upstream. A client keeps one login per host: where another route on the host would
     /// take it to another registry, each would get the other's, so neither does (clients are
@@ -184,6 +183,7 @@ impl Routes {
         }
     }
 
+    /// Whether `host` is served only by path routes: `/v2/` is then the proxy's to answer.
     pub fn paths_only(&self, host: &str) -> bool {
         let serving: Vec<&Route> = self
             .0
@@ -446,28 +446,6 @@ fn hosts_overlap(a: &Route, b: &Route) -> bool {
             .any(|x| b.hosts.iter().any(|y| overlap(x, y)))
 }
 
-/// Two routes that both say `"client_credentials": true` on a host they share, for different
-/// registries: no one of them is the one a login is for.
-fn check_logins(routes: &[Route]) -> Result<(), ConfigError> {
-    for (i, a) in routes.iter().enumerate() {
-        for b in &routes[..i] {
-            if a.logins == Logins::Always
-                && b.logins == Logins::Always
-                && !a.same_destination(b)
-                && hosts_overlap(a, b)
-            {
-                return Err(ConfigError(format!(
-                    "variable routes: route {:?}: takes clients' credentials on a host where \
-                     route {:?}, for another registry, takes them too (a client has one login \
-                     per host)",
-                    a.name, b.name
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// A day: a tag kept longer would hide a push for longer than anyone expects.
 pub const MAX_TAG_TTL: u64 = 86_400;
 
@@ -495,7 +473,6 @@ pub fn parse(json: &str, defaults: Defaults) -> Result<Routes, ConfigError> {
         .enumerate()
         .map(|(i, r)| build(r, i, defaults))
         .collect::<Result<Vec<_>, _>>()?;
-    check_logins(&routes)?;
     for (i, a) in routes.iter().enumerate() {
         for b in &routes[..i] {
             if a.name == b.name {
@@ -510,6 +487,19 @@ pub fn parse(json: &str, defaults: Defaults) -> Result<Routes, ConfigError> {
             if shared_host && same_selector && !a.ns_only {
                 return Err(ConfigError(format!(
                     "variable routes: route {:?}: serves the same host and path as route {:?}",
+                    a.name, b.name
+                )));
+            }
+            // Both say a login for a host they share is theirs, for different registries.
+            if a.logins == Logins::Always
+                && b.logins == Logins::Always
+                && !a.same_destination(b)
+                && hosts_overlap(a, b)
+            {
+                return Err(ConfigError(format!(
+                    "variable routes: route {:?}: takes clients' credentials on a host where \
+                     route {:?}, for another registry, takes them too (a client has one login \
+                     per host)",
                     a.name, b.name
                 )));
             }

@@ -57,7 +57,7 @@ impl TokenRequest {
             .into_owned()
             .filter(|(k, _)| PARAMS.contains(&k.as_str()))
             .collect();
-        let basic = authorization.filter(|v| is_scheme(v, "basic")).cloned();
+        let basic = authorization.filter(|v| is_basic(v)).cloned();
         Self {
             form,
             params,
@@ -182,7 +182,7 @@ pub fn is_basic(value: &HeaderValue) -> bool {
 /// Bearer tokens (the upstream realm's own) pass; the anonymous token and other schemes do not.
 pub fn upstream_authorization(client: Option<&HeaderValue>) -> Option<HeaderValue> {
     let value = client?;
-    if is_scheme(value, "basic") {
+    if is_basic(value) {
         return Some(value.clone());
     }
     if !is_scheme(value, "bearer") {
