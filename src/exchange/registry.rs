@@ -29,10 +29,10 @@ impl Exchange {
         let query = listing::upstream_query(endpoint, req.query.as_deref(), &self.names);
         let headers = headers::registry_request(&self.client_headers);
         // Basic credentials are a login for this host, which may be another route's registry.
-        let takes_logins = self.route().is_some_and(|r| self.passes_logins(r));
-        let authorization =
-            token::upstream_authorization(self.client_headers.get(header::AUTHORIZATION))
-                .filter(|a| takes_logins || !token::is_basic(a));
+        let authorization = token::upstream_authorization(
+            self.client_headers.get(header::AUTHORIZATION),
+        )
+        .filter(|a| !token::is_basic(a) || self.route().is_some_and(|r| self.passes_logins(r)));
         let Some(url) = self.upstream_url(&path, query.as_deref()) else {
             return self.error(OciError::internal("no route"));
         };

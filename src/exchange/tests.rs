@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::simulate::{self, Canned, Run, AUTH, CDN, UPSTREAM};
+use std::collections::HashMap;
 
 const D: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
@@ -54,7 +55,18 @@ fn drive(
     body: &[u8],
     upstream: impl FnMut(&Request<Vec<u8>>) -> Result<Canned, Failure>,
 ) -> Run {
-    let run = simulate::run(cfg.clone(), req.clone(), body, upstream);
+    drive_stored(cfg, req, body, &mut HashMap::new(), upstream)
+}
+
+/// `drive`, with a key-value store kept between runs.
+fn drive_stored(
+    cfg: &Config,
+    req: Incoming,
+    body: &[u8],
+    store: &mut HashMap<String, Vec<u8>>,
+    upstream: impl FnMut(&Request<Vec<u8>>) -> Result<Canned, Failure>,
+) -> Run {
+    let run = simulate::run_with_store(cfg.clone(), req.clone(), body, store, upstream);
     if let Err(e) = simulate::check(cfg, &req, &run) {
         panic!("invariant broken: {e}\n{run:?}");
     }
@@ -1075,21 +1087,25 @@ fn own_upstream(
     }
 }
 
+/// A GET on the credentialed route's host, against `own_upstream` and a store kept between
+/// calls.
+fn own_get(
+    cfg: &Config,
+    store: &mut HashMap<String, Vec<u8>>,
+    tokens: &std::rc::Rc<std::cell::Cell<u32>>,
+    path: &str,
+) -> Run {
+    let req = at("own.example.com", Method::GET, path);
+    drive_stored(cfg, req, b"", store, own_upstream(tokens.clone()))
+}
+
 #[test]
 fn a_credentialed_route_asks_its_realm_once_for_many_pulls() {
     let cfg = table();
     let tokens = std::rc::Rc::new(std::cell::Cell::new(0));
     let mut store = std::collections::HashMap::new();
     for i in 0..10 {
-        let req = at("own.example.com", Method::GET, "/v2/app/manifests/1");
-        let run = simulate::run_with_store(
-            cfg.clone(),
-            req.clone(),
-            b"",
-            &mut store,
-            own_upstream(tokens.clone()),
-        );
-        simulate::check(&cfg, &req, &run).unwrap();
+        let run = own_get(&cfg, &mut store, &tokens, "/v2/app/manifests/1");
         assert_eq!(status(&run), 200, "pull {i}");
         let sent = if i == 0 { 3 } else { 1 };
         assert_eq!(run.sent.len(), sent, "pull {i}: {:?}", run.sent);
@@ -1115,14 +1131,7 @@ fn a_credentialed_route_s_tokens_for_any_names_keep_the_store_bounded() {
     let mut store = std::collections::HashMap::new();
     for i in 0..3000 {
         let path = format!("/v2/rand{i}/manifests/1");
-        let req = at("own.example.com", Method::GET, &path);
-        let run = simulate::run_with_store(
-            cfg.clone(),
-            req,
-            b"",
-            &mut store,
-            own_upstream(tokens.clone()),
-        );
+        let run = own_get(&cfg, &mut store, &tokens, &path);
         assert_eq!(status(&run), 200, "{path}");
     }
     let own: Vec<_> = store.keys().filter(|k| k.contains("own-token")).collect();
@@ -1319,14 +1328,7 @@ fn docker_pull(cfg: &Config, store: &mut std::collections::HashMap<String, Vec<u
     let digest = crate::cache::sha256(INDEX.as_bytes());
     let accept = "application/vnd.oci.image.index.v1+json";
     let mut step = |req: Incoming, want: u16| {
-        let run = simulate::run_with_store(
-            cfg.clone(),
-            req.clone(),
-            b"",
-            store,
-            signed_upstream(count.clone()),
-        );
-        simulate::check(cfg, &req, &run).unwrap_or_else(|e| panic!("{e}"));
+        let run = drive_stored(cfg, req.clone(), b"", store, signed_upstream(count.clone()));
         assert_eq!(status(&run), want, "{} {}: {run:?}", req.method, req.path);
         run
     };
