@@ -186,6 +186,24 @@ pub fn proxy_scheme(upstream: &[Challenge]) -> ProxyScheme {
     }
 }
 
+/// The query parameter of the proxy's realm, on a host several routes serve, that names the
+/// scope the challenge carried. containerd and BuildKit keep a host's first challenge and merge
+/// its scope into every later token request (`GetTokenScopes`): a pull from another route then
+/// asks for scopes of two routes, and the token endpoint lets the one named here give way.
+pub const CHALLENGE_SCOPE: &str = "challenge_scope";
+
+/// Adds the challenge's scope to its realm (see `CHALLENGE_SCOPE`).
+pub fn name_scope_in_realm(c: &mut Challenge) {
+    let Some(scope) = c.param("scope").map(String::from) else {
+        return;
+    };
+    if let Some((_, realm)) = c.params.iter_mut().find(|(n, _)| n == "realm") {
+        let separator = if realm.contains('?') { '&' } else { '?' };
+        let value: String = url::form_urlencoded::byte_serialize(scope.as_bytes()).collect();
+        realm.push_str(&format!("{separator}{CHALLENGE_SCOPE}={value}"));
+    }
+}
+
 /// The only challenge a client ever sees: the proxy's, for a response whose upstream
 /// challenges were `upstream`. A Bearer challenge names the proxy's token endpoint and carries
 /// the upstream Bearer challenge's scope in client names (`fallback_scope` when it has none

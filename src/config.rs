@@ -78,7 +78,9 @@ pub const BUNDLES: [(&str, &[&str]); 2] = [
 
 /// The values of one bundle, in its order.
 fn unbundle(bundle: &str, names: &[&str], text: &str) -> Result<Vec<String>, ConfigError> {
-    let lines: Vec<&str> = text.split('\n').collect();
+    // A value's trailing line break (a Kubernetes Secret, a file) is whitespace, as when the
+    // value is read alone; a line with text still has to name its variable.
+    let lines: Vec<&str> = text.split('\n').filter(|l| !l.trim().is_empty()).collect();
     let values = (lines.len() == names.len())
         .then(|| {
             names
@@ -194,6 +196,16 @@ fn single_route<F: Fn(&str) -> Option<String>>(v: &Variables<F>) -> Result<Route
             .ok_or_else(|| error("tag_ttl", "expected seconds (0 to 86400)"))?,
     };
     let docker_hub = DOCKER_HUB_HOSTS.contains(&upstream.host.as_str());
+    let mut cdn: Vec<Origin> = v.origin("upstream_cdn", true)?.into_iter().collect();
+    if docker_hub {
+        // Docker Hub redirects to more storage than one variable names (spin.toml allows it).
+        let preset = crate::presets::find("dockerhub").map_or(&[][..], |p| p.cdn);
+        for origin in preset.iter().filter_map(|c| Origin::parse_pattern(c).ok()) {
+            if !cdn.contains(&origin) {
+                cdn.push(origin);
+            }
+        }
+    }
     // containerd names the registry it mirrors in `ns`: this route is that registry.
     let registry = if docker_hub {
         "docker.io".to_string()
@@ -207,7 +219,7 @@ fn single_route<F: Fn(&str) -> Option<String>>(v: &Variables<F>) -> Result<Route
         mirrors: vec![registry],
         ns_only: false,
         auth: v.origin("upstream_auth", false)?.into_iter().collect(),
-        cdn: v.origin("upstream_cdn", true)?.into_iter().collect(),
+        cdn,
         upstream,
         prefix,
         library: docker_hub,
@@ -517,5 +529,33 @@ mod tests {
                 "spin.toml lacks {expected}"
             );
         }
+    }
+
+    /// A value's trailing line break (a Kubernetes Secret, a file read into
+    /// SPIN_VARIABLE_PUBLIC_URL) is whitespace in spin.toml's bundles too, as when the value is
+    /// read alone (it shifted the lines: every request got a 500).
+    #[test]
+    fn a_trailing_line_break_is_whitespace_in_a_bundle_too() {
+        let one_by_one = Config::from_variables(|k| match k {
+            "upstream" => Some("https://ghcr.io".into()),
+            "public_url" => Some("https://images.example.com\n".into()),
+            _ => None,
+        });
+        assert!(one_by_one.is_ok());
+        let bundled = Config::from_variables(|k| match k {
+            "single" => Some(
+                "upstream=https://ghcr.io\nupstream_auth=\nupstream_cdn=\nrepository_prefix=\n\
+                 blob_redirect=\nupstream_timeout=\ntag_ttl="
+                    .into(),
+            ),
+            "site" => {
+                Some("public_url=https://images.example.com\n\ntrust_forwarded=false\nhome=".into())
+            }
+            _ => None,
+        });
+        assert_eq!(
+            bundled.map(|c| c.public_url.map(|o| o.to_string())),
+            Ok(Some("https://images.example.com".into()))
+        );
     }
 }

@@ -158,6 +158,8 @@ pub struct Exchange {
     names: NameMap,
     /// containerd's `ns`: the registry the client thinks it talks to.
     ns: Option<String>,
+    /// The scope the proxy's challenge carried, named by its realm on a shared host.
+    challenge_scope: Option<String>,
     endpoint: Option<Endpoint>,
     head_only: bool,
     client_headers: HeaderMap,
@@ -177,6 +179,9 @@ pub struct Exchange {
     own_cached: bool,
     /// Whether the route's credentials have been presented afresh: once per request.
     own_fresh: bool,
+    /// The realm the store held for the route, while it has not been learned afresh: a realm
+    /// that fails, or names another realm in its 401, is learned again, once.
+    own_realm_kept: Option<Realm>,
     /// The request to the host a redirect led to, to send (again, with a token).
     hop: Option<Pending>,
     /// The registry headers, for a redirect the hop answers with.
@@ -205,15 +210,20 @@ impl Exchange {
             req.authority.as_deref(),
         );
         let endpoint = Endpoint::parse(&req.path);
-        let ns = url::form_urlencoded::parse(req.query.as_deref().unwrap_or("").as_bytes())
-            .find(|(k, _)| k == "ns")
-            .map(|(_, v)| v.to_ascii_lowercase());
+        let param = |name: &str| {
+            url::form_urlencoded::parse(req.query.as_deref().unwrap_or("").as_bytes())
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+        };
+        let ns = param("ns").map(|v| v.to_ascii_lowercase());
+        let challenge_scope = param(challenge::CHALLENGE_SCOPE);
         let mut ex = Exchange {
             public: public.as_ref().ok().cloned(),
             config,
             route: None,
             names: NameMap::default(),
             ns,
+            challenge_scope,
             endpoint: endpoint.as_ref().ok().cloned(),
             head_only,
             // Kept once, here: the request's own copy is left empty.
@@ -229,6 +239,7 @@ impl Exchange {
             pending: None,
             own_cached: false,
             own_fresh: false,
+            own_realm_kept: None,
             hop: None,
             headers_for_redirects: HeaderMap::new(),
             hop_token_tried: false,
@@ -255,6 +266,7 @@ impl Exchange {
             names: &names,
             endpoint: None,
             head_only,
+            shared_host: false,
         };
         reply::finish(&ctx, Draft::error(&OciError::config(e.to_string())))
     }
@@ -340,7 +352,8 @@ impl Exchange {
     }
 
     fn use_route(&mut self, route: Route) {
-        self.names = route.names();
+        // With `ns`, the route was chosen as that registry's mirror.
+        self.names = route.names(self.ns.is_some());
         self.route = Some(route);
     }
 
@@ -483,6 +496,15 @@ impl Exchange {
         self.reply(Draft::error(&e))
     }
 
+    /// An upstream's error in the client's words, with the upstream's headers for the reply's
+    /// allowlist to choose from (a 429's Retry-After and RateLimit-*).
+    fn upstream_error(&mut self, e: OciError, head: Response<()>) -> Step {
+        self.cause = e.cause.clone();
+        let mut draft = Draft::error(&e);
+        draft.headers = head.into_parts().0.headers;
+        self.reply(draft)
+    }
+
     /// Every answer leaves through here.
     fn reply(&mut self, draft: Draft) -> Step {
         self.waiting = Waiting::Nothing;
@@ -493,6 +515,10 @@ impl Exchange {
             names: &self.names,
             endpoint: self.endpoint.as_ref(),
             head_only: self.head_only,
+            shared_host: self
+                .public
+                .as_ref()
+                .is_some_and(|p| self.config.routes.shared(&p.host)),
         };
         Step::Reply(reply::finish(&ctx, draft))
     }

@@ -21,23 +21,24 @@ fn encode(pairs: &[(String, String)]) -> String {
         .finish()
 }
 
-/// Query parameters an endpoint takes; whatever else a client adds goes nowhere. containerd's
-/// mirror parameter `ns` names the registry the client thought it was talking to. Quay pages
-/// with an opaque `next_page` in its Links.
-fn allowed_params(endpoint: &Endpoint) -> &'static [&'static str] {
+/// Whether an endpoint takes a query parameter; whatever else a client adds goes nowhere.
+/// containerd's mirror parameter `ns` names the registry the client thought it was talking
+/// to. Quay pages tags with an opaque `next_page` in its Links. A referrers list pages with a
+/// query that is the registry's own (the spec leaves it open: `n`, `last`, `nextToken`, ...)
+/// and names no repository, so all of it passes but `ns`.
+fn takes_param(endpoint: &Endpoint, key: &str) -> bool {
     match endpoint {
-        Endpoint::Tags { .. } | Endpoint::Catalog => &["n", "last", "next_page"],
-        Endpoint::Referrers { .. } => &["artifactType"],
-        _ => &[],
+        Endpoint::Tags { .. } | Endpoint::Catalog => ["n", "last", "next_page"].contains(&key),
+        Endpoint::Referrers { .. } => key != "ns",
+        _ => false,
     }
 }
 
 /// The query to send upstream.
 pub fn upstream_query(endpoint: &Endpoint, query: Option<&str>, names: &NameMap) -> Option<String> {
-    let allowed = allowed_params(endpoint);
     let mut p: Vec<_> = pairs(query.unwrap_or(""))
         .into_iter()
-        .filter(|(k, _)| allowed.contains(&k.as_str()))
+        .filter(|(k, _)| takes_param(endpoint, k))
         .collect();
     if *endpoint == Endpoint::Catalog && !names.prefix().is_empty() {
         let last = p.iter().position(|(k, _)| k == "last");
@@ -67,10 +68,9 @@ pub fn client_link_target(
         return None;
     }
     let endpoint = Endpoint::parse(url.path()).ok()?;
-    let allowed = allowed_params(&endpoint);
     let mut query: Vec<_> = pairs(url.query().unwrap_or(""))
         .into_iter()
-        .filter(|(k, _)| allowed.contains(&k.as_str()))
+        .filter(|(k, _)| takes_param(&endpoint, k))
         .collect();
     let endpoint = match &endpoint {
         Endpoint::Catalog => {

@@ -26,9 +26,12 @@ pub const PRESETS: [Preset; 9] = [
         registry: "docker.io",
         upstream: "https://registry-1.docker.io",
         auth: &["https://auth.docker.io"],
+        // Cloudflare, its R2 storage (anonymous pulls), and CloudFront (since 2026-05-20,
+        // Docker Hub's release notes).
         cdn: &[
             "https://production.cloudflare.docker.com",
             "https://*.r2.cloudflarestorage.com",
+            "https://production.cloudfront.docker.com",
         ],
         library: true,
         catalog: false,

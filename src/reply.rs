@@ -37,6 +37,8 @@ pub struct Context<'a> {
     pub names: &'a NameMap,
     pub endpoint: Option<&'a Endpoint>,
     pub head_only: bool,
+    /// Several routes serve the request's host: a challenge's realm names its scope.
+    pub shared_host: bool,
 }
 
 /// What an exchange wants to answer.
@@ -236,13 +238,16 @@ pub fn finish(ctx: &Context, draft: Draft) -> ClientResponse {
             Some(ns) => format!("{public}{}?ns={ns}", crate::endpoint::TOKEN_PATH),
             None => format!("{public}{}", crate::endpoint::TOKEN_PATH),
         };
-        let c = challenge::proxy_challenge(
+        let mut c = challenge::proxy_challenge(
             &upstream,
             &realm,
             public,
             ctx.names,
             endpoint_scope(ctx.endpoint),
         );
+        if ctx.shared_host {
+            challenge::name_scope_in_realm(&mut c);
+        }
         if let Ok(v) = HeaderValue::from_str(&c.render()) {
             h.insert(header::WWW_AUTHENTICATE, v);
         }
@@ -282,6 +287,7 @@ mod tests {
             names,
             endpoint: None,
             head_only: false,
+            shared_host: false,
         }
     }
 

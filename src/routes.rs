@@ -76,8 +76,11 @@ pub enum Logins {
 }
 
 impl Route {
-    pub fn names(&self) -> NameMap {
-        NameMap::new(&self.path, &self.prefix, self.library)
+    /// How its client names map upstream. containerd's mirror requests (`?ns=`, with the
+    /// `hosts.toml` the README shows) carry the mirrored registry's own names: no path.
+    pub fn names(&self, mirroring: bool) -> NameMap {
+        let path = if mirroring { "" } else { self.path.as_str() };
+        NameMap::new(path, &self.prefix, self.library)
     }
 
     /// Hosts the token endpoint may send clients' credentials to: the upstream and its realm.
@@ -100,14 +103,19 @@ impl Route {
         self.allows_realm(target) || self.allows_cdn(target)
     }
 
-    fn host_rank(&self, host: &str) -> Option<u8> {
+    /// How specifically the route names `host`, by its best pattern: exactly, then by the
+    /// longest `*.` suffix, then not at all (a route without hosts); `None`: not served.
+    fn host_rank(&self, host: &str) -> Option<(u8, usize)> {
         if self.hosts.is_empty() {
-            return Some(0);
+            return Some((0, 0));
         }
-        self.hosts.iter().find_map(|h| match h.strip_prefix('*') {
-            Some(suffix) => (host.ends_with(suffix) && host.len() > suffix.len()).then_some(1),
-            None => (h == host).then_some(2),
-        })
+        let rank = |h: &String| match h.strip_prefix('*') {
+            Some(suffix) => {
+                (host.ends_with(suffix) && host.len() > suffix.len()).then_some((1, suffix.len()))
+            }
+            None => (h == host).then_some((2, 0)),
+        };
+        self.hosts.iter().filter_map(rank).max()
     }
 
     fn owns(&self, name: &str) -> bool {
@@ -181,6 +189,15 @@ impl Routes {
                     && r.host_rank(host).is_some()
             }),
         }
+    }
+
+    /// Whether several routes serve `host` (by path, or a host route beside path routes).
+    pub fn shared(&self, host: &str) -> bool {
+        let serving = self
+            .0
+            .iter()
+            .filter(|r| !r.ns_only && r.host_rank(host).is_some());
+        serving.count() > 1
     }
 
     /// Whether `host` is served only by path routes: `/v2/` is then the proxy's to answer.
@@ -709,5 +726,37 @@ mod tests {
     fn credentials_never_print() {
         let t = parse(TABLE, defaults()).unwrap();
         assert!(!format!("{t:?}").contains("s3cret"));
+    }
+
+    /// Of two wildcards, the narrower wins whatever the order (it took the table's order: the
+    /// broader route, listed last, served the narrower one's hosts, with its own account).
+    #[test]
+    fn the_narrower_wildcard_wins_whatever_the_order() {
+        let t = parse(
+            r#"[{"name": "team", "host": "*.team.example.com", "upstream": "https://team.example"},
+                {"name": "all", "host": "*.example.com", "upstream": "https://all.example",
+                 "token": "org-token", "public": true}]"#,
+            defaults(),
+        )
+        .unwrap();
+        let r = t.select("x.team.example.com", Some("app"), None).unwrap();
+        assert_eq!(r.name, "team");
+    }
+
+    /// A route ranks by its best host: `["*.example.com", "images.example.com"]` names
+    /// images.example.com exactly (it ranked by the first pattern that matched).
+    #[test]
+    fn an_exactly_listed_host_ranks_as_exact() {
+        let t = parse(
+            r#"[{"name": "a", "host": ["*.example.com", "images.example.com"], "path": "ghcr",
+                 "upstream": "https://a.example"},
+                {"name": "b", "host": "images.example.com", "upstream": "https://b.example"}]"#,
+            defaults(),
+        )
+        .unwrap();
+        let r = t
+            .select("images.example.com", Some("ghcr/owner/app"), None)
+            .unwrap();
+        assert_eq!(r.name, "a");
     }
 }

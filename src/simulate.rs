@@ -254,10 +254,15 @@ pub fn check(config: &Config, req: &Incoming, run: &Run) -> Result<(), String> {
             [c] if c.scheme == "bearer" => {
                 let realm = c.param("realm").unwrap_or_default();
                 let token = format!("{public}/token");
-                let ns_realm = realm
-                    .strip_prefix(&token)
-                    .is_some_and(|q| q.starts_with("?ns="));
-                (realm == token || ns_realm) && c.param("service") == Some(&public.authority())
+                // Only containerd's `ns` and the challenge's own scope may follow.
+                let known = |(k, v): (std::borrow::Cow<str>, std::borrow::Cow<str>)| {
+                    k == "ns"
+                        || (k == crate::challenge::CHALLENGE_SCOPE && c.param("scope") == Some(&v))
+                };
+                let query = realm.strip_prefix(&token).and_then(|r| r.strip_prefix('?'));
+                let with_query =
+                    query.is_some_and(|q| url::form_urlencoded::parse(q.as_bytes()).all(known));
+                (realm == token || with_query) && c.param("service") == Some(&public.authority())
             }
             [c] if c.scheme == "basic" => c.param("realm") == Some(&public.authority()),
             _ => false,
@@ -523,6 +528,7 @@ fn query(src: &mut Source) -> Option<String> {
         Some("scope=registry:catalog:*&evil=1"),
         Some("artifactType=application%2Fx"),
         Some("n=1&last=team%2Fapp%2Fz&x=1"),
+        Some("challenge_scope=repository%3Aghcr%2Fo%2Fa%3Apull&scope=repository:ghcr/o/a:pull&scope=repository:quay/b:pull"),
     ])
     .map(String::from)
 }

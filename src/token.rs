@@ -105,20 +105,28 @@ impl TokenRequest {
 
     /// The repositories the scopes name, in client names, each once.
     pub fn repositories(&self) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        for s in self.scopes().flat_map(str::split_whitespace) {
-            let Some((kind, rest)) = s.split_once(':') else {
-                continue;
-            };
-            let Some((name, _)) = rest.rsplit_once(':') else {
-                continue;
-            };
-            let repository = kind == "repository" || kind.starts_with("repository(");
-            if repository && !out.iter().any(|n| n == name) {
-                out.push(name.to_string());
-            }
-        }
-        out
+        repositories(self.scopes())
+    }
+
+    /// The same request without the scopes that name one of `names`.
+    pub fn without_repositories(self, names: &[String]) -> Self {
+        let kept = |s: &&str| repository_of(s).is_none_or(|n| !names.iter().any(|x| x == n));
+        let params = self
+            .params
+            .into_iter()
+            .filter_map(|(k, v)| {
+                if k != "scope" {
+                    return Some((k, v));
+                }
+                let v = v
+                    .split_whitespace()
+                    .filter(kept)
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                (!v.is_empty()).then_some((k, v))
+            })
+            .collect();
+        Self { params, ..self }
     }
 
     /// The first repository the scopes name, in client names, if it is a valid name.
@@ -172,6 +180,27 @@ impl TokenRequest {
             .extend_pairs(self.upstream_params(service, names))
             .finish()
     }
+}
+
+/// The repository a scope names (`repository:name:pull`, `repository(plugin):name:pull`).
+fn repository_of(scope: &str) -> Option<&str> {
+    let (kind, rest) = scope.split_once(':')?;
+    let (name, _) = rest.rsplit_once(':')?;
+    (kind == "repository" || kind.starts_with("repository(")).then_some(name)
+}
+
+/// The repositories scopes (each several, space-separated) name, each once.
+pub fn repositories<'a>(scopes: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for name in scopes
+        .flat_map(str::split_whitespace)
+        .filter_map(repository_of)
+    {
+        if !out.iter().any(|n| n == name) {
+            out.push(name.to_string());
+        }
+    }
+    out
 }
 
 pub fn is_basic(value: &HeaderValue) -> bool {

@@ -26,7 +26,11 @@ fn code_for_status(status: StatusCode, endpoint: &Endpoint) -> ErrorCode {
         404 => match endpoint {
             Endpoint::Blob { .. } => ErrorCode::BlobUnknown,
             Endpoint::Manifest { .. } => ErrorCode::ManifestUnknown,
-            Endpoint::Tags { .. } | Endpoint::Referrers { .. } => ErrorCode::NameUnknown,
+            Endpoint::Tags { .. } => ErrorCode::NameUnknown,
+            // A registry without the referrers API answers its router's bare 404. oras-go
+            // (oras, notation) falls back to the `sha256-<hex>` tag on any 404 but
+            // NAME_UNKNOWN, which it takes for a missing repository and stops.
+            Endpoint::Referrers { .. } => ErrorCode::Unsupported,
             _ => ErrorCode::Unsupported,
         },
         405 => ErrorCode::Unsupported,

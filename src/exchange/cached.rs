@@ -473,7 +473,7 @@ impl Exchange {
             Some(cache::Base { status, .. }) if (200..300).contains(&status) => {
                 let mut open = Response::new(());
                 *open.status_mut() = StatusCode::OK;
-                self.realm_discovered(open, req)
+                self.realm_known(open, req)
             }
             _ => self.probe("/v2/", None, Waiting::RealmDiscovery(req)),
         }

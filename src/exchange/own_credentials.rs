@@ -31,6 +31,7 @@ impl Exchange {
             self.own_cached = true;
             return self.send_pending(upstream_token::bearer(&t.token));
         }
+        self.own_realm_kept = realm.clone();
         match realm {
             Some(Realm::Basic) => {
                 self.own_fresh = true;
@@ -110,6 +111,17 @@ impl Exchange {
                 limit: upstream_token::MAX_TOKEN_BODY,
             };
         }
+        // A kept realm that refuses (404: moved; 401, 403: no longer the registry's) may have
+        // moved: forget it, and let the registry's 401 name it. One that fails (5xx) is down.
+        let refused = head.status().is_client_error();
+        if self.own_realm_kept.take().is_some() && refused {
+            if let Some(route) = self.route() {
+                let key = upstream_token::realm_key(route);
+                self.writes.push(Write::Delete(key));
+            }
+            self.own_fresh = false;
+            return self.send_pending(None);
+        }
         self.error(
             OciError::unavailable(
                 StatusCode::BAD_GATEWAY,
@@ -138,11 +150,17 @@ impl Exchange {
     /// token the upstream refused, and present the credentials afresh, once.
     pub(super) fn own_credentials_refused(&mut self, head: Response<()>) -> Option<Step> {
         let route = self.route()?.clone();
-        if !matches!(route.credentials, Some(Credentials::Basic { .. })) || self.own_fresh {
+        if !matches!(route.credentials, Some(Credentials::Basic { .. })) {
             return None;
         }
         let challenges = challenge::from_headers(head.headers());
         let realm = Realm::from_challenges(&challenges)?;
+        // Fresh credentials refused: final, unless they came by a kept realm the registry no
+        // longer names.
+        let kept = self.own_realm_kept.take();
+        if self.own_fresh && kept.is_none_or(|k| k == realm) {
+            return None;
+        }
         let scope = self.own_scope();
         self.writes.push(Write::Set(
             upstream_token::realm_key(&route),

@@ -375,11 +375,7 @@ impl Exchange {
             return self.error(OciError::internal("no endpoint"));
         };
         let e = upstream_error::client_error(head.status(), body, endpoint);
-        self.cause = e.cause.clone();
-        let (parts, ()) = head.into_parts();
-        let mut draft = Draft::error(&e);
-        draft.headers = parts.headers;
-        self.reply(draft)
+        self.upstream_error(e, head)
     }
 
     /// Whether the endpoint's body must be rewritten into client names.

@@ -906,10 +906,12 @@ fn path_routes_speak_client_names_with_their_path() {
             ))
         },
     );
+    // Several routes serve the host: the realm names the challenge's scope (containerd merges
+    // it into later token requests; see `containerd_s_merged_challenge_scope_gives_way`).
     assert_eq!(
         header(&run, "www-authenticate"),
-        r#"Bearer realm="http://images.example.com/token",service="images.example.com",scope="repository:ghcr/owner/app:pull""#
-            .replace("http://", "https://")
+        "Bearer realm=\"https://images.example.com/token?challenge_scope=repository%3Aghcr%2Fowner%2Fapp%3Apull\",\
+         service=\"images.example.com\",scope=\"repository:ghcr/owner/app:pull\""
     );
 }
 
@@ -1691,4 +1693,386 @@ fn what_a_route_s_own_credentials_fetched_is_kept_for_that_route_alone() {
         Ok(bearer("http://127.0.0.2:5001/token", "repository:app:pull"))
     });
     assert_eq!(status(&run), 401, "{run:?}");
+}
+
+/// containerd's mirror requests (`?ns=ghcr.io`, with the README's `hosts.toml`) carry the
+/// mirrored registry's own names: a route with a path that also mirrors maps them without it,
+/// in requests, challenges and token scopes alike.
+#[test]
+fn a_mirror_request_to_a_route_with_a_path_names_no_path() {
+    let cfg = config(&[(
+        "routes",
+        r#"[{"name": "ghcr", "host": "images.example.com", "path": "ghcr",
+             "upstream": "http://127.0.0.5:5005", "mirrors": ["ghcr.io"]}]"#,
+    )]);
+    let get = |path: &str| at("images.example.com", Method::GET, path);
+    let run = drive(
+        &cfg,
+        get("/v2/owner/app/manifests/1?ns=ghcr.io"),
+        b"",
+        |_| Ok(manifest_ok()),
+    );
+    assert_eq!(status(&run), 200, "{}", String::from_utf8_lossy(&run.body));
+    assert_eq!(
+        run.sent[0].uri().to_string(),
+        "http://127.0.0.5:5005/v2/owner/app/manifests/1"
+    );
+    let run = drive(
+        &cfg,
+        get("/v2/owner/app/manifests/1?ns=ghcr.io"),
+        b"",
+        |_| {
+            Ok(bearer(
+                "http://127.0.0.5:5005/token",
+                "repository:owner/app:pull",
+            ))
+        },
+    );
+    let challenge = header(&run, "www-authenticate");
+    assert!(
+        challenge.contains(r#"scope="repository:owner/app:pull""#),
+        "{challenge}"
+    );
+    let token = "/token?ns=ghcr.io&scope=repository:owner/app:pull";
+    let run = drive(
+        &cfg,
+        get(token),
+        b"",
+        by_path(vec![
+            ("/v2/", bearer("http://127.0.0.5:5005/token", "")),
+            (
+                "/token?service=reg&scope=repository%3Aowner%2Fapp%3Apull",
+                Canned::new(200).body(r#"{"token":"t"}"#),
+            ),
+        ]),
+    );
+    assert_eq!(status(&run), 200, "{:?} {:?}", run.cause, run.sent);
+    // Without `ns`, the path still names the route.
+    let run = drive(&cfg, get("/v2/ghcr/owner/app/manifests/1"), b"", |_| {
+        Ok(manifest_ok())
+    });
+    assert_eq!(
+        run.sent[0].uri().to_string(),
+        "http://127.0.0.5:5005/v2/owner/app/manifests/1"
+    );
+}
+
+/// The spec lets a registry page the referrers list with a `Link` whose query is its own
+/// (`n`, `last`, `nextToken`, ...): it reaches the client, and comes back upstream, whole but
+/// for containerd's `ns`. Dropping it made "next" the first page again: oras-go loops.
+#[test]
+fn referrers_pages_keep_their_query() {
+    let cfg = config(&[("repository_prefix", "team")]);
+    let index = |_: &Request<Vec<u8>>| {
+        Ok(Canned::new(200)
+            .header("content-type", "application/vnd.oci.image.index.v1+json")
+            .header(
+                "link",
+                format!("</v2/team/web/referrers/{D}?n=1&nextToken=abc>; rel=\"next\""),
+            )
+            .body(INDEX))
+    };
+    let path = format!("/v2/web/referrers/{D}?artifactType=application%2Fx&n=1");
+    let run = drive(&cfg, incoming(Method::GET, &path, &[]), b"", index);
+    assert_eq!(status(&run), 200);
+    assert_eq!(
+        header(&run, "link"),
+        format!("</v2/web/referrers/{D}?n=1&nextToken=abc>; rel=\"next\"")
+    );
+    assert_eq!(
+        run.sent[0].uri().query(),
+        Some("artifactType=application%2Fx&n=1")
+    );
+    let next = format!("/v2/web/referrers/{D}?n=1&nextToken=abc&ns=127.0.0.1:5000");
+    let run = drive(&cfg, incoming(Method::GET, &next, &[]), b"", index);
+    assert_eq!(status(&run), 200, "{:?}", run.cause);
+    assert_eq!(run.sent[0].uri().query(), Some("n=1&nextToken=abc"));
+}
+
+/// A registry without the referrers API answers its router's 404 (distribution 2.8: plain
+/// "404 page not found"). oras-go (oras, notation) falls back to the `sha256-<hex>` tag on
+/// any 404 but NAME_UNKNOWN, which it takes for a missing repository and stops; a registry's
+/// own NAME_UNKNOWN still passes as it came.
+#[test]
+fn a_registry_without_referrers_is_unsupported_not_name_unknown() {
+    let cfg = config(&[("repository_prefix", "team")]);
+    let path = format!("/v2/web/referrers/{D}");
+    for method in [Method::GET, Method::HEAD] {
+        for (ctype, body, code) in [
+            (
+                "text/plain; charset=utf-8",
+                &b"404 page not found\n"[..],
+                "UNSUPPORTED",
+            ),
+            (
+                "application/json",
+                &br#"{"errors":[{"code":"NOT_FOUND","message":"not found"}]}"#[..],
+                "UNSUPPORTED",
+            ),
+            (
+                "application/json",
+                &br#"{"errors":[{"code":"NAME_UNKNOWN","message":"team/web"}]}"#[..],
+                "NAME_UNKNOWN",
+            ),
+        ] {
+            let run = drive(&cfg, incoming(method.clone(), &path, &[]), b"", |_| {
+                Ok(Canned::new(404).header("content-type", ctype).body(body))
+            });
+            assert_eq!(status(&run), 404);
+            if method == Method::GET {
+                assert_eq!(error_code(&run), code, "{}", String::from_utf8_lossy(body));
+            }
+        }
+    }
+}
+
+/// A credentialed route's realm is kept without end: when the registry moves it (the old one
+/// fails, or the registry's 401 names another), it is learned again, once per request, and
+/// kept anew; before, the route answered 502 until someone emptied the store.
+#[test]
+fn a_kept_realm_that_moved_is_learned_again() {
+    let cfg = table();
+    let mut store = HashMap::new();
+    let tokens = std::rc::Rc::new(std::cell::Cell::new(0));
+    // Day 1: the realm is http://127.0.0.2:5001/token.
+    let run = own_get(&cfg, &mut store, &tokens, "/v2/app/manifests/1");
+    assert_eq!(status(&run), 200);
+    // Day 2 (the kept token has ended): the registry now names /v2/token as its realm, and
+    // the old one answers 404.
+    let later = |store: &mut HashMap<String, Vec<u8>>| {
+        let mut req = at("own.example.com", Method::GET, "/v2/app/manifests/1");
+        req.now += 86_400;
+        simulate::run_with_store(cfg.clone(), req, b"", store, |r| {
+            let auth = r
+                .headers()
+                .get(header::AUTHORIZATION)
+                .map(|v| v.to_str().unwrap().to_string());
+            Ok(
+                match (
+                    r.uri().authority().unwrap().as_str(),
+                    r.uri().path(),
+                    auth.as_deref(),
+                ) {
+                    ("127.0.0.2:5001", "/v2/token", Some("Basic cm9ib3Q6czNjcmV0")) => {
+                        Canned::new(200).body(r#"{"token":"new-token","expires_in":300}"#)
+                    }
+                    ("127.0.0.2:5001", _, _) => Canned::new(404),
+                    ("127.0.0.1:5000", _, Some("Bearer new-token")) => manifest_ok(),
+                    ("127.0.0.1:5000", _, _) => {
+                        bearer("http://127.0.0.2:5001/v2/token", "repository:app:pull")
+                    }
+                    _ => Canned::new(403),
+                },
+            )
+        })
+    };
+    for attempt in 0..3 {
+        let run = later(&mut store);
+        assert_eq!(
+            status(&run),
+            200,
+            "attempt {attempt}: {:?} {:?}",
+            run.cause,
+            run.sent
+        );
+        // Old realm, registry (401), new realm, registry; then the kept token.
+        let sent = if attempt == 0 { 4 } else { 1 };
+        assert_eq!(run.sent.len(), sent, "attempt {attempt}: {:?}", run.sent);
+    }
+    // A kept realm that is down (5xx) has not moved: a 502, and nothing else asked.
+    let mut store = HashMap::new();
+    own_get(&cfg, &mut store, &tokens, "/v2/app/manifests/1");
+    let mut req = at("own.example.com", Method::GET, "/v2/app/manifests/1");
+    req.now += 86_400;
+    let run = simulate::run_with_store(cfg.clone(), req, b"", &mut store, |_| Ok(Canned::new(503)));
+    assert_eq!(status(&run), 502);
+    assert_eq!(run.sent.len(), 1, "{:?}", run.sent);
+}
+
+/// containerd and BuildKit keep one auth handler per host, built from its first Bearer
+/// challenge, and merge that challenge's scope into every later token request
+/// (`GetTokenScopes(ctx, ah.common.Scopes)`, sorted). On a host several path routes serve, a
+/// `docker build` with `FROM images.example.com/ghcr/o/a` and `FROM images.example.com/quay/o/b`
+/// then asks for scopes of both routes: the realm names the scope its challenge carried, and
+/// that one gives way. A client asking for two routes' scopes on its own still gets a 400.
+#[test]
+fn containerd_s_merged_challenge_scope_gives_way() {
+    let cfg = table();
+    let run = drive(
+        &cfg,
+        at(
+            "images.example.com",
+            Method::HEAD,
+            "/v2/ghcr/o/a/manifests/1",
+        ),
+        b"",
+        |_| Ok(bearer("http://127.0.0.5:5005/token", "repository:o/a:pull")),
+    );
+    assert_eq!(status(&run), 401);
+    let first = challenge::parse(header(&run, "www-authenticate"));
+    let realm = first[0].param("realm").unwrap();
+    let common = first[0].param("scope").unwrap();
+    assert_eq!(common, "repository:ghcr/o/a:pull");
+    let realm_path = realm.strip_prefix("https://images.example.com").unwrap();
+    let quay = by_path(vec![
+        (
+            "http://127.0.0.6:5006/v2/",
+            bearer("http://127.0.0.6:5006/token", ""),
+        ),
+        (
+            "http://127.0.0.6:5006/token?service=reg&scope=repository%3Ao%2Fb%3Apull",
+            Canned::new(200).body(r#"{"token":"q","expires_in":300}"#),
+        ),
+    ]);
+    let merged = format!("{realm_path}&scope={common}&scope=repository:quay/o/b:pull");
+    let run = drive(
+        &cfg,
+        at("images.example.com", Method::GET, &merged),
+        b"",
+        quay,
+    );
+    assert_eq!(status(&run), 200, "{:?} {:?}", run.cause, run.sent);
+    assert!(run.body.starts_with(br#"{"token":"q""#), "{run:?}");
+    let own = "/token?scope=repository:ghcr/o/a:pull&scope=repository:quay/o/b:pull";
+    let run = drive(
+        &cfg,
+        at("images.example.com", Method::GET, own),
+        b"",
+        |_| Ok(Canned::new(500)),
+    );
+    assert_eq!(status(&run), 400);
+    assert!(run.sent.is_empty());
+}
+
+/// A kept "/v2/ is open" ends when it was kept to end, however many token requests read it
+/// (each wrote it again for another 5 minutes): an upstream that starts to challenge on /v2/
+/// kept `docker login` (a token request with credentials and no scope) refused with a 400 for
+/// as long as pulls continued.
+#[test]
+fn a_kept_open_v2_ends_whatever_the_traffic() {
+    let cfg = config(&[]);
+    let t0 = 1_700_000_000u64;
+    let closed = |r: &Request<Vec<u8>>| -> Result<Canned, Failure> {
+        Ok(
+            match (r.uri().authority().unwrap().as_str(), r.uri().path()) {
+                ("127.0.0.2:5001", "/token") => {
+                    Canned::new(200).body(r#"{"token":"t","expires_in":30}"#)
+                }
+                _ => bearer("http://127.0.0.2:5001/token", ""),
+            },
+        )
+    };
+    let login = |store: &mut HashMap<String, Vec<u8>>| {
+        let mut req = token_get("account=alice&client_id=docker&offline_token=true");
+        req.now = t0 + 550;
+        drive_stored(&cfg, req, b"", store, closed)
+    };
+    let open_v2 = |store: &mut HashMap<String, Vec<u8>>| {
+        let mut req = incoming(Method::GET, "/v2/", &[]);
+        req.now = t0;
+        drive_stored(&cfg, req, b"", store, |_| Ok(Canned::new(200)));
+    };
+    // Without traffic in between, the kept answer has ended by t0 + 550: the login works.
+    let mut quiet = HashMap::new();
+    open_v2(&mut quiet);
+    assert_eq!(status(&login(&mut quiet)), 200);
+    // With two anonymous token requests in between, it has not.
+    let mut busy = HashMap::new();
+    open_v2(&mut busy);
+    for dt in [200, 400] {
+        let mut req = incoming(Method::GET, "/token?scope=repository:app:pull", &[]);
+        req.now = t0 + dt;
+        let run = drive_stored(&cfg, req, b"", &mut busy, closed);
+        assert_eq!(status(&run), 200);
+    }
+    let run = login(&mut busy);
+    assert_eq!(status(&run), 200, "{:?}", run.cause);
+}
+
+/// A token realm's 429 keeps its Retry-After, as the registry's does.
+#[test]
+fn a_realm_s_429_keeps_retry_after() {
+    let cfg = config(&[]);
+    let run = drive(
+        &cfg,
+        token_get("scope=repository:web:pull"),
+        b"",
+        by_path(vec![
+            ("/v2/", bearer(&format!("{AUTH}/token"), "")),
+            (
+                "http://127.0.0.2:5001/token",
+                Canned::new(429).header("retry-after", "30"),
+            ),
+        ]),
+    );
+    assert_eq!(status(&run), 429);
+    assert_eq!(header(&run, "retry-after"), "30");
+}
+
+/// Docker Hub redirects blob GETs to `production.cloudfront.docker.com` too (Docker Hub release
+/// notes, 2026-05-20; docker/docs allow-list). With `follow`, the `dockerhub` preset refuses it.
+#[test]
+fn the_dockerhub_preset_follows_docker_hub_s_cloudfront_storage() {
+    let cfg = config(&[(
+        "routes",
+        r#"[{"name": "hub", "preset": "dockerhub", "blob_redirect": "follow"}]"#,
+    )]);
+    let req = incoming(Method::GET, &format!("/v2/alpine/blobs/{D}"), &[]);
+    let run = drive(&cfg, req, b"", |r| {
+        Ok(match r.uri().host().unwrap() {
+            "registry-1.docker.io" => Canned::new(307).header(
+                "location",
+                "https://production.cloudfront.docker.com/registry-v2/docker/registry/v2/blobs/\
+                 sha256/9f/9f86/data?Expires=1700000600&Signature=s&Key-Pair-Id=K",
+            ),
+            _ => Canned::new(200).body("blob"),
+        })
+    });
+    assert_eq!(status(&run), 200, "{:?}", run.cause);
+    assert_eq!(run.body, b"blob");
+}
+
+/// Docker Hub sends anonymous (and Personal plan) pulls to its R2 bucket
+/// `docker-images-prod.6aa30f8b08e16409b46e0173d6de2f56.r2.cloudflarestorage.com` (docker/docs
+/// allow-list), which `upstream_cdn`, one origin, cannot also name: a Docker Hub upstream
+/// follows to the `dockerhub` preset's storage as well. Another upstream does not.
+#[test]
+fn spin_toml_s_docker_hub_defaults_follow_anonymous_pulls_to_r2() {
+    let cfg = Config::from_variables(|k| {
+        [
+            ("upstream", "https://registry-1.docker.io"),
+            ("upstream_auth", "https://auth.docker.io"),
+            ("upstream_cdn", "https://production.cloudflare.docker.com"),
+            ("blob_redirect", "follow"),
+        ]
+        .iter()
+        .find(|(n, _)| *n == k)
+        .map(|(_, v)| v.to_string())
+    })
+    .unwrap();
+    let req = incoming(Method::GET, &format!("/v2/alpine/blobs/{D}"), &[]);
+    let run = drive(&cfg, req, b"", |r| {
+        Ok(match r.uri().host().unwrap() {
+            "registry-1.docker.io" => Canned::new(307).header(
+                "location",
+                "https://docker-images-prod.6aa30f8b08e16409b46e0173d6de2f56.r2.cloudflarestorage.com\
+                 /registry-v2/docker/registry/v2/blobs/sha256/9f/9f86/data\
+                 ?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date=20231114T221320Z\
+                 &X-Amz-Expires=1200&X-Amz-Signature=s",
+            ),
+            _ => Canned::new(200).body("blob"),
+        })
+    });
+    assert_eq!(status(&run), 200, "{:?}", run.cause);
+    assert_eq!(run.body, b"blob");
+    let other = config(&[("blob_redirect", "follow")]);
+    let req = incoming(Method::GET, &format!("/v2/alpine/blobs/{D}"), &[]);
+    let run = drive(&other, req, b"", |_| {
+        Ok(Canned::new(307).header(
+            "location",
+            "https://docker-images-prod.6aa30f8b08e16409b46e0173d6de2f56.r2.cloudflarestorage.com/x",
+        ))
+    });
+    assert_eq!(status(&run), 502);
+    assert_eq!(run.sent.len(), 1, "{:?}", run.sent);
 }

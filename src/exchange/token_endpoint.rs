@@ -5,9 +5,9 @@ use super::*;
 
 impl Exchange {
     pub(super) fn token_request(&mut self, req: TokenRequest) -> Step {
-        let route = match self.token_route(&req) {
-            Ok(Some(route)) => route,
-            Ok(None) => return self.anonymous_token(),
+        let (route, req) = match self.token_route(req) {
+            Ok((Some(route), req)) => (route, req),
+            Ok((None, _)) => return self.anonymous_token(),
             Err(e) => return self.error(e),
         };
         let authenticates_itself = route.credentials.is_some();
@@ -31,8 +31,35 @@ impl Exchange {
     }
 
     /// The route a token request is for: the one serving every repository its scopes name
-    /// (or containerd's `ns`), else the host's own. `None`: nothing upstream to ask.
-    pub(super) fn token_route(&self, req: &TokenRequest) -> Result<Option<Route>, OciError> {
+    /// (or containerd's `ns`), else the host's own. `None`: nothing upstream to ask. Scopes of
+    /// two routes, one of them the scope the proxy's challenge carried (containerd merges it
+    /// into every later request, see `challenge::CHALLENGE_SCOPE`): that one gives way.
+    pub(super) fn token_route(
+        &self,
+        req: TokenRequest,
+    ) -> Result<(Option<Route>, TokenRequest), OciError> {
+        let several = || {
+            OciError::unsupported(
+                StatusCode::BAD_REQUEST,
+                "the scopes name repositories of different registries",
+            )
+        };
+        if let Some(route) = self.route_of_scopes(&req)? {
+            return Ok((route, req));
+        }
+        let Some(challenged) = self.challenge_scope.as_deref() else {
+            return Err(several());
+        };
+        let stale = token::repositories(std::iter::once(challenged));
+        let req = req.without_repositories(&stale);
+        match self.route_of_scopes(&req)? {
+            Some(route) if !req.repositories().is_empty() => Ok((route, req)),
+            _ => Err(several()),
+        }
+    }
+
+    /// `None` when the scopes name repositories of several routes.
+    fn route_of_scopes(&self, req: &TokenRequest) -> Result<Option<Option<Route>>, OciError> {
         let host = self
             .public
             .as_ref()
@@ -44,25 +71,20 @@ impl Exchange {
             if self.ns.is_none() && routes.paths_only(&host) {
                 // A login: no one registry can check it. The client keeps the credentials
                 // and sends them with each token request, which the route checks.
-                return Ok(None);
+                return Ok(Some(None));
             }
-            return routes
-                .select(&host, None, self.ns.as_deref())
-                .cloned()
-                .map(Some);
+            let route = routes.select(&host, None, self.ns.as_deref())?;
+            return Ok(Some(Some(route.clone())));
         }
         let mut chosen: Option<&Route> = None;
         for name in &names {
             let route = routes.select(&host, Some(name), self.ns.as_deref())?;
             if chosen.is_some_and(|c| c.name != route.name) {
-                return Err(OciError::unsupported(
-                    StatusCode::BAD_REQUEST,
-                    "the scopes name repositories of different registries",
-                ));
+                return Ok(None);
             }
             chosen = Some(route);
         }
-        Ok(chosen.cloned())
+        Ok(Some(chosen.cloned()))
     }
 
     /// An anonymous GET to the registry, to learn how it authenticates.
@@ -89,6 +111,12 @@ impl Exchange {
 
     pub(super) fn realm_discovered(&mut self, head: Response<()>, req: TokenRequest) -> Step {
         self.keep_challenge(&head, true);
+        self.realm_known(head, req)
+    }
+
+    /// What `/v2/`'s answer, fresh or kept (a kept one is not kept again: it would never end
+    /// while clients keep asking), means for a token request.
+    pub(super) fn realm_known(&mut self, head: Response<()>, req: TokenRequest) -> Step {
         let status = head.status();
         if status.is_success() {
             // `/v2/` is open, but a repository may still challenge (a private one, or a
@@ -230,7 +258,7 @@ impl Exchange {
         }
         if status.is_client_error() {
             let e = upstream_error::client_error(status, None, &Endpoint::Token);
-            return self.error(e);
+            return self.upstream_error(e, head);
         }
         self.error(self.unexpected(status))
     }

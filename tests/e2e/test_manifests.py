@@ -77,3 +77,22 @@ def test_listener_rejects_tls_fast(make_target, needs_proxy):
     clients.skopeo_inspect_raw(target.ref("multiarch"))
     elapsed = time.monotonic() - start
     assert elapsed < 5, f"skopeo inspect through the proxy took {elapsed:.1f}s (TLS probe stalls?)"
+
+
+def test_a_registry_without_referrers_leads_clients_to_the_tag_fallback(make_target, needs_proxy):
+    """distribution 2.8 has no referrers API: its router answers a plain "404 page not found".
+    oras-go (oras, notation) then falls back to the `sha256-<hex>` tag, unless the 404's code
+    is NAME_UNKNOWN, which it takes for a missing repository and stops: the proxy must not
+    invent that code."""
+    target = make_target("anon", prefix=PREFIX)
+    digest = target.digest("multiarch")
+    up = target.upstream_name("multiarch")
+    direct = clients.RegistryHTTP(target.registry.url).request("GET", f"/v2/{up}/referrers/{digest}")
+    assert direct.status == 404 and b"errors" not in direct.body, direct
+    c = target.http()
+    r = c.request("GET", f"/v2/multiarch/referrers/{digest}")
+    assert r.status == 404 and [e["code"] for e in r.json()["errors"]] == ["UNSUPPORTED"], r
+    assert c.request("HEAD", f"/v2/multiarch/referrers/{digest}").status == 404
+    # A repository that is missing still says so.
+    r = c.request("GET", "/v2/no/such/repo/tags/list")
+    assert r.status == 404 and "NAME_UNKNOWN" in [e["code"] for e in r.json()["errors"]], r

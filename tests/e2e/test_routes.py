@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -318,6 +319,63 @@ insecure = true
     digests = podman("image", "inspect", "--format", "{{.Digest}}",
                      "registry.e2e.test/multiarch:latest").stdout
     assert p.returncode == 0 and want in digests + p.stdout, p.stdout + p.stderr
+
+
+def test_a_route_with_a_path_is_also_a_mirror(ups, seeded, containerd, ctr_ns, tmp_path):
+    """A route with a path that mirrors a registry: containerd's mirror requests (hosts.toml as
+    the README shows it, `?ns=`) carry the registry's own names, the path's clients theirs."""
+    table = [{"name": "tok", "host": "127.0.0.1", "path": "tok", "mirrors": ["tok.e2e.test"],
+              **token_route(ups)},
+             {"name": "byhost", "host": "localhost", "upstream": ups.anon.url}]
+    p = start(ups, table)
+    try:
+        want = seeded["token"][("multiarch", "latest")]
+        hosts = mirror_hosts(tmp_path, "tok.e2e.test", p)
+        ref = "tok.e2e.test/multiarch:latest"
+        out = containerd.pull(ctr_ns, ref, hosts_dir=hosts)
+        assert containerd.image_digest(ctr_ns, ref) == want, out.stdout
+        raw = clients.skopeo_inspect_raw(f"127.0.0.1:{p.port}/tok/multiarch:latest")
+        assert clients.sha256_bytes(raw.stdout.encode()) == want
+    finally:
+        p.stop()
+
+
+def test_containerd_s_merged_scope_reaches_the_next_route(routed, seeded):
+    """containerd and BuildKit keep a host's first challenge and merge its scope into every
+    later token request (containerd remotes/docker/authorizer.go: "reuse existing handler",
+    `GetTokenScopes(ctx, ah.common.Scopes)`, sorted; a POST form when it has credentials):
+    `docker build` with FROM lines on two path routes of one host asks for both routes'
+    scopes. No client here keeps one handler across two repositories, so these are its
+    requests, made as it makes them; the token it gets must pull the second route's image."""
+    import json as _json
+    from urllib.parse import urlencode
+    base = f"http://127.0.0.1:{routed.port}"
+    accept = {"Accept": clients.MANIFEST_ACCEPT}
+    # A tag nobody asked for: a kept one is answered without a challenge.
+    r = clients.http_request("HEAD", f"{base}/v2/tok/multiarch/manifests/merged-{time.time_ns()}",
+                             accept)
+    assert r.status == 401, r
+    ch = clients.only_bearer(r)
+    realm, first = ch["realm"], ch["scope"]
+    assert first == "repository:tok/multiarch:pull", ch
+    sep = "&" if "?" in realm else "?"
+    for name, form in [("tok/multiarch", None), ("own/multiarch", None),
+                       ("own/multiarch", {"grant_type": "password", "username": ALICE[0],
+                                          "password": ALICE[1], "client_id": "containerd"})]:
+        scopes = sorted({first, f"repository:{name}:pull"})
+        if form is None:
+            q = urlencode([("scope", s) for s in scopes] + [("service", ch["service"])])
+            t = clients.http_request("GET", f"{realm}{sep}{q}")
+        else:
+            body = urlencode({**form, "scope": " ".join(scopes), "service": ch["service"]})
+            t = clients.http_request("POST", realm, {"Content-Type":
+                                     "application/x-www-form-urlencoded"}, body.encode())
+        assert t.status == 200, (name, form, t)
+        token = _json.loads(t.body)["token"]
+        r = clients.http_request("HEAD", f"{base}/v2/{name}/manifests/latest",
+                                 {**accept, "Authorization": f"Bearer {token}"})
+        assert r.status == 200, (name, r)
+        assert r.header("Docker-Content-Digest") == seeded["token"][("multiarch", "latest")], r
 
 
 def mirror_hosts(base: Path, registry: str, proxy) -> Path:
