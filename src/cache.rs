@@ -7,7 +7,7 @@
 //! credentials returned): whatever is kept may be served to any client of the route.
 //!
 //! Entries live in a fixed number of buckets per kind (a hash of their identity picks the
-//! bucket), each of a few entries: the store never holds more than `BUCKETS` × `ways` entries
+//! bucket), each of a few entries: the store never holds more than `buckets` × `ways` entries
 //! of a kind, with no index to keep. A bucket is rewritten whole (`merge`): two instances that
 //! write one at once lose an entry, which only costs a request later. Every entry repeats its
 //! identity, and is used only if the identity matches.
@@ -16,8 +16,9 @@ use crate::routes::Route;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Buckets per kind.
-pub const BUCKETS: u64 = 256;
+/// Keys of every kind together, at most (besides one `Base` per route and one realm per
+/// credentialed route): Fermyon Cloud's store holds 1,024 keys.
+pub const MAX_BUCKETS: u64 = 640;
 /// Largest manifest kept (the distribution spec's clients accept up to 4 MiB; real ones are
 /// a few KiB).
 pub const MAX_MANIFEST: usize = 128 << 10;
@@ -83,6 +84,15 @@ impl Kind {
             _ => 8,
         }
     }
+
+    /// Buckets of the kind (see `MAX_BUCKETS`): fewer for tokens, which are few per route.
+    pub fn buckets(self) -> u64 {
+        match self {
+            Kind::Base => 1,
+            Kind::AnonymousToken | Kind::OwnToken => 64,
+            Kind::Manifest | Kind::Tag | Kind::Issued | Kind::Redirect => 128,
+        }
+    }
 }
 
 /// The key of the bucket an identity lives in; `Base` (one per route) has a key of its own.
@@ -91,7 +101,7 @@ pub fn key(kind: Kind, identity: &str) -> String {
         return format!("spin-registry-proxy:{}:{identity}", kind.name());
     }
     let bucket =
-        u64::from_str_radix(&identity[..12.min(identity.len())], 16).unwrap_or(0) % BUCKETS;
+        u64::from_str_radix(&identity[..12.min(identity.len())], 16).unwrap_or(0) % kind.buckets();
     format!("spin-registry-proxy:{}:{bucket}", kind.name())
 }
 
@@ -425,7 +435,17 @@ mod tests {
         let k = key(Kind::Manifest, "ffffffffffffffff");
         assert!(k.starts_with("spin-registry-proxy:manifest:"));
         let bucket: u64 = k.rsplit(':').next().unwrap().parse().unwrap();
-        assert!(bucket < BUCKETS);
+        assert!(bucket < Kind::Manifest.buckets());
+        let kinds = [
+            Kind::Manifest,
+            Kind::Tag,
+            Kind::AnonymousToken,
+            Kind::Issued,
+            Kind::Redirect,
+            Kind::OwnToken,
+        ];
+        let all: u64 = kinds.iter().map(|k| k.buckets()).sum();
+        assert_eq!(all, MAX_BUCKETS);
         assert_eq!(
             sha256(b""),
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"

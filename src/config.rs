@@ -148,6 +148,17 @@ impl<F: Fn(&str) -> Option<String>> Variables<F> {
         })
     }
 
+    /// Whether `name` came in a bundle (read before).
+    fn bundled(&self, name: &str) -> bool {
+        let bundles = self.bundles.borrow();
+        BUNDLES.iter().any(|(bundle, names)| {
+            names.contains(&name)
+                && bundles
+                    .iter()
+                    .any(|(b, values)| b == bundle && values.is_some())
+        })
+    }
+
     fn read(&self, name: &str) -> String {
         (self.get)(name)
             .map(|v| v.trim().to_string())
@@ -166,6 +177,25 @@ impl<F: Fn(&str) -> Option<String>> Variables<F> {
         };
         parsed.map(Some).map_err(|e| error(name, e))
     }
+}
+
+/// A variable this project's spin.toml (the one that bundles them) also lists in
+/// `allowed_outbound_hosts`, where Spin takes an empty entry for an error that denies every
+/// outbound request, the upstream's too. Read one by one (another spin.toml), empty is none.
+fn listed<F: Fn(&str) -> Option<String>>(
+    v: &Variables<F>,
+    name: &str,
+    pattern: bool,
+) -> Result<Option<Origin>, ConfigError> {
+    let origin = v.origin(name, pattern)?;
+    if origin.is_none() && v.bundled(name) {
+        return Err(error(
+            name,
+            "is empty, but spin.toml lists it in allowed_outbound_hosts, where Spin then denies \
+             every request: set it to the upstream where the registry has no other",
+        ));
+    }
+    Ok(origin)
 }
 
 /// The one route the single-upstream variables describe: every host, every name.
@@ -196,7 +226,7 @@ fn single_route<F: Fn(&str) -> Option<String>>(v: &Variables<F>) -> Result<Route
             .ok_or_else(|| error("tag_ttl", "expected seconds (0 to 86400)"))?,
     };
     let docker_hub = DOCKER_HUB_HOSTS.contains(&upstream.host.as_str());
-    let mut cdn: Vec<Origin> = v.origin("upstream_cdn", true)?.into_iter().collect();
+    let mut cdn: Vec<Origin> = listed(v, "upstream_cdn", true)?.into_iter().collect();
     if docker_hub {
         // Docker Hub redirects to more storage than one variable names (spin.toml allows it).
         let preset = crate::presets::find("dockerhub").map_or(&[][..], |p| p.cdn);
@@ -218,7 +248,7 @@ fn single_route<F: Fn(&str) -> Option<String>>(v: &Variables<F>) -> Result<Route
         path: String::new(),
         mirrors: vec![registry],
         ns_only: false,
-        auth: v.origin("upstream_auth", false)?.into_iter().collect(),
+        auth: listed(v, "upstream_auth", false)?.into_iter().collect(),
         cdn,
         upstream,
         prefix,
@@ -473,6 +503,7 @@ mod tests {
         assert_eq!(read, ["routes", "site"]);
         let vars = [
             ("upstream", "http://127.0.0.1:5000"),
+            ("upstream_auth", "http://127.0.0.1:5000"),
             ("upstream_cdn", "https://*.cdn.example"),
             ("repository_prefix", "/team/"),
             ("tag_ttl", "5"),
@@ -491,6 +522,24 @@ mod tests {
         assert!(bundled.trust_forwarded && bundled.home.is_some());
     }
 
+    /// spin.toml lists upstream_auth and upstream_cdn in allowed_outbound_hosts, where Spin
+    /// takes an empty entry for an error and denies every request: said at once, by name.
+    #[test]
+    fn spin_toml_s_listed_hosts_are_never_empty() {
+        for empty in ["upstream_auth", "upstream_cdn"] {
+            let mut vars = vec![
+                ("upstream", "https://ghcr.io"),
+                ("upstream_auth", "https://ghcr.io"),
+                ("upstream_cdn", "https://ghcr.io"),
+            ];
+            vars.retain(|(k, _)| *k != empty);
+            let e = reads(&vars, true).0.unwrap_err().to_string();
+            assert!(e.contains(&format!("variable {empty}: is empty")), "{e}");
+            // Read one by one (a spin.toml of its own), empty is none.
+            assert!(reads(&vars, false).0.is_ok());
+        }
+    }
+
     #[test]
     fn a_value_with_a_line_break_cannot_pass_for_another_variable() {
         for (k, v) in [
@@ -500,9 +549,13 @@ mod tests {
             ),
             ("public_url", "https://a.example\ntrust_forwarded=true"),
         ] {
-            let e = reads(&[("upstream", "http://r"), (k, v)], true)
-                .0
-                .unwrap_err();
+            let single = [("upstream", "http://r"), ("upstream_auth", "http://r")];
+            let e = reads(
+                &[single[0], single[1], ("upstream_cdn", "http://r"), (k, v)],
+                true,
+            )
+            .0
+            .unwrap_err();
             assert!(
                 e.to_string().contains("variable site: expected the lines"),
                 "{e}"
@@ -544,7 +597,8 @@ mod tests {
         assert!(one_by_one.is_ok());
         let bundled = Config::from_variables(|k| match k {
             "single" => Some(
-                "upstream=https://ghcr.io\nupstream_auth=\nupstream_cdn=\nrepository_prefix=\n\
+                "upstream=https://ghcr.io\nupstream_auth=https://ghcr.io\n\
+                 upstream_cdn=https://ghcr.io\nrepository_prefix=\n\
                  blob_redirect=\nupstream_timeout=\ntag_ttl="
                     .into(),
             ),

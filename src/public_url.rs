@@ -2,9 +2,9 @@
 //! absolute Link. In order: `public_url`; `X-Forwarded-Proto`/`X-Forwarded-Host` when
 //! `trust_forwarded` says a front proxy sets them; else the request's own scheme and `Host`.
 //!
-//! Spin reports the scheme of its own listener (`http` unless `spin up --tls-cert`), and a
-//! platform that terminates TLS in front of Spin (Fermyon Cloud, an ingress) reaches it over
-//! plain HTTP. Registries on a DNS name are served over TLS (clients refuse plain HTTP there
+//! Spin hands components `http` whatever its listener; only its `spin-full-url` header has the
+//! listener's scheme (`https` under `spin up --tls-cert`), and a platform that terminates TLS in
+//! front of Spin (Fermyon Cloud, an ingress) reaches it over plain HTTP. Registries on a DNS name are served over TLS (clients refuse plain HTTP there
 //! unless told otherwise), so a plain-HTTP request for a DNS name on the default port gets an
 //! `https` realm; loopback names, IP addresses and explicit ports keep `http`. `public_url`
 //! overrides all of this.
@@ -44,16 +44,20 @@ pub fn public_origin(
                 .map_err(|_| bad_request("X-Forwarded-Proto/X-Forwarded-Host is not an origin"));
         }
     }
-    // Spin's own record of the URL, for a runtime that hides Host (parsed only then).
+    // Spin's own record of the URL: its last value, since Spin appends it after any a client
+    // sent. Parsed only for a runtime that hides Host.
+    let spin_full_url = headers
+        .get_all("spin-full-url")
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok());
     let direct_host = headers
         .get(http::header::HOST)
         .map(|h| h.to_str().unwrap_or("\u{0}"))
         .or(request_authority);
     let spin = match (direct_host, request_scheme) {
         (Some(_), Some(_)) => None,
-        _ => headers
-            .get("spin-full-url")
-            .and_then(|v| v.to_str().ok())
+        _ => spin_full_url
             .and_then(|u| url::Url::parse(u).ok())
             .as_ref()
             .and_then(Origin::of_url),
@@ -62,10 +66,16 @@ pub fn public_origin(
     let host = direct_host
         .or(spin_authority.as_deref())
         .ok_or_else(|| bad_request("the request has no Host header"))?;
-    let scheme = request_scheme
+    let mut scheme = request_scheme
         .or(spin.as_ref().map(|o| o.scheme.as_str()))
         .unwrap_or("http")
         .to_ascii_lowercase();
+    let tls_listener = spin_full_url
+        .and_then(|u| u.get(..8))
+        .is_some_and(|s| s.eq_ignore_ascii_case("https://"));
+    if scheme == "http" && tls_listener {
+        scheme = "https".into();
+    }
     let origin = Origin::parse(&format!("{scheme}://{host}"))
         .map_err(|_| bad_request("the Host header is not a host name and port"))?;
     if origin.scheme == "http" && origin.port == 80 && !origin.is_local_or_ip() {
@@ -190,5 +200,30 @@ mod tests {
             assert!(!e.message.contains(host), "{}", e.message);
         }
         assert!(public_origin(&c, &headers(&[]), None, None).is_err());
+    }
+
+    /// `spin up --tls-cert`: Spin says `http` to the component, and its `spin-full-url` (its
+    /// last value: Spin appends it after the client's) has `https`; the port stays.
+    #[test]
+    fn spin_s_tls_listener_makes_an_https_realm() {
+        let c = config("", "false");
+        let url = "https://images.example.com:8443/v2/";
+        let h = [("host", "images.example.com:8443"), ("spin-full-url", url)];
+        assert_eq!(
+            origin(&c, &h, Some("http")),
+            "https://images.example.com:8443"
+        );
+        let h = [
+            ("host", "127.0.0.1:8443"),
+            ("spin-full-url", "https://127.0.0.1:8443/v2/"),
+        ];
+        assert_eq!(origin(&c, &h, Some("http")), "https://127.0.0.1:8443");
+        // A client's own value comes first and counts for nothing.
+        let h = [
+            ("host", "127.0.0.1:3000"),
+            ("spin-full-url", "https://127.0.0.1:3000/v2/"),
+            ("spin-full-url", "http://127.0.0.1:3000/v2/"),
+        ];
+        assert_eq!(origin(&c, &h, Some("http")), "http://127.0.0.1:3000");
     }
 }

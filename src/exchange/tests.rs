@@ -1137,12 +1137,9 @@ fn a_credentialed_route_s_tokens_for_any_names_keep_the_store_bounded() {
         assert_eq!(status(&run), 200, "{path}");
     }
     let own: Vec<_> = store.keys().filter(|k| k.contains("own-token")).collect();
-    assert!(own.len() <= crate::cache::BUCKETS as usize, "{}", own.len());
-    assert!(
-        store.len() < 3 * crate::cache::BUCKETS as usize,
-        "{}",
-        store.len()
-    );
+    let buckets = crate::cache::Kind::OwnToken.buckets() as usize;
+    assert!(own.len() <= buckets, "{}", own.len());
+    assert!(store.len() < 3 * buckets, "{}", store.len());
 }
 
 #[test]

@@ -106,6 +106,16 @@ def test_forwarded_headers_are_ignored_unless_trusted(make_target, needs_proxy):
     assert r.status == 400 and b"<img" not in r.body, r
 
 
+def test_a_client_s_own_spin_headers_choose_nothing(make_target, needs_proxy):
+    """Spin appends its `spin-*` headers after any a client sent (its `spin-full-url` carries
+    the listener's scheme, the one https hint the proxy takes from it): a client's own comes
+    first, and changes no realm."""
+    target = make_target("token")
+    sent = [("spin-full-url", f"https://evil.example{target.url[len('http://127.0.0.1'):]}/v2/")]
+    r = call(target.url, "GET", "/v2/", headers=sent)
+    assert only_bearer(r)["realm"] == f"{target.url}/token", r
+
+
 def test_a_plain_http_dns_name_gets_an_https_realm(make_target, needs_proxy):
     """What Fermyon Cloud's TLS front hands Spin: plain HTTP, Host without a port."""
     target = make_target("token")

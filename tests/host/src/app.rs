@@ -136,12 +136,28 @@ impl ComponentHandler {
     ) -> Result<Self> {
         let spec = &manifest.components[id];
         stores.check_grants(id, &spec.key_value_stores)?;
-        let hosts = spec
+        // As Spin: literal entries are checked at load; templated ones are resolved later, and
+        // one that resolves to nothing usable (an empty variable) fails the whole list, so
+        // every outbound request is denied.
+        let (templated, literal): (Vec<&String>, Vec<&String>) = spec
+            .allowed_outbound_hosts
+            .iter()
+            .partition(|h| h.contains("{{"));
+        OutboundPolicy::parse(&literal)?;
+        let resolved = spec
             .allowed_outbound_hosts
             .iter()
             .map(|h| variables::expand_template(h, app_vars))
-            .collect::<Result<Vec<_>>>()?;
-        let policy = Arc::new(OutboundPolicy::parse(&hosts)?);
+            .collect::<Result<Vec<_>>>();
+        let policy = match resolved.and_then(|hosts| OutboundPolicy::parse(&hosts)) {
+            Ok(policy) => policy,
+            Err(e) if !templated.is_empty() => {
+                eprintln!("Error parsing allowed outbound hosts: {e:#}");
+                OutboundPolicy::deny_all()
+            }
+            Err(e) => return Err(e),
+        };
+        let policy = Arc::new(policy);
         let variables = Arc::new(variables::component_variables(&spec.variables, app_vars)?);
 
         let component = Component::from_file(engine, &spec.source)

@@ -42,15 +42,16 @@ fn default_port(scheme: &str) -> Option<u16> {
 }
 
 impl OutboundPolicy {
-    /// Parses entries whose `{{ templates }}` are already resolved. Empty entries
-    /// (an unset variable) allow nothing; malformed ones are errors, as in Spin.
+    /// Parses entries whose `{{ templates }}` are already resolved. Empty and malformed ones
+    /// are errors, as in Spin (`AllowedHostConfig::parse` bails on `""`).
     pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self> {
         let mut allowed = Vec::new();
         for entry in entries {
             let entry = entry.as_ref().trim();
-            if entry.is_empty() {
-                continue;
-            }
+            ensure!(
+                !entry.is_empty(),
+                "\"\" is not an allowed outbound host format"
+            );
             allowed.push(AllowedHost::parse(entry).with_context(|| {
                 format!(
                     "invalid allowed_outbound_hosts entry {:?}",
@@ -59,6 +60,13 @@ impl OutboundPolicy {
             })?);
         }
         Ok(Self { allowed })
+    }
+
+    /// What Spin enforces when the resolved list fails to parse: every request denied.
+    pub fn deny_all() -> Self {
+        Self {
+            allowed: Vec::new(),
+        }
     }
 
     pub fn allows(&self, uri: &http::Uri) -> bool {
@@ -285,8 +293,9 @@ mod tests {
 
     #[test]
     fn empty_and_malformed_entries() {
-        assert!(!allows(&["", "  "], "https://a.example/"));
         for bad in [
+            "",
+            "  ",
             "a.example",
             "https://a.example/path",
             "https://",

@@ -128,9 +128,10 @@ fn spin_request(
         ("spin-component-route", route.component_route()),
         ("spin-client-addr", &client.to_string()),
     ];
+    // Appended, as Spin does: a client's own `spin-*` headers come first.
     for (name, value) in headers {
         let value = HeaderValue::from_str(value).with_context(|| format!("invalid {name}"))?;
-        parts.headers.insert(HeaderName::from_static(name), value);
+        parts.headers.append(HeaderName::from_static(name), value);
     }
     Ok(Request::from_parts(parts, body))
 }
