@@ -138,6 +138,18 @@ pub fn merge(bucket: Option<&[u8]>, entry: &[u8], now: u64, ways: usize) -> Opti
     serde_json::to_vec(&entries).ok()
 }
 
+/// Whether a stored bucket holds `entry` (its identity, until the same moment).
+pub fn holds(bucket: Option<&[u8]>, entry: &[u8]) -> bool {
+    let parse = |b: &[u8]| serde_json::from_slice::<Entry<serde_json::Value>>(b).ok();
+    let stored = |b: &[u8]| serde_json::from_slice::<Vec<Entry<serde_json::Value>>>(b).ok();
+    match (parse(entry), bucket.and_then(stored)) {
+        (Some(new), Some(entries)) => entries
+            .iter()
+            .any(|e| e.identity == new.identity && e.until == new.until),
+        _ => false,
+    }
+}
+
 /// `Accept` as a cache key part: its media types, sorted, so clients that list the same ones
 /// in another order share entries.
 pub fn accept_key(accepts: &[String]) -> String {
@@ -428,6 +440,29 @@ mod tests {
         assert!(!accepts(&["a/y".into()], "b/x"));
         assert!(!accepts(&[], "b/x"));
         assert!(accepts(&["*/*".into()], "b/x"));
+    }
+
+    #[test]
+    fn a_bucket_holds_what_was_merged_into_it() {
+        let entry = |id: &str, until: u64| {
+            let e = Entry {
+                identity: id.to_string(),
+                until,
+                value: 1,
+            };
+            e.encode()
+        };
+        let a = entry("a", 100);
+        let bucket = merge(None, &a, 0, 8).unwrap();
+        assert!(holds(Some(&bucket), &a));
+        assert!(!holds(Some(&bucket), &entry("a", 200)));
+        assert!(!holds(Some(&bucket), &entry("b", 100)));
+        assert!(!holds(None, &a));
+        // Another instance's write in between: the merge again keeps both.
+        let theirs = merge(None, &entry("b", 100), 0, 8).unwrap();
+        assert!(!holds(Some(&theirs), &a));
+        let again = merge(Some(&theirs), &a, 0, 8).unwrap();
+        assert!(holds(Some(&again), &a) && holds(Some(&again), &entry("b", 100)));
     }
 
     #[test]

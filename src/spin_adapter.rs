@@ -227,12 +227,24 @@ impl KeyValue {
             let _ = match w {
                 Write::Set(k, v) => store.set(&k, &v),
                 Write::Delete(k) => store.delete(&k),
+                // Spin's store has no compare-and-swap: another instance may write the bucket
+                // between this one's read and write. Read it back, and merge once more when the
+                // entry is gone (concurrent downloads of one pull lost entries that way).
                 Write::Merge { key, entry, ways } => {
-                    let bucket = store.get(&key).ok().flatten();
-                    match crate::cache::merge(bucket.as_deref(), &entry, now, ways) {
-                        Some(b) => store.set(&key, &b),
-                        None => Ok(()),
+                    for _ in 0..2 {
+                        let bucket = store.get(&key).ok().flatten();
+                        if crate::cache::holds(bucket.as_deref(), &entry) {
+                            break;
+                        }
+                        let Some(b) = crate::cache::merge(bucket.as_deref(), &entry, now, ways)
+                        else {
+                            break;
+                        };
+                        if store.set(&key, &b).is_err() {
+                            break;
+                        }
                     }
+                    Ok(())
                 }
             };
         }

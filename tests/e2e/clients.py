@@ -523,11 +523,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 # ---------------------------------------------------------------- docker
 
 class Docker:
-    def __init__(self, containerd: Containerd, extra=()):
-        """extra: more dockerd flags (`--registry-mirror=...`)."""
+    def __init__(self, containerd: Containerd, extra=(), name="dockerd"):
+        """extra: more dockerd flags (`--registry-mirror=...`); name: its log's."""
         self.dir = tmpdir("dockerd-", track=False)
         self.sock = f"unix://{self.dir / 'docker.sock'}"
-        self.service = Service("dockerd", [
+        self.service = Service(name, [
             "dockerd", f"--containerd={containerd.address}", "--data-root", self.dir / "data",
             "--exec-root", self.dir / "exec", "--pidfile", self.dir / "docker.pid",
             "-H", self.sock, "--storage-driver=vfs", "--iptables=false", "--bridge=none",
@@ -562,6 +562,13 @@ class Docker:
     def repo_digests(self, config, ref):
         out = self.cli(config, "image", "inspect", "--format", "{{json .RepoDigests}}", ref).stdout
         return json.loads(out)
+
+    def emptied(self):
+        """Itself with no images left from other tests (so every pull downloads), for a
+        fixture to yield from; none left after either."""
+        self.remove_all_images()
+        yield self
+        self.remove_all_images()
 
     def remove_all_images(self):
         cfg = self.dir / "cfg"

@@ -199,9 +199,7 @@ def dockerd(containerd):
 @pytest.fixture
 def docker(dockerd):
     """The session's dockerd with no images left from other tests (so every pull downloads)."""
-    dockerd.remove_all_images()
-    yield dockerd
-    dockerd.remove_all_images()
+    yield from dockerd.emptied()
 
 
 @pytest.fixture

@@ -670,11 +670,16 @@ class UpstreamDouble:
                         resp.hang_for, resp.send_length, resp.cut)
 
 
+_HELD = []
+
+
 def closed_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on (bound, then closed): connecting to it is refused."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port nobody listens on: bound and kept (never listening) for the whole run, so that
+    connecting to it is refused and no other server can be given it meanwhile."""
+    s = socket.socket()
+    s.bind((host, 0))
+    _HELD.append(s)
+    return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------------
