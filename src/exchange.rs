@@ -210,13 +210,17 @@ impl Exchange {
             req.authority.as_deref(),
         );
         let endpoint = Endpoint::parse(&req.path);
-        let param = |name: &str| {
-            url::form_urlencoded::parse(req.query.as_deref().unwrap_or("").as_bytes())
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.into_owned())
-        };
-        let ns = param("ns").map(|v| v.to_ascii_lowercase());
-        let challenge_scope = param(challenge::CHALLENGE_SCOPE);
+        // Each the first of its name, read in one pass over the query.
+        let (mut ns, mut challenge_scope) = (None, None);
+        for (k, v) in url::form_urlencoded::parse(req.query.as_deref().unwrap_or("").as_bytes()) {
+            match k.as_ref() {
+                "ns" if ns.is_none() => ns = Some(v.to_ascii_lowercase()),
+                challenge::CHALLENGE_SCOPE if challenge_scope.is_none() => {
+                    challenge_scope = Some(v.into_owned())
+                }
+                _ => {}
+            }
+        }
         let mut ex = Exchange {
             public: public.as_ref().ok().cloned(),
             config,
