@@ -8,18 +8,10 @@
 //! variables (see [`BUNDLES`]): `routes`, `site` and, only without a route table, `single`;
 //! so a request costs two reads with a route table and three without.
 
+pub use crate::config_error::ConfigError;
 use crate::origin::Origin;
-use crate::routes::{self, Defaults, Route, Routes};
+use crate::routes::{self, BlobRedirect, Defaults, Route, Routes};
 use std::time::Duration;
-
-/// What the component does when the upstream redirects a blob to another host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlobRedirect {
-    /// Hand the redirect to the client: blob bytes bypass the component.
-    Pass,
-    /// Fetch the redirect target and stream it, hiding the other host.
-    Follow,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -30,16 +22,6 @@ pub struct Config {
     pub trust_forwarded: bool,
     /// Where `/` sends a person; a short page when unset.
     pub home: Option<url::Url>,
-}
-
-/// A configuration error, naming the variable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub String);
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "invalid configuration: {}", self.0)
-    }
 }
 
 const DOCKER_HUB_HOSTS: [&str; 4] = [

@@ -5,7 +5,7 @@
 //! what the exchange waits for, and has one handler.
 
 use crate::challenge::{self, Challenge};
-use crate::config::{BlobRedirect, Config, ConfigError};
+use crate::config::{Config, ConfigError};
 use crate::endpoint::Endpoint;
 use crate::error::OciError;
 use crate::headers;
@@ -14,7 +14,7 @@ use crate::listing;
 use crate::names::NameMap;
 use crate::origin::Origin;
 use crate::reply::{self, ClientResponse, Draft, DraftBody};
-use crate::routes::{Credentials, Route};
+use crate::routes::{BlobRedirect, Credentials, Route};
 use crate::scope;
 use crate::token::{self, TokenRequest};
 use crate::upstream_error::{self, MAX_ERROR_BODY};

@@ -6,6 +6,7 @@ pub mod base64;
 pub mod cache;
 pub mod challenge;
 pub mod config;
+pub mod config_error;
 pub mod endpoint;
 pub mod error;
 pub mod exchange;

@@ -4,7 +4,7 @@
 //! its `?ns=` values. The table comes from the `routes` variable (JSON); without it, the
 //! single-upstream variables make one route that serves every host.
 
-use crate::config::{BlobRedirect, ConfigError};
+use crate::config_error::ConfigError;
 use crate::endpoint::valid_name;
 use crate::error::OciError;
 use crate::names::NameMap;
@@ -13,6 +13,15 @@ use crate::presets;
 use http::StatusCode;
 use serde::Deserialize;
 use std::time::Duration;
+
+/// What the component does when the upstream redirects a blob to another host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobRedirect {
+    /// Hand the redirect to the client: blob bytes bypass the component.
+    Pass,
+    /// Fetch the redirect target and stream it, hiding the other host.
+    Follow,
+}
 
 /// The proxy's own credentials for an upstream.
 #[derive(Clone, PartialEq, Eq)]

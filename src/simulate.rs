@@ -2,12 +2,12 @@
 //! of hostile clients and upstreams, and the invariants every exchange must keep. Used by the
 //! unit tests and by the fuzz targets (`tests/fuzz`, feature `simulate`).
 
-use crate::config::{BlobRedirect, Config};
+use crate::config::Config;
 use crate::exchange::{Exchange, Incoming, Step, Write};
 use crate::headers;
 use crate::origin::Origin;
 use crate::reply::{ClientBody, ClientResponse};
-use crate::routes::Route;
+use crate::routes::{BlobRedirect, Route};
 use crate::upstream_failure::Failure;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};

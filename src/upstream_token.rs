@@ -156,8 +156,8 @@ impl Token {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::BlobRedirect;
     use crate::origin::Origin;
+    use crate::routes::BlobRedirect;
     use std::time::Duration;
 
     fn route(username: &str) -> Route {

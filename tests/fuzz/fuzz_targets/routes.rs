@@ -3,7 +3,7 @@
 //! a panic.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use spin_registry_proxy::config::BlobRedirect;
+use spin_registry_proxy::routes::BlobRedirect;
 use spin_registry_proxy::origin::OriginError;
 use spin_registry_proxy::routes::{self, Defaults};
 use std::time::Duration;

@@ -1,0 +1,189 @@
+//! The token endpoint: realm discovery, scopes in upstream names, realm answers.
+
+use super::*;
+
+#[test]
+fn token_get_discovers_realm_and_maps_scopes() {
+    let cfg = config(&[("repository_prefix", "team")]);
+    let req = token_get("service=127.0.0.1:3000&scope=repository:web:pull&evil=1");
+    let run = drive(
+        &cfg,
+        req,
+        b"",
+        by_path(vec![
+            ("/v2/", bearer("http://127.0.0.2:5001/token?x=1", "")),
+            (
+                "/token",
+                Canned::new(200)
+                    .header("content-type", "application/json")
+                    .header("set-cookie", "s=1")
+                    .body(r#"{"token":"jwt"}"#),
+            ),
+        ]),
+    );
+    assert_eq!(status(&run), 200);
+    assert_eq!(run.body, br#"{"token":"jwt"}"#);
+    assert_eq!(header(&run, "set-cookie"), "");
+    let token = &run.sent[1];
+    assert_eq!(
+        token.uri().to_string(),
+        "http://127.0.0.2:5001/token?x=1&service=reg&scope=repository%3Ateam%2Fweb%3Apull"
+    );
+    assert_eq!(token.headers()["authorization"], "Basic YWxpY2U6czNjcmV0");
+}
+
+#[test]
+fn token_post_form_goes_to_the_realm_as_a_form() {
+    let cfg = config(&[]);
+    let req = incoming(Method::POST, "/token", &[]);
+    let form = b"grant_type=password&username=alice&password=s3cret&scope=repository%3Aweb%3Apull&service=x&client_id=c";
+    let run = drive(
+        &cfg,
+        req,
+        form,
+        by_path(vec![
+            ("/v2/", bearer("http://127.0.0.1:5000/v2/auth", "")),
+            ("/v2/auth", Canned::new(200).body(r#"{"access_token":"t"}"#)),
+        ]),
+    );
+    assert_eq!(status(&run), 200);
+    let post = &run.sent[1];
+    assert_eq!(post.method(), Method::POST);
+    assert_eq!(
+        String::from_utf8_lossy(post.body()),
+        "grant_type=password&username=alice&password=s3cret&client_id=c&service=reg&scope=repository%3Aweb%3Apull"
+    );
+}
+
+#[test]
+fn token_never_contacts_an_unconfigured_realm() {
+    let cfg = config(&[]);
+    for realm in [
+        "http://127.0.0.4:6666/token",
+        "http://127.0.0.1:5000@127.0.0.4:6666/token",
+        "http://127.0.0.3:5002/token",
+        "not a url",
+    ] {
+        let req = token_get("scope=repository:web:pull");
+        let run = drive(&cfg, req, b"", |_| Ok(bearer(realm, "")));
+        assert_eq!(status(&run), 502, "{realm}");
+        assert_eq!(run.sent.len(), 1, "{realm}");
+    }
+}
+
+#[test]
+fn token_realm_redirects_are_followed_only_within_configuration() {
+    let cfg = config(&[]);
+    let realm = format!("{AUTH}/token");
+    let req = || token_get("scope=repository:web:pull");
+    let run = drive(
+        &cfg,
+        req(),
+        b"",
+        by_path(vec![
+            ("/v2/", bearer(&realm, "")),
+            (
+                "http://127.0.0.2:5001/token",
+                Canned::new(307).header("location", "/v2/token"),
+            ),
+            (
+                "http://127.0.0.2:5001/v2/token",
+                Canned::new(200).body("{}"),
+            ),
+        ]),
+    );
+    assert_eq!(status(&run), 200);
+    assert_eq!(
+        run.sent[2].headers()["authorization"],
+        "Basic YWxpY2U6czNjcmV0"
+    );
+    let run = drive(&cfg, req(), b"", |r| {
+        Ok(match r.uri().path() {
+            "/v2/" => bearer(&realm, ""),
+            _ => Canned::new(302).header("location", "http://127.0.0.4:6666/token"),
+        })
+    });
+    assert_eq!(status(&run), 502);
+    assert_eq!(header(&run, "location"), "");
+}
+
+#[test]
+fn anonymous_token_only_without_credentials() {
+    let cfg = config(&[]);
+    let run = drive(
+        &cfg,
+        incoming(Method::GET, "/token?scope=repository:web:pull", &[]),
+        b"",
+        |_| Ok(Canned::new(200)),
+    );
+    assert_eq!(status(&run), 200);
+    assert!(String::from_utf8_lossy(&run.body).contains("anonymous"));
+}
+
+#[test]
+fn credentials_find_the_realm_of_a_private_repository_behind_an_open_v2() {
+    let cfg = config(&[("repository_prefix", "team")]);
+    let req = token_get("scope=repository:private/x:pull");
+    let run = drive(
+        &cfg,
+        req,
+        b"",
+        by_path(vec![
+            ("/v2/", Canned::new(200)),
+            (
+                "/v2/team/private/x/tags/list?n=1",
+                bearer(&format!("{AUTH}/token"), "repository:team/private/x:pull"),
+            ),
+            (
+                "http://127.0.0.2:5001/token",
+                Canned::new(200).body(r#"{"token":"private"}"#),
+            ),
+        ]),
+    );
+    assert_eq!(status(&run), 200, "{run:?}");
+    assert_eq!(run.body, br#"{"token":"private"}"#);
+    assert_eq!(
+        run.sent[2].headers()["authorization"],
+        "Basic YWxpY2U6czNjcmV0"
+    );
+    // Nowhere for the credentials to go: an error, never an anonymous token.
+    for body in [
+        &b"grant_type=refresh_token&refresh_token=rt"[..],
+        b"grant_type=password&username=a&password=b",
+    ] {
+        let run = drive(&cfg, incoming(Method::POST, "/token", &[]), body, |_| {
+            Ok(Canned::new(200))
+        });
+        assert_eq!(status(&run), 400, "{}", String::from_utf8_lossy(body));
+        assert!(!String::from_utf8_lossy(&run.body).contains("anonymous"));
+    }
+}
+
+#[test]
+fn token_scopes_with_invalid_names_are_refused_before_any_request() {
+    let cfg = config(&[("repository_prefix", "team")]);
+    let req = incoming(Method::GET, "/token?scope=repository:../../x:pull", &[]);
+    let run = drive(&cfg, req, b"", |_| panic!("no request"));
+    assert_eq!(status(&run), 400);
+    assert_eq!(error_code(&run), "NAME_INVALID");
+}
+
+/// A token realm's 429 keeps its Retry-After, as the registry's does.
+#[test]
+fn a_realm_s_429_keeps_retry_after() {
+    let cfg = config(&[]);
+    let run = drive(
+        &cfg,
+        token_get("scope=repository:web:pull"),
+        b"",
+        by_path(vec![
+            ("/v2/", bearer(&format!("{AUTH}/token"), "")),
+            (
+                "http://127.0.0.2:5001/token",
+                Canned::new(429).header("retry-after", "30"),
+            ),
+        ]),
+    );
+    assert_eq!(status(&run), 429);
+    assert_eq!(header(&run, "retry-after"), "30");
+}
