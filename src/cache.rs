@@ -6,15 +6,16 @@
 //! Only what an anonymous upstream request returned is kept (or what a public route's own
 //! credentials returned): whatever is kept may be served to any client of the route.
 //!
-//! Entries live in a fixed number of buckets per kind (a hash of their identity picks the
-//! bucket), each of a few entries: the store never holds more than `buckets` × `ways` entries
-//! of a kind, with no index to keep. A bucket is rewritten whole (`merge`): two instances that
-//! write one at once lose an entry, which only costs a request later. Every entry repeats its
-//! identity, and is used only if the identity matches.
+//! Entries live in a fixed number of buckets per kind (a MAC of their identity under the
+//! store's secret picks the bucket), each of a few entries: the store never holds more than
+//! `buckets` × `ways` entries of a kind, with no index to keep. A bucket is rewritten whole
+//! (`merge`), by compare-and-swap where the runtime has it, so concurrent writers lose
+//! nothing. Every entry repeats its identity, and is used only if the identity matches.
 
+use crate::digest::{self, sha256};
 use crate::routes::Route;
+use crate::store_secret::StoreSecret;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// Keys of every kind together, at most (besides one `Base` per route and one realm per
 /// credentialed route): Fermyon Cloud's store holds 1,024 keys.
@@ -26,14 +27,17 @@ pub const MAX_MANIFEST: usize = 128 << 10;
 /// How long the upstream's `/v2/` answer (its challenge) is trusted.
 pub const BASE_SECONDS: u64 = 300;
 
+/// The longest a blob's redirect is kept, whatever its URL claims (S3 signs for up to 7
+/// days): storage may revoke a URL long before (STS session credentials, as ECR's are;
+/// rotated signing keys).
+pub const MAX_REDIRECT_SECONDS: u64 = 600;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Manifest,
     Tag,
     Base,
     AnonymousToken,
-    /// A token the proxy handed a client as anonymous: requests with it are anonymous ones.
-    Issued,
     Redirect,
     /// A route's own upstream token for a scope.
     OwnToken,
@@ -46,42 +50,16 @@ impl Kind {
             Kind::Tag => "tag",
             Kind::Base => "base",
             Kind::AnonymousToken => "anonymous-token",
-            Kind::Issued => "issued",
             Kind::Redirect => "redirect",
             Kind::OwnToken => "own-token",
         }
     }
-}
 
-fn digest_hex(parts: &[&str]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(p.as_bytes());
-        h.update([0]);
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The identity of an entry: what it is about, in full, and who saw it. What a route's own
-/// credentials fetched is that route's alone: another route to the same upstream (say, its
-/// plain mirror) may serve only what an anonymous request returned.
-pub fn identity(route: &Route, kind: Kind, parts: &[&str]) -> String {
-    let upstream = route.upstream.to_string();
-    let viewer = match route.credentials {
-        Some(_) => format!("route {}", route.name),
-        None => "anonymous".to_string(),
-    };
-    let mut all = vec![kind.name(), upstream.as_str(), viewer.as_str()];
-    all.extend_from_slice(parts);
-    digest_hex(&all)
-}
-
-impl Kind {
     /// Entries a bucket holds: few manifests (they are the large ones), more of the rest.
     pub fn ways(self) -> usize {
         match self {
             Kind::Manifest => 4,
-            _ => 8,
+            _ => 16,
         }
     }
 
@@ -90,19 +68,49 @@ impl Kind {
         match self {
             Kind::Base => 1,
             Kind::AnonymousToken | Kind::OwnToken => 64,
-            Kind::Manifest | Kind::Tag | Kind::Issued | Kind::Redirect => 128,
+            Kind::Tag => 128,
+            Kind::Manifest | Kind::Redirect => 192,
         }
     }
+
+    /// The kinds kept in buckets (`Base` has a key per route).
+    pub const BUCKETED: [Kind; 5] = [
+        Kind::Manifest,
+        Kind::Tag,
+        Kind::AnonymousToken,
+        Kind::Redirect,
+        Kind::OwnToken,
+    ];
 }
 
-/// The key of the bucket an identity lives in; `Base` (one per route) has a key of its own.
-pub fn key(kind: Kind, identity: &str) -> String {
-    if kind == Kind::Base {
-        return format!("spin-registry-proxy:{}:{identity}", kind.name());
-    }
-    let bucket =
-        u64::from_str_radix(&identity[..12.min(identity.len())], 16).unwrap_or(0) % kind.buckets();
+/// The identity of an entry: what it is about, in full, and who saw it. What a route's own
+/// account fetched is that account's alone (bound to a digest of the account itself, so a
+/// changed password starts empty): another route to the same upstream (say, its plain
+/// mirror) may serve only what an anonymous request returned.
+pub fn identity(route: &Route, kind: Kind, parts: &[&str]) -> String {
+    let upstream = route.upstream.to_string();
+    let viewer = match route.account() {
+        Some(account) => format!("account {account}"),
+        None => "anonymous".to_string(),
+    };
+    let mut all = vec![kind.name(), upstream.as_str(), viewer.as_str()];
+    all.extend_from_slice(parts);
+    digest::of_parts(&all)
+}
+
+/// The key of the bucket an identity lives in, chosen by a MAC under the store's secret: a
+/// client cannot compute which names share a bucket, so it cannot aim requests at one.
+pub fn key(secret: &StoreSecret, kind: Kind, identity: &str) -> String {
+    let mac = secret.mac(&[kind.name().as_bytes(), identity.as_bytes()]);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&mac[..8]);
+    let bucket = u64::from_be_bytes(first) % kind.buckets();
     format!("spin-registry-proxy:{}:{bucket}", kind.name())
+}
+
+/// The key of a route account's `/v2/` answer: one per route account, so no bucket.
+pub fn base_key(identity: &str) -> String {
+    format!("spin-registry-proxy:{}:{identity}", Kind::Base.name())
 }
 
 /// The value of `identity` in a stored bucket, if it is there and still good at `now`.
@@ -119,22 +127,25 @@ pub fn find<T: for<'de> Deserialize<'de>>(
 }
 
 /// A stored bucket with `entry` in it: in place of the same identity's, and of what has ended;
-/// the entry that ends first gives way when the bucket is full.
+/// the entry that ends first gives way when the bucket is full. An entry that has already
+/// ended only takes its identity's out.
 pub fn merge(bucket: Option<&[u8]>, entry: &[u8], now: u64, ways: usize) -> Option<Vec<u8>> {
     let new: Entry<serde_json::Value> = serde_json::from_slice(entry).ok()?;
     let mut entries: Vec<Entry<serde_json::Value>> = bucket
         .and_then(|b| serde_json::from_slice(b).ok())
         .unwrap_or_default();
     entries.retain(|e| e.identity != new.identity && now < e.until);
-    while entries.len() >= ways.max(1) {
-        let first = entries
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, e)| e.until)
-            .map(|(i, _)| i)?;
-        entries.remove(first);
+    if now < new.until {
+        while entries.len() >= ways.max(1) {
+            let first = entries
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| e.until)
+                .map(|(i, _)| i)?;
+            entries.remove(first);
+        }
+        entries.push(new);
     }
-    entries.push(new);
     serde_json::to_vec(&entries).ok()
 }
 
@@ -150,18 +161,45 @@ pub fn holds(bucket: Option<&[u8]>, entry: &[u8]) -> bool {
     }
 }
 
-/// `Accept` as a cache key part: its media types, sorted, so clients that list the same ones
-/// in another order share entries.
-pub fn accept_key(accepts: &[String]) -> String {
-    let mut types: Vec<String> = accepts
+/// The manifest types whose admission decides what a registry answers a manifest request
+/// with (an index or one platform's manifest; OCI or Docker; schema 1 only when asked).
+const MANIFEST_TYPES: [&str; 7] = [
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.oci.artifact.manifest.v1+json",
+];
+
+/// `Accept` as a cache key part: which manifest types it admits, the one thing in it that
+/// decides a registry's answer. So the client's other text (order, parameters, other types)
+/// makes no new key, and one tag has a handful of entries at most, whatever clients send.
+/// `None`: it admits none (such a client is never served from the store).
+pub fn accept_key(accepts: &[String]) -> Option<String> {
+    let mut admitted = [false; MANIFEST_TYPES.len()];
+    for t in accepts
         .iter()
         .flat_map(|a| a.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect();
-    types.sort();
-    types.dedup();
-    types.join(",")
+        .map(|t| t.split(';').next().unwrap_or("").trim())
+    {
+        if t == "*/*" || t.eq_ignore_ascii_case("application/*") {
+            admitted = [true; MANIFEST_TYPES.len()];
+        }
+        if let Some(i) = MANIFEST_TYPES
+            .iter()
+            .position(|m| t.eq_ignore_ascii_case(m))
+        {
+            admitted[i] = true;
+        }
+    }
+    admitted.contains(&true).then(|| {
+        admitted
+            .iter()
+            .map(|a| if *a { '1' } else { '0' })
+            .collect()
+    })
 }
 
 /// Whether a client that sent these `Accept` values takes `media_type` (with no `Accept`,
@@ -242,15 +280,6 @@ pub struct Base {
 pub struct AnonymousToken {
     pub token: String,
     pub expires_at: u64,
-}
-
-/// The sha256 digest of `bytes`, as the registry names it.
-pub fn sha256(bytes: &[u8]) -> String {
-    let hex: String = Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256:{hex}")
 }
 
 /// When a signed blob URL stops working: S3's `X-Amz-Date` + `X-Amz-Expires`, Cloud Storage's
@@ -433,9 +462,23 @@ mod tests {
     }
 
     #[test]
-    fn accept_lists_in_any_order_share_a_key() {
-        let a = accept_key(&["b/x, a/y".into()]);
-        assert_eq!(a, accept_key(&["a/y".into(), "B/X".into()]));
+    fn accept_lists_that_admit_the_same_manifest_types_share_a_key() {
+        const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
+        const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+        let a = accept_key(&[format!("{INDEX}, {OCI}")]);
+        assert!(a.is_some());
+        assert_eq!(a, accept_key(&[OCI.into(), format!("{INDEX};q=0.9")]));
+        assert_eq!(
+            a,
+            accept_key(&[format!("{OCI}, x/y{}", "z".repeat(9)), INDEX.into()])
+        );
+        assert_ne!(a, accept_key(&[OCI.into()]));
+        assert_eq!(accept_key(&["text/html".into()]), None);
+        assert_eq!(accept_key(&[]), None);
+        assert_eq!(
+            accept_key(&["*/*".into()]),
+            accept_key(&["application/*".into()])
+        );
         assert!(accepts(&["a/y;q=0.5, b/x".into()], "a/y"));
         assert!(!accepts(&["a/y".into()], "b/x"));
         assert!(!accepts(&[], "b/x"));
@@ -466,24 +509,20 @@ mod tests {
     }
 
     #[test]
-    fn buckets_are_bounded() {
-        let k = key(Kind::Manifest, "ffffffffffffffff");
+    fn buckets_are_bounded_and_chosen_under_the_secret() {
+        let secret = StoreSecret::new([3; 32]);
+        let k = key(&secret, Kind::Manifest, "ffffffffffffffff");
         assert!(k.starts_with("spin-registry-proxy:manifest:"));
         let bucket: u64 = k.rsplit(':').next().unwrap().parse().unwrap();
         assert!(bucket < Kind::Manifest.buckets());
-        let kinds = [
-            Kind::Manifest,
-            Kind::Tag,
-            Kind::AnonymousToken,
-            Kind::Issued,
-            Kind::Redirect,
-            Kind::OwnToken,
-        ];
-        let all: u64 = kinds.iter().map(|k| k.buckets()).sum();
+        let all: u64 = Kind::BUCKETED.iter().map(|k| k.buckets()).sum();
         assert_eq!(all, MAX_BUCKETS);
-        assert_eq!(
-            sha256(b""),
-            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
+        // Another secret spreads the same identities over other buckets.
+        let other = StoreSecret::new([4; 32]);
+        let moved = (0..64)
+            .map(|i| format!("{i:064x}"))
+            .filter(|id| key(&secret, Kind::Tag, id) != key(&other, Kind::Tag, id))
+            .count();
+        assert!(moved > 48, "{moved}");
     }
 }

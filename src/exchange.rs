@@ -4,6 +4,7 @@
 //! asks: it never decides a status, a header or a destination itself. Each state is named for
 //! what the exchange waits for, and has one handler.
 
+use crate::anonymous_token;
 use crate::challenge::{self, Challenge};
 use crate::config::{Config, ConfigError};
 use crate::endpoint::Endpoint;
@@ -14,8 +15,9 @@ use crate::listing;
 use crate::names::NameMap;
 use crate::origin::Origin;
 use crate::reply::{self, ClientResponse, Draft, DraftBody};
-use crate::routes::{BlobRedirect, Credentials, Route};
+use crate::routes::{BlobRedirect, Credentials, Logins, Route};
 use crate::scope;
+use crate::store_secret::StoreSecret;
 use crate::token::{self, TokenRequest};
 use crate::upstream_error::{self, MAX_ERROR_BODY};
 use crate::upstream_failure::{Failure, Role};
@@ -37,6 +39,8 @@ pub struct Incoming {
     pub authority: Option<String>,
     /// Unix seconds, for the lifetimes of stored tokens.
     pub now: u64,
+    /// Random bytes: the store's secret, should this request be the one to make it.
+    pub random: [u8; 32],
 }
 
 /// A change to the key-value store the exchange asks for. The adapter performs the writes
@@ -46,11 +50,17 @@ pub struct Incoming {
 pub enum Write {
     Set(String, Vec<u8>),
     Delete(String),
-    /// Put `entry` into the bucket at `key` (read it, `cache::merge`, write it back).
+    /// Put `entry` into the bucket at `key` (read it, `cache::merge`, write it back), by
+    /// compare-and-swap where the store has it, so that no concurrent write is lost.
     Merge {
         key: String,
         entry: Vec<u8>,
         ways: usize,
+    },
+    /// Set `key` to `value` unless it holds one (compare-and-swap on "absent").
+    Create {
+        key: String,
+        value: Vec<u8>,
     },
 }
 
@@ -81,6 +91,8 @@ pub enum Step {
 #[derive(Debug)]
 enum Waiting {
     Nothing,
+    /// The store's secret, before anything else is read from the store (`secret_loaded`).
+    Secret(cached::Then),
     /// The token endpoint's form (`on_request_body` → `form_read`).
     TokenForm,
     /// A registry API response, after any redirects (`registry_answered`). `hop` is where the
@@ -198,6 +210,21 @@ pub struct Exchange {
     storable: bool,
     /// For a token request without credentials: its entry among the anonymous tokens.
     anonymous_identity: Option<String>,
+    /// The store's secret, once read (see `cached::Then`).
+    secret: Option<StoreSecret>,
+    random: [u8; 32],
+    /// The client's Bearer token, when it is a marked anonymous one (`anonymous_token`).
+    marked: Option<anonymous_token::Marked>,
+    /// The blob request in flight follows a redirect the store kept.
+    kept_redirect: bool,
+    /// The upstream request in flight, and whether it is already a second attempt: one whose
+    /// connection closed before any answer (a pooled connection the server had just closed)
+    /// goes once more.
+    in_flight: Option<Request<Vec<u8>>>,
+    resent: bool,
+    /// A token request's credentials the route did not take, and the routes that share the
+    /// host for other registries (why): its realm is told nothing, and the client is.
+    logins_dropped: Option<Vec<String>>,
 }
 
 impl Exchange {
@@ -252,6 +279,13 @@ impl Exchange {
             fetch_body: false,
             storable: false,
             anonymous_identity: None,
+            secret: None,
+            random: req.random,
+            marked: None,
+            kept_redirect: false,
+            in_flight: None,
+            resent: false,
+            logins_dropped: None,
         };
         let step = match (public, endpoint) {
             (Err(e), _) | (_, Err(e)) => ex.error(e),
@@ -368,6 +402,7 @@ impl Exchange {
 
     pub fn on_loaded(&mut self, values: Vec<Option<Vec<u8>>>) -> Step {
         match std::mem::replace(&mut self.waiting, Waiting::Nothing) {
+            Waiting::Secret(then) => self.secret_loaded(then, values),
             Waiting::OwnCredentials { scope } => self.credentials_loaded(values, scope),
             Waiting::CacheLookup(plan) => self.cache_loaded(plan, values),
             Waiting::TokenLookup(req) => self.token_looked_up(req, values),
@@ -387,6 +422,7 @@ impl Exchange {
 
     pub fn on_response(&mut self, head: Response<()>) -> Step {
         self.upstream_status = Some(head.status());
+        self.in_flight = None;
         match std::mem::replace(&mut self.waiting, Waiting::Nothing) {
             Waiting::RegistryAnswer {
                 headers,
@@ -415,7 +451,18 @@ impl Exchange {
     }
 
     pub fn on_failure(&mut self, failure: Failure) -> Step {
-        match std::mem::replace(&mut self.waiting, Waiting::Nothing) {
+        let waiting = std::mem::replace(&mut self.waiting, Waiting::Nothing);
+        // Before any answer, the connection closed: upstreams (and the load balancers in front
+        // of them) close idle keep-alive connections, and a request the runtime sent on one
+        // just then meets the close. The request is the proxy's to repeat: its body is held.
+        let request = self.in_flight.take();
+        if let (Failure::Reset, Some(r), false) = (&failure, request, self.resent) {
+            self.resent = true;
+            self.waiting = waiting;
+            self.in_flight = Some(clone_request(&r));
+            return Step::Send(r);
+        }
+        match waiting {
             // The code is nice to have; the status alone still makes the error.
             Waiting::ErrorBody { head } => self.error_read(head, None),
             Waiting::ManifestBody { head, .. } => self.manifest_cut(head, failure),
@@ -462,6 +509,8 @@ impl Exchange {
         *req.uri_mut() = uri;
         self.current = Some(url);
         self.role = role;
+        self.in_flight = Some(clone_request(&req));
+        self.resent = false;
         Step::Send(req)
     }
 

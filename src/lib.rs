@@ -2,11 +2,13 @@
 //!
 //! Everything but `spin_adapter` is plain Rust over `http` types, tested on the host.
 
+pub mod anonymous_token;
 pub mod base64;
 pub mod cache;
 pub mod challenge;
 pub mod config;
 pub mod config_error;
+pub mod digest;
 pub mod endpoint;
 pub mod error;
 pub mod exchange;
@@ -24,6 +26,7 @@ pub mod routes;
 pub mod scope;
 #[cfg(any(test, feature = "simulate"))]
 pub mod simulate;
+pub mod store_secret;
 pub mod token;
 pub mod upstream_error;
 pub mod upstream_failure;

@@ -21,6 +21,20 @@ fn last_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     (!last.is_empty()).then_some(last)
 }
 
+/// `host[:port]` without the root's dot of a fully qualified name (`images.example.com.`):
+/// the same host, as DNS and TLS take it.
+fn without_root_dot(authority: &str) -> std::borrow::Cow<'_, str> {
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.contains(']') && !h.contains(':') => (h, Some(p)),
+        _ => (authority, None),
+    };
+    match (host.strip_suffix('.'), port) {
+        (Some(h), Some(p)) => format!("{h}:{p}").into(),
+        (Some(h), None) => h.into(),
+        (None, _) => authority.into(),
+    }
+}
+
 fn bad_request(message: &str) -> OciError {
     OciError::unsupported(http::StatusCode::BAD_REQUEST, message)
 }
@@ -40,6 +54,7 @@ pub fn public_origin(
             last_value(headers, "x-forwarded-proto"),
             last_value(headers, "x-forwarded-host"),
         ) {
+            let host = without_root_dot(host);
             return Origin::parse(&format!("{}://{host}", proto.to_ascii_lowercase()))
                 .map_err(|_| bad_request("X-Forwarded-Proto/X-Forwarded-Host is not an origin"));
         }
@@ -76,6 +91,7 @@ pub fn public_origin(
     if scheme == "http" && tls_listener {
         scheme = "https".into();
     }
+    let host = without_root_dot(host);
     let origin = Origin::parse(&format!("{scheme}://{host}"))
         .map_err(|_| bad_request("the Host header is not a host name and port"))?;
     if origin.scheme == "http" && origin.port == 80 && !origin.is_local_or_ip() {
@@ -182,6 +198,22 @@ mod tests {
         assert_eq!(origin(&c, &spin, None), "https://images.example.com:8443");
         let h = public_origin(&c, &headers(&[]), Some("https"), Some("a.example")).unwrap();
         assert_eq!(h.to_string(), "https://a.example");
+    }
+
+    /// A fully qualified name (the root's trailing dot) is the same host: it was a 400.
+    #[test]
+    fn a_fully_qualified_host_is_the_same_host() {
+        let c = config("", "");
+        for (host, want) in [
+            ("images.example.com.", "https://images.example.com"),
+            ("registry.lan.:3000", "http://registry.lan:3000"),
+            ("localhost.:3000", "http://localhost:3000"),
+        ] {
+            assert_eq!(origin(&c, &[("host", host)], Some("http")), want, "{host}");
+        }
+        for host in ["images.example.com..", ".", "a..b"] {
+            assert_eq!(origin(&c, &[("host", host)], Some("http")), "error 400");
+        }
     }
 
     #[test]

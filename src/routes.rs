@@ -85,6 +85,22 @@ pub enum Logins {
 }
 
 impl Route {
+    /// The route's own account, as a digest of all that makes it (upstream, realms, the
+    /// credentials whole): what the proxy keeps of its work is bound to it, so routes sharing
+    /// a username, or a route whose password changed, never share what they fetched. `None`
+    /// for a route without an account.
+    pub fn account(&self) -> Option<String> {
+        let (kind, user, secret) = match self.credentials.as_ref()? {
+            Credentials::Basic { username, password } => ("basic", username.as_str(), password),
+            Credentials::Token(t) => ("token", "", t),
+        };
+        let upstream = self.upstream.to_string();
+        let auth: Vec<String> = self.auth.iter().map(Origin::to_string).collect();
+        let mut parts = vec!["account", upstream.as_str(), kind, user, secret.as_str()];
+        parts.extend(auth.iter().map(String::as_str));
+        Some(crate::digest::of_parts(&parts))
+    }
+
     /// How its client names map upstream. containerd's mirror requests (`?ns=`, with the
     /// `hosts.toml` the README shows) carry the mirrored registry's own names: no path.
     pub fn names(&self, mirroring: bool) -> NameMap {
@@ -192,12 +208,21 @@ impl Routes {
         match route.logins {
             Logins::Never => false,
             Logins::Always => true,
-            Logins::Unshared => !self.0.iter().any(|r| {
+            Logins::Unshared => self.login_rivals(route, host).is_empty(),
+        }
+    }
+
+    /// The routes on `host` that would take a login to another registry than `route`'s.
+    pub fn login_rivals(&self, route: &Route, host: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|r| {
                 r.logins != Logins::Never
                     && !r.same_destination(route)
                     && r.host_rank(host).is_some()
-            }),
-        }
+            })
+            .map(|r| r.name.as_str())
+            .collect()
     }
 
     /// Whether several routes serve `host` (by path, or a host route beside path routes).

@@ -103,6 +103,9 @@ pub fn run_with_store(
                 Write::Delete(k) => {
                     store.remove(&k);
                 }
+                Write::Create { key, value } => {
+                    store.entry(key).or_insert(value);
+                }
                 Write::Merge { key, entry, ways } => {
                     let bucket = store.get(&key).map(Vec::as_slice);
                     if let Some(b) = crate::cache::merge(bucket, &entry, 0, ways) {
@@ -589,6 +592,7 @@ pub fn incoming(src: &mut Source) -> (Incoming, Vec<u8>) {
         scheme: src.pick(&[Some("http".to_string()), Some("https".into()), None]),
         authority: None,
         now: 1_700_000_000,
+        random: [0x5a; 32],
     };
     let body = src.pick(&[
         b"grant_type=password&username=alice&password=s3cret&scope=repository%3Aweb%3Apull&service=x"
@@ -703,7 +707,7 @@ pub fn canned(src: &mut Source) -> Result<Canned, Failure> {
         c = c.header("content-length", len.to_string());
     }
     if src.chance(60) {
-        c = c.header("docker-content-digest", crate::cache::sha256(&body));
+        c = c.header("docker-content-digest", crate::digest::sha256(&body));
     }
     Ok(c.body(body))
 }

@@ -10,7 +10,6 @@ use spin_sdk::http::{
     ErrorCode, Fields, IncomingRequest, IncomingResponse, Method as WasiMethod, OutgoingBody,
     OutgoingRequest, OutgoingResponse, ResponseOutparam, Scheme,
 };
-use spin_sdk::key_value::Store;
 use spin_sdk::wit::wasi::http0_2_0::outgoing_handler;
 use spin_sdk::wit::wasi::http0_2_0::types::{http_error_code, IncomingBody, RequestOptions};
 use std::time::{Duration, Instant, SystemTime};
@@ -91,6 +90,14 @@ fn serve(
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    let mut random = [0u8; 32];
+    for (i, b) in wasi::random::random::get_random_bytes(32)
+        .into_iter()
+        .take(32)
+        .enumerate()
+    {
+        random[i] = b;
+    }
     let incoming = Incoming {
         method,
         path,
@@ -99,6 +106,7 @@ fn serve(
         scheme: req.scheme().map(|s| scheme_name(&s)),
         authority: req.authority(),
         now,
+        random,
     };
     let mut request = Some(req);
     let (mut exchange, mut step) = Exchange::start(config, incoming);
@@ -202,51 +210,128 @@ fn release(upstream: Option<Upstream>) {
 /// Spin's `default` key-value store, opened on first use. A store that cannot be opened or
 /// read is a store that knows nothing: the exchange then asks the upstream.
 #[derive(Default)]
-struct KeyValue(Option<Option<Store>>);
+struct KeyValue(Option<Option<store::Bucket>>);
 
 impl KeyValue {
-    fn store(&mut self) -> Option<&Store> {
-        self.0
-            .get_or_insert_with(|| Store::open_default().ok())
-            .as_ref()
+    fn bucket(&mut self) -> Option<&store::Bucket> {
+        self.0.get_or_insert_with(store::Bucket::open).as_ref()
     }
 
     fn load(&mut self, keys: &[String]) -> Vec<Option<Vec<u8>>> {
-        let store = self.store();
-        keys.iter()
-            .map(|k| store.and_then(|s| s.get(k).ok().flatten()))
-            .collect()
+        let bucket = self.bucket();
+        keys.iter().map(|k| bucket.and_then(|b| b.get(k))).collect()
     }
 
     fn write(&mut self, writes: Vec<Write>, now: u64) {
         if writes.is_empty() {
             return;
         }
-        let Some(store) = self.store() else { return };
+        let Some(bucket) = self.bucket() else { return };
         for w in writes {
-            let _ = match w {
-                Write::Set(k, v) => store.set(&k, &v),
-                Write::Delete(k) => store.delete(&k),
-                // Spin's store has no compare-and-swap: another instance may write the bucket
-                // between this one's read and write. Read it back, and merge once more when the
-                // entry is gone (concurrent downloads of one pull lost entries that way).
-                Write::Merge { key, entry, ways } => {
-                    for _ in 0..2 {
-                        let bucket = store.get(&key).ok().flatten();
-                        if crate::cache::holds(bucket.as_deref(), &entry) {
-                            break;
-                        }
-                        let Some(b) = crate::cache::merge(bucket.as_deref(), &entry, now, ways)
-                        else {
-                            break;
-                        };
-                        if store.set(&key, &b).is_err() {
-                            break;
-                        }
+            match w {
+                Write::Set(k, v) => bucket.set(&k, &v),
+                Write::Delete(k) => bucket.delete(&k),
+                Write::Merge { key, entry, ways } => bucket.update(&key, |current| {
+                    if crate::cache::holds(current, &entry) {
+                        return None;
                     }
-                    Ok(())
+                    crate::cache::merge(current, &entry, now, ways)
+                }),
+                Write::Create { key, value } => {
+                    bucket.update(&key, |current| current.is_none().then(|| value.clone()))
                 }
+            }
+        }
+    }
+}
+
+/// The store through `wasi:keyvalue@0.2.0-draft2`, which every Spin since 3.0 links (on each
+/// store it ships: SQLite, Redis, Azure Cosmos DB, AWS DynamoDB): its compare-and-swap makes a
+/// bucket's read-merge-write lose nothing to a concurrent writer.
+#[cfg(feature = "wasi-keyvalue")]
+mod store {
+    use spin_sdk::wit::wasi::keyvalue::{atomics, store};
+
+    /// Writers that meet a concurrent change start over this many times at most (each with
+    /// the newer value): beyond, the entry is given up, which only costs a request later.
+    const TRIES: usize = 16;
+
+    pub struct Bucket(store::Bucket);
+
+    impl Bucket {
+        pub fn open() -> Option<Self> {
+            store::open("default").ok().map(Self)
+        }
+
+        pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+            self.0.get(key).ok().flatten()
+        }
+
+        pub fn set(&self, key: &str, value: &[u8]) {
+            let _ = self.0.set(key, value);
+        }
+
+        pub fn delete(&self, key: &str) {
+            let _ = self.0.delete(key);
+        }
+
+        /// Replaces the value at `key` with `change(current)` (`None`: leaves it), atomically.
+        pub fn update(&self, key: &str, change: impl Fn(Option<&[u8]>) -> Option<Vec<u8>>) {
+            let Ok(mut cas) = atomics::Cas::new(&self.0, key) else {
+                // A store without compare-and-swap: read, change, write.
+                if let Some(v) = change(self.get(key).as_deref()) {
+                    self.set(key, &v);
+                }
+                return;
             };
+            for _ in 0..TRIES {
+                let Ok(current) = cas.current() else { return };
+                let Some(value) = change(current.as_deref()) else {
+                    return;
+                };
+                match atomics::swap(cas, &value) {
+                    Err(atomics::CasError::CasFailed(newer)) => cas = newer,
+                    _ => return,
+                }
+            }
+        }
+    }
+}
+
+/// The store through Spin's own `fermyon:spin/key-value@2.0.0`, for a host without
+/// `wasi:keyvalue` (build with `--no-default-features`). It has no compare-and-swap: a
+/// change is read back and made once more when a concurrent writer undid it, which narrows
+/// the window where one is lost, and cannot close it.
+#[cfg(not(feature = "wasi-keyvalue"))]
+mod store {
+    use spin_sdk::key_value::Store;
+
+    pub struct Bucket(Store);
+
+    impl Bucket {
+        pub fn open() -> Option<Self> {
+            Store::open_default().ok().map(Self)
+        }
+
+        pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+            self.0.get(key).ok().flatten()
+        }
+
+        pub fn set(&self, key: &str, value: &[u8]) {
+            let _ = self.0.set(key, value);
+        }
+
+        pub fn delete(&self, key: &str) {
+            let _ = self.0.delete(key);
+        }
+
+        pub fn update(&self, key: &str, change: impl Fn(Option<&[u8]>) -> Option<Vec<u8>>) {
+            for _ in 0..2 {
+                let Some(value) = change(self.get(key).as_deref()) else {
+                    return;
+                };
+                self.set(key, &value);
+            }
         }
     }
 }

@@ -207,18 +207,25 @@ pub fn is_basic(value: &HeaderValue) -> bool {
     is_scheme(value, "basic")
 }
 
+/// The token of a Bearer `Authorization`.
+pub fn bearer_token(value: Option<&HeaderValue>) -> Option<&str> {
+    let value = value.filter(|v| is_scheme(v, "bearer"))?;
+    Some(value.to_str().ok()?[7..].trim()).filter(|t| !t.is_empty())
+}
+
 /// The `Authorization` to send upstream for what the client sent: Basic credentials and
-/// Bearer tokens (the upstream realm's own) pass; the anonymous token and other schemes do not.
+/// Bearer tokens (the upstream realm's own) pass, a marked anonymous token as the realm's
+/// token it carries; the proxy's `anonymous` token and other schemes do not.
 pub fn upstream_authorization(client: Option<&HeaderValue>) -> Option<HeaderValue> {
     let value = client?;
     if is_basic(value) {
         return Some(value.clone());
     }
-    if !is_scheme(value, "bearer") {
-        return None;
+    let token = bearer_token(Some(value))?;
+    if let Some(marked) = crate::anonymous_token::Marked::parse(token) {
+        return HeaderValue::from_str(&format!("Bearer {}", marked.token)).ok();
     }
-    let token = value.to_str().ok()?[7..].trim();
-    (token != ANONYMOUS_TOKEN && !token.is_empty()).then(|| value.clone())
+    (token != ANONYMOUS_TOKEN).then(|| value.clone())
 }
 
 /// The anonymous token response, shaped as registries send theirs.
@@ -294,6 +301,10 @@ mod tests {
         assert_eq!(upstream_authorization(Some(&anon)), None);
         let jwt = HeaderValue::from_static("Bearer eyJ.x.y");
         assert_eq!(upstream_authorization(Some(&jwt)).unwrap(), jwt);
+        let marked = HeaderValue::from_static(
+            "Bearer srp-anonymous.000102030405060708090a0b0c0d0e0f.eyJ.x.y",
+        );
+        assert_eq!(upstream_authorization(Some(&marked)).unwrap(), jwt);
         let other = HeaderValue::from_static("Negotiate abc");
         assert_eq!(upstream_authorization(Some(&other)), None);
         assert_eq!(upstream_authorization(None), None);

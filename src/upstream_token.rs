@@ -2,15 +2,15 @@
 //! how it keeps what it learned in the key-value store so that many pulls, and many instances
 //! sharing a store, cost the realm one token request per scope and lifetime.
 //!
-//! Keys are hashed (Fermyon Cloud allows 255 bytes a key) over the upstream, the username and
-//! the scope: a token is only ever used for the upstream and scope it was issued for, and a
-//! changed username never finds the old one. Values hold no credential, only the realm's token.
+//! Keys are hashed (Fermyon Cloud allows 255 bytes a key) over the route's account (a digest of
+//! its upstream, realms and credentials, see `Route::account`) and the scope: a token is only
+//! ever used for the account and scope it was issued for, and a changed password never finds
+//! the old one. Values hold no credential, only the realm's token.
 
 use crate::challenge::Challenge;
 use crate::routes::{Credentials, Route};
 use http::HeaderValue;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// A token is no longer used this many seconds before it expires.
 pub const MARGIN_SECONDS: u64 = 20;
@@ -21,38 +21,20 @@ const MAX_LIFETIME: u64 = 86_400;
 /// Largest realm answer the proxy reads.
 pub const MAX_TOKEN_BODY: usize = 64 << 10;
 
-const KEY_PREFIX: &str = "spin-registry-proxy";
-
-fn hashed(kind: &str, parts: &[&str]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(p.as_bytes());
-        h.update([0]);
-    }
-    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    format!("{KEY_PREFIX}:{kind}:{hex}")
-}
-
-fn username(route: &Route) -> &str {
-    match &route.credentials {
-        Some(Credentials::Basic { username, .. }) => username,
-        _ => "",
-    }
-}
-
-/// Where the route's upstream asks for credentials.
+/// Where the route's upstream asks its account for credentials.
 pub fn realm_key(route: &Route) -> String {
-    hashed("realm", &[&route.upstream.to_string(), username(route)])
+    let account = route.account().unwrap_or_default();
+    format!(
+        "spin-registry-proxy:realm:{}",
+        crate::digest::of_parts(&["realm", &account])
+    )
 }
 
 /// The identity of the route's token for `scope`. Tokens are kept in buckets like the other
 /// entries: a client names any scope it likes, and each would be a key of its own.
 pub fn token_identity(route: &Route, scope: &str) -> String {
-    let key = hashed(
-        "token",
-        &[&route.upstream.to_string(), username(route), scope],
-    );
-    key.rsplit(':').next().unwrap_or_default().to_string()
+    let account = route.account().unwrap_or_default();
+    crate::digest::of_parts(&["token", &account, scope])
 }
 
 /// How an upstream authenticates, as learned from its challenge.
@@ -160,7 +142,7 @@ mod tests {
     use crate::routes::BlobRedirect;
     use std::time::Duration;
 
-    fn route(username: &str) -> Route {
+    fn route(username: &str, password: &str) -> Route {
         let upstream = Origin::parse("https://ghcr.io").unwrap();
         Route {
             name: "r".into(),
@@ -179,7 +161,7 @@ mod tests {
             tag_ttl: 60,
             credentials: Some(Credentials::Basic {
                 username: username.into(),
-                password: "s3cret".into(),
+                password: password.into(),
             }),
             public: true,
             logins: crate::routes::Logins::Never,
@@ -187,12 +169,26 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_short_and_separate_scopes_and_users() {
-        let a = token_identity(&route("robot"), "repository:x:pull");
+    fn keys_are_short_and_separate_scopes_and_accounts() {
+        let a = token_identity(&route("robot", "s3cret"), "repository:x:pull");
         assert!(a.len() == 64 && a.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_ne!(a, token_identity(&route("robot"), "repository:y:pull"));
-        assert_ne!(a, token_identity(&route("other"), "repository:x:pull"));
-        assert_ne!(realm_key(&route("robot")), realm_key(&route("other")));
+        assert_ne!(
+            a,
+            token_identity(&route("robot", "s3cret"), "repository:y:pull")
+        );
+        assert_ne!(
+            a,
+            token_identity(&route("other", "s3cret"), "repository:x:pull")
+        );
+        // The same username with another password (Artifact Registry's `_json_key`, ECR's
+        // `AWS`) is another account.
+        assert_ne!(
+            a,
+            token_identity(&route("robot", "other"), "repository:x:pull")
+        );
+        let realm = realm_key(&route("robot", "s3cret"));
+        assert_ne!(realm, realm_key(&route("robot", "other")));
+        assert!(realm.len() < 100 && !realm.contains("robot") && !realm.contains("s3cret"));
     }
 
     #[test]

@@ -2,15 +2,27 @@
 //! and what of its answer is kept (`crate::cache` says what and how long).
 
 use super::*;
+use crate::anonymous_token;
 use crate::cache::{self, Entry, Kind};
+use crate::digest::sha256;
 use crate::endpoint::valid_digest;
+use crate::store_secret::{self, StoreSecret};
 
 /// What the store is asked for, for one request.
 #[derive(Debug, Clone)]
 pub(in crate::exchange) struct Plan {
     what: What,
-    /// The entry that says the client's Bearer token is one the proxy handed out as anonymous.
-    issued: Option<String>,
+}
+
+/// What waits for the store's secret (every bucket's key is made with it).
+#[derive(Debug)]
+pub(in crate::exchange) enum Then {
+    /// A registry request's entries.
+    LookUp(Plan),
+    /// A token request's.
+    Token(TokenRequest),
+    /// The route's own realm and token for a scope.
+    OwnCredentials { scope: Option<String> },
 }
 
 #[derive(Debug, Clone)]
@@ -28,15 +40,6 @@ enum What {
 /// The least lifetime a kept anonymous token is handed out with: clients take any shorter
 /// `expires_in` for this long.
 const MIN_TOKEN_SECONDS: u64 = 60;
-
-/// The write that puts an entry of `kind` into its bucket.
-pub(super) fn merge(kind: Kind, identity: &str, entry: Vec<u8>) -> Write {
-    Write::Merge {
-        key: cache::key(kind, identity),
-        entry,
-        ways: kind.ways(),
-    }
-}
 
 /// The upstream's challenge, reduced to what says where and how to authenticate.
 fn realm_challenge(headers: &HeaderMap) -> Option<String> {
@@ -65,6 +68,82 @@ impl Exchange {
         Some(cache::identity(self.route()?, kind, parts))
     }
 
+    /// The key of the bucket `identity` lives in; `None` before the store's secret is known.
+    pub(super) fn bucket_key(&self, kind: Kind, identity: &str) -> Option<String> {
+        Some(cache::key(self.secret.as_ref()?, kind, identity))
+    }
+
+    /// Puts an entry of `kind` into its bucket.
+    pub(super) fn keep<T: serde::Serialize + for<'de> serde::Deserialize<'de>>(
+        &mut self,
+        kind: Kind,
+        entry: Entry<T>,
+    ) {
+        if let Some(key) = self.bucket_key(kind, &entry.identity) {
+            self.writes.push(Write::Merge {
+                key,
+                entry: entry.encode(),
+                ways: kind.ways(),
+            });
+        }
+    }
+
+    /// Takes `identity`'s entry out of its bucket.
+    fn forget(&mut self, kind: Kind, identity: &str) {
+        let ended = Entry {
+            identity: identity.to_string(),
+            until: 0,
+            value: (),
+        };
+        self.keep(kind, ended);
+    }
+
+    /// Reads the store's secret first, once per request, then goes on with `then`.
+    pub(super) fn with_secret(&mut self, then: Then) -> Step {
+        if self.secret.is_some() {
+            return self.resume(then);
+        }
+        self.waiting = Waiting::Secret(then);
+        Step::Load(vec![store_secret::KEY.to_string()])
+    }
+
+    /// The secret as kept, or a new one (written only where none is kept: another instance's,
+    /// written first, stays). A store that cannot be read gets a new one each request, which
+    /// is only a store that keeps nothing.
+    pub(super) fn secret_loaded(&mut self, then: Then, values: Vec<Option<Vec<u8>>>) -> Step {
+        let kept = values.into_iter().next().flatten();
+        let secret = match kept.as_deref().and_then(StoreSecret::decode) {
+            Some(s) => s,
+            None => {
+                let s = StoreSecret::new(self.random);
+                self.writes.push(Write::Create {
+                    key: store_secret::KEY.to_string(),
+                    value: s.encode(),
+                });
+                s
+            }
+        };
+        self.secret = Some(secret);
+        self.resume(then)
+    }
+
+    fn resume(&mut self, then: Then) -> Step {
+        match then {
+            Then::LookUp(plan) => self.look_up(plan),
+            Then::Token(req) => self.token_lookup(req),
+            Then::OwnCredentials { scope } => self.own_credentials_load(scope),
+        }
+    }
+
+    /// Whether the request carries nothing of the client's: no `Authorization` at all. Such
+    /// a client meets the proxy's challenge on `/v2/`, however open the upstream's is (docker
+    /// and containers/image learn how to authenticate there); one that presents anything,
+    /// the proxy's own `anonymous` token included, has authenticated and gets the upstream's
+    /// answer, so a client pinging `/v2/` with its token never loops.
+    pub(super) fn presents_nothing(&self) -> bool {
+        !self.client_headers.contains_key(header::AUTHORIZATION)
+    }
+
     /// What the store may hold for this request; `None`: nothing to look up.
     pub(super) fn cache_plan(&self, endpoint: &Endpoint) -> Option<Plan> {
         let route = self.route()?;
@@ -76,8 +155,8 @@ impl Exchange {
                         name,
                         digest: reference.clone(),
                     }
-                } else if route.tag_ttl > 0 && !self.client_accepts().is_empty() {
-                    let accept = cache::accept_key(&self.client_accepts());
+                } else if route.tag_ttl > 0 {
+                    let accept = cache::accept_key(&self.client_accepts())?;
                     // Routes to one upstream share what they saw, each for as long as it says.
                     let ttl = route.tag_ttl.to_string();
                     let identity = self.identity(Kind::Tag, &[&name, reference, &accept, &ttl])?;
@@ -92,54 +171,48 @@ impl Exchange {
                     identity: self.identity(Kind::Redirect, &[&name, digest])?,
                 }
             }
-            Endpoint::Base
-                if self.client_authorization.is_none() && route.credentials.is_none() =>
-            {
-                What::Base
-            }
+            Endpoint::Base if self.presents_nothing() && route.credentials.is_none() => What::Base,
             _ => return None,
         };
-        let token = self
-            .client_authorization
-            .as_ref()
-            .and_then(|a| a.to_str().ok())
-            .and_then(|a| a.strip_prefix("Bearer "));
-        let issued =
-            token.and_then(|t| self.identity(Kind::Issued, &[&cache::sha256(t.as_bytes())]));
-        Some(Plan { what, issued })
+        Some(Plan { what })
     }
 
     fn entry_key(&self, what: &What) -> Option<String> {
-        Some(match what {
-            What::Digest { name, digest } => cache::key(
-                Kind::Manifest,
-                &self.identity(Kind::Manifest, &[name, digest])?,
-            ),
-            What::Tag { identity, .. } => cache::key(Kind::Tag, identity),
-            What::Blob { identity } => cache::key(Kind::Redirect, identity),
-            What::Base => cache::key(Kind::Base, &self.identity(Kind::Base, &[])?),
-        })
+        match what {
+            What::Digest { name, digest } => {
+                let identity = self.identity(Kind::Manifest, &[name, digest])?;
+                self.bucket_key(Kind::Manifest, &identity)
+            }
+            What::Tag { identity, .. } => self.bucket_key(Kind::Tag, identity),
+            What::Blob { identity } => self.bucket_key(Kind::Redirect, identity),
+            What::Base => Some(cache::base_key(&self.identity(Kind::Base, &[])?)),
+        }
     }
 
     pub(super) fn look_up(&mut self, plan: Plan) -> Step {
-        let Some(mut keys) = self.entry_key(&plan.what).map(|k| vec![k]) else {
+        let Some(key) = self.entry_key(&plan.what) else {
             return self.authorize_and_send();
         };
-        keys.extend(plan.issued.as_ref().map(|i| cache::key(Kind::Issued, i)));
         self.waiting = Waiting::CacheLookup(plan);
-        Step::Load(keys)
+        Step::Load(vec![key])
+    }
+
+    /// Whether the client's Bearer token is one the proxy handed out as anonymous, for this
+    /// route's upstream (its mark is checked here, where the store's secret is known).
+    fn carries_anonymous_token(&self) -> bool {
+        let (Some(marked), Some(secret), Some(route)) = (&self.marked, &self.secret, self.route())
+        else {
+            return false;
+        };
+        marked.is_genuine(secret, &route.upstream)
     }
 
     pub(super) fn cache_loaded(&mut self, plan: Plan, values: Vec<Option<Vec<u8>>>) -> Step {
         let now = self.now;
-        let mut values = values.into_iter();
-        let entry = values.next().flatten();
-        let issued = match (&plan.issued, values.next().flatten()) {
-            (Some(id), Some(v)) => cache::find::<bool>(Some(&v), id, now).is_some(),
-            _ => false,
-        };
+        let entry = values.into_iter().next().flatten();
         let own = self.route().is_some_and(|r| r.credentials.is_some());
-        self.storable = own || self.client_authorization.is_none() || issued;
+        self.storable =
+            own || self.client_authorization.is_none() || self.carries_anonymous_token();
         let accepts = self.client_accepts();
         // Credentials of the client's own go to the upstream, which alone judges them.
         let what = if self.storable {
@@ -163,7 +236,7 @@ impl Exchange {
                 if let Some(tag) = tag.filter(|t| cache::accepts(&accepts, &t.media_type)) {
                     let key = self
                         .identity(Kind::Manifest, &[name, &tag.digest])
-                        .map(|id| cache::key(Kind::Manifest, &id));
+                        .and_then(|id| self.bucket_key(Kind::Manifest, &id));
                     if let Some(key) = key {
                         self.waiting = Waiting::CachedTagManifest {
                             plan,
@@ -177,6 +250,7 @@ impl Exchange {
                 let url = cache::find::<String>(entry.as_deref(), identity, now)
                     .and_then(|u| url::Url::parse(&u).ok());
                 if let Some(url) = url {
+                    self.cache = Some(plan.clone());
                     return self.send_to_kept_redirect(url);
                 }
             }
@@ -264,6 +338,7 @@ impl Exchange {
 
     /// A blob's kept redirect: handed to the client in `pass` mode, followed in `follow`.
     fn send_to_kept_redirect(&mut self, url: url::Url) -> Step {
+        self.kept_redirect = true;
         let pass = self
             .route()
             .is_some_and(|r| r.blob_redirect == BlobRedirect::Pass);
@@ -283,25 +358,42 @@ impl Exchange {
         self.send_hop(None)
     }
 
-    /// Keeps what a redirect of a blob said, for as long as its signature lasts.
+    /// Keeps what a redirect of a blob said, for as long as its signature lasts, and ten
+    /// minutes at most.
     pub(super) fn keep_redirect(&mut self, target: &url::Url) {
         let Some(Plan {
             what: What::Blob { identity },
-            ..
         }) = &self.cache
         else {
             return;
         };
-        let until = cache::signed_until(target).map(|u| u.saturating_sub(60));
+        let longest = self.now.saturating_add(cache::MAX_REDIRECT_SECONDS);
+        let until = cache::signed_until(target).map(|u| u.saturating_sub(60).min(longest));
         if let Some(until) = until.filter(|u| *u > self.now && self.storable) {
             let entry = Entry {
                 identity: identity.clone(),
                 until,
                 value: target.to_string(),
             };
-            self.writes
-                .push(merge(Kind::Redirect, identity, entry.encode()));
+            self.keep(Kind::Redirect, entry);
         }
+    }
+
+    /// Storage refused the kept redirect (revoked before its time): it is dropped, and the
+    /// registry is asked for a new one, once.
+    pub(super) fn kept_redirect_refused(&mut self) -> Option<Step> {
+        if !std::mem::take(&mut self.kept_redirect) {
+            return None;
+        }
+        let Some(Plan {
+            what: What::Blob { identity },
+        }) = self.cache.clone()
+        else {
+            return None;
+        };
+        self.forget(Kind::Redirect, &identity);
+        self.hop = None;
+        Some(self.authorize_and_send())
     }
 
     /// Keeps where the upstream asks clients to authenticate, from any challenge it sends, and
@@ -329,7 +421,7 @@ impl Exchange {
             },
         };
         self.writes
-            .push(Write::Set(cache::key(Kind::Base, &id), entry.encode()));
+            .push(Write::Set(cache::base_key(&id), entry.encode()));
     }
 
     /// A manifest answer the proxy may keep: its body is read first.
@@ -372,7 +464,7 @@ impl Exchange {
         if promised != Some(body.len()) {
             return self.manifest_cut(head, Failure::Reset);
         }
-        let digest = cache::sha256(&body);
+        let digest = sha256(&body);
         let said = head
             .headers()
             .get("docker-content-digest")
@@ -395,11 +487,11 @@ impl Exchange {
         if let (true, Some(name)) = (proven, name) {
             if let Some(id) = self.identity(Kind::Manifest, &[&name, &digest]) {
                 let entry = Entry {
-                    identity: id.clone(),
+                    identity: id,
                     until: u64::MAX,
                     value: cache::Manifest::new(media_type.clone(), &body),
                 };
-                self.writes.push(merge(Kind::Manifest, &id, entry.encode()));
+                self.keep(Kind::Manifest, entry);
             }
             if let (What::Tag { identity, .. }, Some(ttl)) =
                 (&plan.what, self.route().map(|r| r.tag_ttl))
@@ -413,7 +505,7 @@ impl Exchange {
                         length: body.len() as u64,
                     },
                 };
-                self.writes.push(merge(Kind::Tag, identity, entry.encode()));
+                self.keep(Kind::Tag, entry);
             }
         }
         self.reply_stored(head, body)
@@ -440,11 +532,11 @@ impl Exchange {
         let Some(base) = self.identity(Kind::Base, &[]) else {
             return self.probe("/v2/", None, Waiting::RealmDiscovery(req));
         };
-        let mut keys = vec![cache::key(Kind::Base, &base)];
+        let mut keys = vec![cache::base_key(&base)];
         keys.extend(
             anonymous
                 .as_ref()
-                .map(|a| cache::key(Kind::AnonymousToken, a)),
+                .and_then(|a| self.bucket_key(Kind::AnonymousToken, a)),
         );
         self.anonymous_identity = anonymous;
         self.waiting = Waiting::TokenLookup(req);
@@ -479,10 +571,15 @@ impl Exchange {
         }
     }
 
+    /// A realm's anonymous token, marked as one the proxy handed out anonymously.
     fn reply_anonymous_token(&mut self, t: &cache::AnonymousToken) -> Step {
+        let (Some(secret), Some(route)) = (&self.secret, self.route()) else {
+            return self.error(OciError::internal("no store secret"));
+        };
+        let marked = anonymous_token::mark(secret, &route.upstream, &t.token);
         let body = serde_json::json!({
-            "token": t.token,
-            "access_token": t.token,
+            "token": marked,
+            "access_token": marked,
             "expires_in": t.expires_at.saturating_sub(self.now),
         });
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
@@ -490,7 +587,7 @@ impl Exchange {
     }
 
     /// A realm's token for a client without credentials: read, kept for anonymous clients to
-    /// come, and its value remembered as anonymous (requests with it may fill the store).
+    /// come, and handed out marked as anonymous (requests with it may fill the store).
     pub(super) fn keep_anonymous_token(&mut self, head: &Response<()>) -> Option<Step> {
         self.anonymous_identity.as_ref()?;
         self.waiting = Waiting::AnonymousTokenBody { head: head.clone() };
@@ -502,38 +599,28 @@ impl Exchange {
     pub(super) fn anonymous_token_read(&mut self, head: Response<()>, body: Vec<u8>) -> Step {
         let now = self.now;
         let token = upstream_token::Token::from_response(&body, now);
-        if let (Some(t), Some(id)) = (token, self.anonymous_identity.clone()) {
-            // Handed out while at least half its life is left, with what is left, and never
-            // with under a minute: docker and containerd take a shorter `expires_in` for 60 s.
-            let expires_at = t.until.saturating_add(upstream_token::MARGIN_SECONDS);
-            let until = now
-                .saturating_add(expires_at.saturating_sub(now) / 2)
-                .min(expires_at.saturating_sub(MIN_TOKEN_SECONDS));
-            if until > now {
-                let kept = cache::AnonymousToken {
-                    token: t.token.clone(),
-                    expires_at,
-                };
-                let entry = Entry {
-                    identity: id.clone(),
-                    until,
-                    value: kept,
-                };
-                self.writes
-                    .push(merge(Kind::AnonymousToken, &id, entry.encode()));
-            }
-            if let Some(issued) = self.identity(Kind::Issued, &[&cache::sha256(t.token.as_bytes())])
-            {
-                let mark = Entry {
-                    identity: issued.clone(),
-                    until: expires_at,
-                    value: true,
-                };
-                self.writes
-                    .push(merge(Kind::Issued, &issued, mark.encode()));
-            }
+        let (Some(t), Some(id)) = (token, self.anonymous_identity.clone()) else {
+            return self.reply_stored(head, body);
+        };
+        let expires_at = t.until.saturating_add(upstream_token::MARGIN_SECONDS);
+        // Handed out again while at least half its life is left, with what is left, and never
+        // with under a minute: docker and containerd take a shorter `expires_in` for 60 s.
+        let until = now
+            .saturating_add(expires_at.saturating_sub(now) / 2)
+            .min(expires_at.saturating_sub(MIN_TOKEN_SECONDS));
+        let kept = cache::AnonymousToken {
+            token: t.token,
+            expires_at,
+        };
+        if until > now {
+            let entry = Entry {
+                identity: id,
+                until,
+                value: kept.clone(),
+            };
+            self.keep(Kind::AnonymousToken, entry);
         }
-        self.reply_stored(head, body)
+        self.reply_anonymous_token(&kept)
     }
 
     /// The upstream's answer with the body the proxy read (and may have kept).

@@ -5,6 +5,19 @@ use super::*;
 use crate::cache::{self, Entry, Kind};
 
 impl Exchange {
+    /// Reads what the store knows of the route's realm and of its token for `scope`.
+    pub(super) fn own_credentials_load(&mut self, scope: Option<String>) -> Step {
+        let Some(route) = self.route() else {
+            return self.error(OciError::internal("no route"));
+        };
+        let realm = upstream_token::realm_key(route);
+        let identity = upstream_token::token_identity(route, scope.as_deref().unwrap_or(""));
+        let mut keys = vec![realm];
+        keys.extend(self.bucket_key(Kind::OwnToken, &identity));
+        self.waiting = Waiting::OwnCredentials { scope };
+        Step::Load(keys)
+    }
+
     /// The scope the route's own token needs for this request, in upstream names.
     pub(super) fn own_scope(&self) -> Option<String> {
         match self.endpoint.as_ref()? {
@@ -55,12 +68,11 @@ impl Exchange {
     fn keep_own_token(&mut self, scope: Option<&str>, token: upstream_token::Token) {
         if let Some(id) = self.own_token_identity(scope) {
             let entry = Entry {
-                identity: id.clone(),
+                identity: id,
                 until: token.until,
                 value: token,
             };
-            self.writes
-                .push(cached::merge(Kind::OwnToken, &id, entry.encode()));
+            self.keep(Kind::OwnToken, entry);
         }
     }
 

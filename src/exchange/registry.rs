@@ -2,7 +2,6 @@
 //! redirects, and answered with the upstream's body, a rewritten listing or an error.
 
 use super::*;
-use crate::cache::{self, Kind};
 
 impl Exchange {
     pub(super) fn registry_request(&mut self, endpoint: &Endpoint, req: Incoming) -> Step {
@@ -43,8 +42,10 @@ impl Exchange {
             headers,
         });
         self.client_authorization = authorization;
+        self.marked = token::bearer_token(self.client_headers.get(header::AUTHORIZATION))
+            .and_then(anonymous_token::Marked::parse);
         if let Some(plan) = self.cache_plan(endpoint) {
-            return self.look_up(plan);
+            return self.with_secret(cached::Then::LookUp(plan));
         }
         self.authorize_and_send()
     }
@@ -64,18 +65,7 @@ impl Exchange {
             }
             Some(Credentials::Basic { .. }) => {
                 let scope = self.own_scope();
-                let Some(route) = self.route() else {
-                    return self.error(OciError::internal("no route"));
-                };
-                let keys = vec![
-                    upstream_token::realm_key(route),
-                    cache::key(
-                        Kind::OwnToken,
-                        &upstream_token::token_identity(route, scope.as_deref().unwrap_or("")),
-                    ),
-                ];
-                self.waiting = Waiting::OwnCredentials { scope };
-                Step::Load(keys)
+                self.with_secret(cached::Then::OwnCredentials { scope })
             }
             None => {
                 let authorization = self.client_authorization.clone();
@@ -139,9 +129,12 @@ impl Exchange {
         if hop == Role::BlobStorage {
             // Blob storage's links are not the registry's.
             head.headers_mut().remove(header::LINK);
+            let revoked = status.is_client_error() && status != StatusCode::RANGE_NOT_SATISFIABLE;
+            if let Some(step) = revoked.then(|| self.kept_redirect_refused()).flatten() {
+                return step;
+            }
         }
-        let anonymous = !self.client_headers.contains_key(header::AUTHORIZATION);
-        if self.endpoint == Some(Endpoint::Base) && status.is_success() && anonymous {
+        if self.endpoint == Some(Endpoint::Base) && status.is_success() && self.presents_nothing() {
             // docker and containers/image learn how to authenticate from `/v2/` alone: an
             // open `/v2/` would leave them without a token where a repository asks for one.
             // They get the anonymous token, or the upstream's, from the proxy's endpoint.

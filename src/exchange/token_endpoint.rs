@@ -15,6 +15,11 @@ impl Exchange {
         let req = if self.passes_logins(&route) {
             req
         } else {
+            if req.offers_credentials() && route.logins == Logins::Unshared {
+                let host = self.public.as_ref().map_or("", |p| p.host.as_str());
+                let rivals = self.config.routes.login_rivals(&route, host);
+                self.logins_dropped = Some(rivals.into_iter().map(String::from).collect());
+            }
             req.without_credentials()
         };
         self.use_route(route);
@@ -27,7 +32,7 @@ impl Exchange {
             // The route uses its own credentials upstream for every client.
             return self.anonymous_token();
         }
-        self.token_lookup(req)
+        self.with_secret(cached::Then::Token(req))
     }
 
     /// The route a token request is for: the one serving every repository its scopes name
@@ -167,6 +172,25 @@ impl Exchange {
 
     /// Sends the token request to the upstream's Bearer realm.
     pub(super) fn authenticate(&mut self, challenges: &[Challenge], req: TokenRequest) -> Step {
+        if let Some(rivals) = self.logins_dropped.take() {
+            // The registry asks for a login the route may not pass: an anonymous token would
+            // fail as "denied", leaving user and operator to guess why.
+            let route = self.route().map_or("", |r| r.name.as_str()).to_string();
+            return self.error(OciError::unsupported(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "this host's logins reach none of its registries: routes {} serve it for \
+                     other registries than route {route:?}, so the proxy passes credentials \
+                     to none; the operator sets \"client_credentials\": true on the route \
+                     logins are for",
+                    rivals
+                        .iter()
+                        .map(|r| format!("{r:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
         let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") else {
             if challenges.iter().any(|c| c.scheme == "basic") {
                 return self.error(OciError::unsupported(

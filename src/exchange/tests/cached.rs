@@ -2,6 +2,14 @@
 
 use super::*;
 
+/// What the store holds but its secret.
+fn kept(store: &HashMap<String, Vec<u8>>) -> Vec<&String> {
+    store
+        .keys()
+        .filter(|k| *k != crate::store_secret::KEY)
+        .collect()
+}
+
 /// A token-auth upstream (distribution and a realm on 127.0.0.2) whose blobs redirect to
 /// signed storage URLs; counts what it is asked.
 fn signed_upstream(
@@ -13,7 +21,7 @@ fn signed_upstream(
             .headers()
             .get(header::AUTHORIZATION)
             .map(|v| v.to_str().unwrap().to_string());
-        let digest = crate::cache::sha256(INDEX.as_bytes());
+        let digest = crate::digest::sha256(INDEX.as_bytes());
         Ok(
             match (
                 r.uri().authority().unwrap().as_str(),
@@ -51,7 +59,7 @@ fn signed_upstream(
 /// returns the upstream requests it cost.
 fn docker_pull(cfg: &Config, store: &mut std::collections::HashMap<String, Vec<u8>>) -> u32 {
     let count = std::rc::Rc::new(std::cell::Cell::new(0));
-    let digest = crate::cache::sha256(INDEX.as_bytes());
+    let digest = crate::digest::sha256(INDEX.as_bytes());
     let accept = "application/vnd.oci.image.index.v1+json";
     let mut step = |req: Incoming, want: u16| {
         let run = drive_stored(cfg, req.clone(), b"", store, signed_upstream(count.clone()));
@@ -68,7 +76,12 @@ fn docker_pull(cfg: &Config, store: &mut std::collections::HashMap<String, Vec<u
         200,
     );
     let v: serde_json::Value = serde_json::from_slice(&token.body).unwrap();
-    assert_eq!(v["token"], "anon-1");
+    // The realm's anonymous token, marked as handed out anonymously (upstream, unmarked).
+    let t = v["token"].as_str().unwrap();
+    assert!(
+        t.starts_with("srp-anonymous.") && t.ends_with(".anon-1"),
+        "{t}"
+    );
     let bearer: &'static str =
         Box::leak(format!("Bearer {}", v["token"].as_str().unwrap()).into_boxed_str());
     let auth = [("authorization", bearer), ("accept", accept)];
@@ -187,10 +200,10 @@ fn the_store_keeps_nothing_a_client_with_credentials_got() {
         Ok(Canned::new(200).header("content-type", OCI_INDEX))
     });
     assert_eq!(status(&run), 200);
-    assert!(store.is_empty(), "{store:?}");
+    assert!(kept(&store).is_empty(), "{store:?}");
     // However warm the store, a client's own credentials are judged by the upstream.
     docker_pull(&cfg, &mut store);
-    let digest = crate::cache::sha256(INDEX.as_bytes());
+    let digest = crate::digest::sha256(INDEX.as_bytes());
     let req = incoming(
         Method::GET,
         &format!("/v2/app/manifests/{digest}"),
@@ -210,7 +223,7 @@ fn kept_manifests_are_served_only_to_clients_that_accept_them() {
     let cfg = config(&[]);
     let mut store = std::collections::HashMap::new();
     docker_pull(&cfg, &mut store);
-    let digest = crate::cache::sha256(INDEX.as_bytes());
+    let digest = crate::digest::sha256(INDEX.as_bytes());
     let v2s2 = "application/vnd.docker.distribution.manifest.v2+json";
     let req = incoming(
         Method::GET,
@@ -258,14 +271,20 @@ fn follow_mode_goes_to_storage_directly_when_warm() {
         ("upstream_cdn", "http://127.0.0.3:5002"),
     ]);
     let mut store = std::collections::HashMap::new();
-    let auth = [("authorization", "Bearer anon-1")];
     let blob = |store: &mut std::collections::HashMap<String, Vec<u8>>| {
         // The realm's anonymous token first, so the blob request is an anonymous one.
         let count = std::rc::Rc::new(std::cell::Cell::new(0));
         let t = incoming(Method::GET, "/token?scope=repository:app:pull", &[]);
-        simulate::run_with_store(cfg.clone(), t, b"", store, signed_upstream(count.clone()));
+        let t =
+            simulate::run_with_store(cfg.clone(), t, b"", store, signed_upstream(count.clone()));
+        let v: serde_json::Value = serde_json::from_slice(&t.body).unwrap();
+        let bearer = format!("Bearer {}", v["token"].as_str().unwrap());
         let before = count.get();
-        let req = incoming(Method::GET, &format!("/v2/app/blobs/{BLOB}"), &auth);
+        let mut req = incoming(Method::GET, &format!("/v2/app/blobs/{BLOB}"), &[]);
+        req.headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&bearer).unwrap(),
+        );
         let run = simulate::run_with_store(cfg.clone(), req, b"", store, |r| {
             count.set(count.get() + 1);
             Ok(match r.uri().port_u16() {
@@ -337,20 +356,20 @@ fn a_manifest_cut_short_is_neither_kept_nor_served_as_whole() {
             .body(&INDEX[..INDEX.len() / 2]))
     });
     assert_eq!(status(&run), 502, "{run:?}");
-    assert!(store.is_empty(), "{store:?}");
+    assert!(kept(&store).is_empty(), "{store:?}");
 }
 
 #[test]
 fn a_head_answered_from_a_get_keeps_the_length() {
     // distribution answers a manifest by digest whatever the Accept; the proxy turns an
     // anonymous HEAD into the GET it keeps.
-    let digest = crate::cache::sha256(INDEX.as_bytes());
+    let digest = crate::digest::sha256(INDEX.as_bytes());
     let upstream = |r: &Request<Vec<u8>>| {
         let c = Canned::new(200)
             .header("content-type", OCI_INDEX)
             .header(
                 "docker-content-digest",
-                crate::cache::sha256(INDEX.as_bytes()),
+                crate::digest::sha256(INDEX.as_bytes()),
             )
             .header("content-length", INDEX.len().to_string());
         Ok(if r.method() == Method::HEAD {
@@ -418,4 +437,192 @@ fn a_kept_open_v2_ends_whatever_the_traffic() {
     }
     let run = login(&mut busy);
     assert_eq!(status(&run), 200, "{:?}", run.cause);
+}
+
+/// The entries of one kind in the store, as `(identity, until, value)`.
+fn entries(store: &HashMap<String, Vec<u8>>, kind: &str) -> Vec<(String, u64, serde_json::Value)> {
+    let prefix = format!("spin-registry-proxy:{kind}:");
+    store
+        .iter()
+        .filter(|(k, _)| k.starts_with(&prefix))
+        .flat_map(|(_, v)| serde_json::from_slice::<Vec<serde_json::Value>>(v).unwrap())
+        .map(|e| {
+            let identity = e["identity"].as_str().unwrap().to_string();
+            (identity, e["until"].as_u64().unwrap(), e["value"].clone())
+        })
+        .collect()
+}
+
+/// `/v2/` with the proxy's own `anonymous` token gets the upstream's answer, kept or not: it
+/// was a 200 on an empty store and a 401 for five minutes once the upstream's open `/v2/` was
+/// kept (the store's rule took "no Authorization to send" for "none sent"), and a client that
+/// pings `/v2/` with its token (oras-go) looped. Without any `Authorization`, the proxy's
+/// challenge, however open the upstream.
+#[test]
+fn v2_answers_one_rule_whatever_the_store_holds() {
+    let cfg = config(&[]);
+    let mut store = HashMap::new();
+    let open = |_: &Request<Vec<u8>>| Ok(Canned::new(200).body("{}"));
+    let anonymous = [("authorization", "Bearer anonymous")];
+    let run = drive_stored(
+        &cfg,
+        incoming(Method::GET, "/v2/", &anonymous),
+        b"",
+        &mut store,
+        open,
+    );
+    assert_eq!(status(&run), 200);
+    for round in 0..2 {
+        let run = drive_stored(
+            &cfg,
+            incoming(Method::GET, "/v2/", &[]),
+            b"",
+            &mut store,
+            open,
+        );
+        assert_eq!(status(&run), 401, "{round}");
+        let run = drive_stored(
+            &cfg,
+            incoming(Method::GET, "/v2/", &anonymous),
+            b"",
+            &mut store,
+            open,
+        );
+        assert_eq!(status(&run), 200, "{round}: {run:?}");
+    }
+}
+
+/// A signed blob URL may claim up to 7 days (S3's `X-Amz-Expires`): it is kept 10 minutes at
+/// most, since storage revokes URLs sooner (STS session credentials, rotated keys). In
+/// `follow`, storage refusing a kept one drops it, and the registry is asked again, once.
+#[test]
+fn a_kept_redirect_lives_ten_minutes_at_most_and_is_dropped_when_refused() {
+    let cfg = config(&[
+        ("blob_redirect", "follow"),
+        ("upstream_cdn", "http://127.0.0.3:5002"),
+    ]);
+    let now = incoming(Method::GET, "/", &[]).now;
+    let issued = std::rc::Rc::new(std::cell::Cell::new(0u32));
+    let revoked = std::rc::Rc::new(std::cell::Cell::new(0u32));
+    let upstream = |issued: std::rc::Rc<std::cell::Cell<u32>>,
+                    revoked: std::rc::Rc<std::cell::Cell<u32>>| {
+        move |r: &Request<Vec<u8>>| {
+            Ok(match (r.uri().port_u16(), r.uri().query().unwrap_or("")) {
+                (Some(5000), _) => {
+                    issued.set(issued.get() + 1);
+                    let url = format!(
+                        "http://127.0.0.3:5002/blob?n={}&X-Amz-Date=20991130T120000Z&X-Amz-Expires=604800",
+                        issued.get()
+                    );
+                    Canned::new(307).header("location", url)
+                }
+                (Some(5002), q) if q.starts_with(&format!("n={}&", revoked.get())) => {
+                    Canned::new(403).body("<Error>AccessDenied</Error>")
+                }
+                (Some(5002), _) => Canned::new(200).body("blob bytes"),
+                _ => Canned::new(404),
+            })
+        }
+    };
+    let mut store = HashMap::new();
+    let get = |store: &mut HashMap<String, Vec<u8>>| {
+        let req = incoming(Method::GET, &format!("/v2/app/blobs/{BLOB}"), &[]);
+        drive_stored(
+            &cfg,
+            req,
+            b"",
+            store,
+            upstream(issued.clone(), revoked.clone()),
+        )
+    };
+    assert_eq!(get(&mut store).body, b"blob bytes");
+    let kept = entries(&store, "redirect");
+    assert_eq!(kept.len(), 1);
+    assert!(kept[0].1 <= now + 600, "kept until {}", kept[0].1 - now);
+    // Warm: storage directly.
+    let run = get(&mut store);
+    assert_eq!(
+        (run.body.as_slice(), run.sent.len()),
+        (&b"blob bytes"[..], 1)
+    );
+    // Storage revokes the kept URL: dropped, a new one asked for, the client gets its blob.
+    revoked.set(1);
+    let run = get(&mut store);
+    assert_eq!(status(&run), 200, "{run:?}");
+    assert_eq!(run.body, b"blob bytes");
+    assert_eq!(run.sent.len(), 3, "{:?}", run.sent);
+    let kept = entries(&store, "redirect");
+    assert!(kept[0].2.as_str().unwrap().contains("n=2&"), "{kept:?}");
+    // Once: a registry whose fresh URL is refused too is the client's error.
+    revoked.set(2);
+    issued.set(1);
+    let run = get(&mut store);
+    assert_eq!(status(&run), 403, "{run:?}");
+}
+
+/// A tag's entry is keyed by the manifest types the client's `Accept` admits, the one thing
+/// in it that decides the registry's answer: clients that list them in any order, with any
+/// other text, share one entry, and no client can make a tag a new key per request.
+#[test]
+fn a_tag_has_one_entry_per_set_of_manifest_types_whatever_else_accept_says() {
+    let cfg = config(&[]);
+    let mut store = HashMap::new();
+    let tokens = std::rc::Rc::new(std::cell::Cell::new(0));
+    docker_pull(&cfg, &mut store);
+    let before = entries(&store, "tag").len();
+    for i in 0..50 {
+        let accept: &'static str = Box::leak(
+            format!("application/x-junk-{i}, {OCI_INDEX};q=0.{}", i % 9 + 1).into_boxed_str(),
+        );
+        let req = incoming(Method::HEAD, "/v2/app/manifests/1", &[("accept", accept)]);
+        let run = drive_stored(&cfg, req, b"", &mut store, signed_upstream(tokens.clone()));
+        assert!(matches!(status(&run), 200 | 401), "{run:?}");
+    }
+    assert_eq!(entries(&store, "tag").len(), before, "new tag entries");
+}
+
+/// Anonymous token requests naming ever new scopes (each a realm token) no longer push out
+/// what marks a client's token as anonymous: the mark is in the token itself. Before, about
+/// 1,024 of them emptied the store's record of handed-out tokens, and a client's anonymous
+/// token then fetched, and kept, nothing.
+#[test]
+fn a_flood_of_anonymous_tokens_keeps_no_one_from_the_store() {
+    let cfg = config(&[]);
+    let mut store = HashMap::new();
+    let count = std::rc::Rc::new(std::cell::Cell::new(0));
+    docker_pull(&cfg, &mut store);
+    let token = drive_stored(
+        &cfg,
+        incoming(Method::GET, "/token?scope=repository:app:pull", &[]),
+        b"",
+        &mut store,
+        signed_upstream(count.clone()),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&token.body).unwrap();
+    let bearer: &'static str =
+        Box::leak(format!("Bearer {}", v["token"].as_str().unwrap()).into_boxed_str());
+    for i in 0..1500 {
+        let path = format!("/token?scope=repository:flood{i}:pull");
+        let run = drive_stored(
+            &cfg,
+            incoming(Method::GET, &path, &[]),
+            b"",
+            &mut store,
+            signed_upstream(count.clone()),
+        );
+        assert_eq!(status(&run), 200);
+    }
+    let before = count.get();
+    let digest = crate::digest::sha256(INDEX.as_bytes());
+    let auth = [("authorization", bearer), ("accept", OCI_INDEX)];
+    let req = incoming(Method::GET, &format!("/v2/app/manifests/{digest}"), &auth);
+    let run = drive_stored(&cfg, req, b"", &mut store, signed_upstream(count.clone()));
+    assert_eq!(status(&run), 200);
+    assert_eq!(
+        count.get(),
+        before,
+        "the manifest was not served from the store"
+    );
+    let all: usize = store.len();
+    assert!(all <= crate::cache::MAX_BUCKETS as usize + 2, "{all} keys");
 }

@@ -45,6 +45,7 @@ fn incoming(
         scheme: Some("http".into()),
         authority: None,
         now: 1_700_000_000,
+        random: [0x5a; 32],
     }
 }
 

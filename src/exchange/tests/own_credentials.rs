@@ -126,7 +126,7 @@ fn what_a_route_s_own_credentials_fetched_is_kept_for_that_route_alone() {
     let cfg = table();
     let tokens = std::rc::Rc::new(std::cell::Cell::new(0));
     let mut store = std::collections::HashMap::new();
-    let digest = crate::cache::sha256(b"{}");
+    let digest = crate::digest::sha256(b"{}");
     // With a slash: the hub route does not add `library/`.
     let path = format!("/v2/team/app/manifests/{digest}");
     let mut req = at("own.example.com", Method::GET, &path);
@@ -226,4 +226,77 @@ fn a_kept_realm_that_moved_is_learned_again() {
     let run = simulate::run_with_store(cfg.clone(), req, b"", &mut store, |_| Ok(Canned::new(503)));
     assert_eq!(status(&run), 502);
     assert_eq!(run.sent.len(), 1, "{:?}", run.sent);
+}
+
+/// Two accounts with one username (Artifact Registry's `_json_key`, ECR's `AWS`: the username
+/// is free text) on one upstream: each route's tokens and entries are its account's own.
+/// Before, they were bound to the username: route b used the token route a's password got,
+/// and read a repository only a may. And a route whose password changed served what the old
+/// account fetched.
+#[test]
+fn what_an_account_fetched_is_bound_to_the_whole_account() {
+    let table = |a: &str, b: &str| {
+        let json = format!(
+            r#"[{{"name": "a", "host": "a.example.com", "upstream": "http://127.0.0.1:5000",
+                 "auth": "http://127.0.0.2:5001", "username": "_json_key", "password": "{a}",
+                 "public": true}},
+                {{"name": "b", "host": "b.example.com", "upstream": "http://127.0.0.1:5000",
+                 "auth": "http://127.0.0.2:5001", "username": "_json_key", "password": "{b}",
+                 "public": true}}]"#
+        );
+        config(&[("routes", &json)])
+    };
+    let digest = crate::digest::sha256(b"{}");
+    let path = format!("/v2/private/manifests/{digest}");
+    // The realm's token names the password it was given; only "key-a" may read `private`.
+    let upstream = |r: &Request<Vec<u8>>| {
+        let auth = r.headers().get(header::AUTHORIZATION);
+        let auth = auth.map(|v| v.to_str().unwrap().to_string());
+        let basic = |password: &str| {
+            let pair = format!("_json_key:{password}");
+            format!("Basic {}", crate::base64::encode(pair.as_bytes()))
+        };
+        Ok(match (r.uri().port_u16(), auth.as_deref()) {
+            (Some(5001), Some(a)) if a == basic("key-a") => {
+                Canned::new(200).body(r#"{"token":"token-a","expires_in":300}"#)
+            }
+            (Some(5001), Some(a)) if a == basic("key-b") || a == basic("key-c") => {
+                Canned::new(200).body(r#"{"token":"token-other","expires_in":300}"#)
+            }
+            (Some(5000), Some("Bearer token-a")) => Canned::new(200)
+                .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+                .header("content-length", "2")
+                .body("{}"),
+            (Some(5000), Some("Bearer token-other")) => Canned::new(403),
+            (Some(5000), _) => bearer("http://127.0.0.2:5001/token", "repository:private:pull"),
+            _ => Canned::new(404),
+        })
+    };
+    let get = |cfg: &Config, host: &'static str, store: &mut HashMap<String, Vec<u8>>| {
+        let mut req = at(host, Method::GET, &path);
+        req.headers
+            .insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        drive_stored(cfg, req, b"", store, upstream)
+    };
+    let mut store = HashMap::new();
+    let cfg = table("key-a", "key-b");
+    assert_eq!(status(&get(&cfg, "a.example.com", &mut store)), 200);
+    let b = get(&cfg, "b.example.com", &mut store);
+    assert_eq!(status(&b), 403, "route b read what only a's account may");
+    assert!(
+        b.sent.iter().all(
+            |r| r.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes())
+                != Some(b"Bearer token-a")
+        ),
+        "route b sent route a's token: {:?}",
+        b.sent
+    );
+    // Route a's password changes: what the old account fetched is not served.
+    let changed = table("key-c", "key-b");
+    let a = get(&changed, "a.example.com", &mut store);
+    assert_eq!(status(&a), 403, "served what the old account fetched");
+    assert!(
+        !format!("{store:?}").contains("key-"),
+        "a credential in the store"
+    );
 }

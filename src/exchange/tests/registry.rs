@@ -295,3 +295,45 @@ fn randomized_exchanges_keep_every_invariant() {
         }
     }
 }
+
+/// Upstreams (and load balancers in front of them) close idle keep-alive connections; a
+/// request the runtime sends on one just then fails before any answer. The proxy holds every
+/// request it sends whole, so it sends it once more: a token request or manifest GET that
+/// met such a close was a 502 ("closed the connection before answering"). Twice is the
+/// upstream's failure.
+#[test]
+fn a_request_that_met_a_closing_connection_goes_once_more() {
+    let cfg = config(&[]);
+    for (path, method) in [
+        ("/v2/app/manifests/1", Method::GET),
+        ("/token?scope=repository:app:pull", Method::GET),
+        ("/token", Method::POST),
+    ] {
+        let mut closes = 1;
+        let run = drive(&cfg, incoming(method.clone(), path, &[]), b"scope=x", |r| {
+            if closes > 0 {
+                closes -= 1;
+                return Err(Failure::Reset);
+            }
+            Ok(match r.uri().path() {
+                "/token" => Canned::new(200).body(r#"{"token":"t"}"#),
+                "/v2/" => bearer("http://127.0.0.2:5001/token", ""),
+                _ => manifest_ok(),
+            })
+        });
+        assert_eq!(status(&run), 200, "{path}: {run:?}");
+        let same = |a: &Request<Vec<u8>>, b: &Request<Vec<u8>>| {
+            (a.method(), a.uri(), a.headers(), a.body())
+                == (b.method(), b.uri(), b.headers(), b.body())
+        };
+        assert!(same(&run.sent[0], &run.sent[1]), "{path}: {:?}", run.sent);
+        let run = drive(
+            &cfg,
+            incoming(method.clone(), path, &[]),
+            b"scope=x",
+            |_| Err(Failure::Reset),
+        );
+        assert_eq!(status(&run), 502, "{path}");
+        assert_eq!(run.sent.len(), 2, "{path}: once more, not again");
+    }
+}

@@ -205,13 +205,36 @@ fn a_login_reaches_no_registry_but_the_one_it_is_for() {
     };
     let scope = "/token?scope=repository:ghcr/o/a:pull&account=alice";
     let run = login(&table(), scope);
-    assert_eq!(status(&run), 200);
-    let asked = run.sent.last().unwrap();
+    // Refused with what the operator must set, never dropped for an anonymous token that
+    // fails later as "denied" (it was a 200); the realm hears nothing of the client.
+    assert_eq!(status(&run), 400);
+    let message = String::from_utf8_lossy(&run.body).to_string();
     assert!(
-        asked.headers().get(header::AUTHORIZATION).is_none(),
+        message.contains(r#"\"client_credentials\": true"#) && message.contains(r#"\"quay\""#),
+        "{message}"
+    );
+    assert!(run
+        .cause
+        .as_deref()
+        .unwrap_or("")
+        .contains("client_credentials"));
+    assert!(
+        run.sent.iter().all(|r| r.uri().path() != "/token"
+            && r.headers().get(header::AUTHORIZATION).is_none()
+            && !r.uri().to_string().contains("alice")),
         "{run:?}"
     );
-    assert!(!asked.uri().to_string().contains("alice"), "{run:?}");
+    // Without credentials, the same request gets its anonymous token.
+    let anonymous = drive(
+        &table(),
+        at("images.example.com", Method::GET, scope),
+        b"",
+        by_path(vec![
+            ("/v2/", bearer("http://127.0.0.5:5005/token", "")),
+            ("/token", Canned::new(200).body(r#"{"token":"g"}"#)),
+        ]),
+    );
+    assert_eq!(status(&anonymous), 200);
     let run = login(&table(), "/v2/quay/o/a/manifests/1");
     assert!(run
         .sent
@@ -354,7 +377,8 @@ fn containerd_s_merged_challenge_scope_gives_way() {
         quay,
     );
     assert_eq!(status(&run), 200, "{:?} {:?}", run.cause, run.sent);
-    assert!(run.body.starts_with(br#"{"token":"q""#), "{run:?}");
+    let v: serde_json::Value = serde_json::from_slice(&run.body).unwrap();
+    assert!(v["token"].as_str().unwrap().ends_with(".q"), "{run:?}");
     let own = "/token?scope=repository:ghcr/o/a:pull&scope=repository:quay/o/b:pull";
     let run = drive(
         &cfg,
@@ -364,4 +388,29 @@ fn containerd_s_merged_challenge_scope_gives_way() {
     );
     assert_eq!(status(&run), 400);
     assert!(run.sent.is_empty());
+}
+
+/// `Host: images.example.com.` (a fully qualified name) is the same host: routed, and
+/// challenged with the realm of the name without its dot. It was a 400.
+#[test]
+fn a_fully_qualified_host_is_routed_as_the_host() {
+    let run = drive(
+        &table(),
+        at(
+            "images.example.com.",
+            Method::GET,
+            "/v2/ghcr/o/a/manifests/1",
+        ),
+        b"",
+        |r| {
+            assert_eq!(r.uri().host(), Some("127.0.0.5"));
+            Ok(bearer("http://127.0.0.5:5005/token", "repository:o/a:pull"))
+        },
+    );
+    assert_eq!(status(&run), 401, "{run:?}");
+    let challenge = header(&run, "www-authenticate");
+    assert!(
+        challenge.contains(r#"realm="https://images.example.com/token"#),
+        "{challenge}"
+    );
 }

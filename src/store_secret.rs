@@ -1,0 +1,87 @@
+//! The store's own secret: 32 random bytes the first request that needs them writes into the
+//! key-value store, shared by every instance on that store, never shown to a client.
+//!
+//! Clients can neither compute where an entry is kept (buckets are chosen by a MAC under it,
+//! so no one can aim requests at another's bucket) nor forge the mark on the anonymous tokens
+//! the proxy hands out (see `anonymous_token`).
+
+use crate::digest::{hex, unhex};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// Where the secret is kept.
+pub const KEY: &str = "spin-registry-proxy:secret";
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreSecret([u8; 32]);
+
+impl std::fmt::Debug for StoreSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreSecret(***)")
+    }
+}
+
+impl StoreSecret {
+    pub fn new(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// As kept in the store: 64 hexadecimal digits.
+    pub fn encode(&self) -> Vec<u8> {
+        hex(&self.0).into_bytes()
+    }
+
+    /// A kept value, if it is one this proxy wrote.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(bytes).ok()?.trim();
+        unhex(text)?.try_into().ok().map(Self)
+    }
+
+    /// HMAC-SHA256 of the parts, each followed by a NUL (so no two lists of parts collide).
+    pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let Ok(mut m) = Hmac::<Sha256>::new_from_slice(&self.0) else {
+            return [0; 32];
+        };
+        for p in parts {
+            m.update(p);
+            m.update(&[0]);
+        }
+        m.finalize().into_bytes().into()
+    }
+
+    /// Whether `mac` is the first `mac.len()` bytes of the parts' MAC, in constant time.
+    pub fn verify(&self, parts: &[&[u8]], mac: &[u8]) -> bool {
+        let full = self.mac(parts);
+        if mac.is_empty() || mac.len() > full.len() {
+            return false;
+        }
+        full.iter().zip(mac).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_as_hex_and_read_back() {
+        let s = StoreSecret::new([7; 32]);
+        assert_eq!(StoreSecret::decode(&s.encode()), Some(s.clone()));
+        assert_eq!(StoreSecret::decode(b"short"), None);
+        assert_eq!(StoreSecret::decode(&[b'z'; 64]), None);
+        assert!(!format!("{s:?}").contains('7'));
+    }
+
+    #[test]
+    fn macs_depend_on_the_secret_and_on_how_parts_split() {
+        let a = StoreSecret::new([1; 32]);
+        let b = StoreSecret::new([2; 32]);
+        assert_ne!(a.mac(&[b"x"]), b.mac(&[b"x"]));
+        assert_ne!(a.mac(&[b"ab", b"c"]), a.mac(&[b"a", b"bc"]));
+        let mac = a.mac(&[b"x"]);
+        assert!(a.verify(&[b"x"], &mac[..16]));
+        assert!(!a.verify(&[b"y"], &mac[..16]));
+        assert!(!b.verify(&[b"x"], &mac[..16]));
+        assert!(!a.verify(&[b"x"], &[]));
+    }
+}
