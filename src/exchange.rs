@@ -454,9 +454,13 @@ impl Exchange {
         let waiting = std::mem::replace(&mut self.waiting, Waiting::Nothing);
         // Before any answer, the connection closed: upstreams (and the load balancers in front
         // of them) close idle keep-alive connections, and a request the runtime sent on one
-        // just then meets the close. The request is the proxy's to repeat: its body is held.
+        // just then meets the close (Spin 4.0.2 and the test host report it as a protocol
+        // error, hyper's "connection closed before message completed"). The request is the
+        // proxy's to repeat: its body is held. Not after a timeout: a second one would outlast
+        // the platform's limit.
         let request = self.in_flight.take();
-        if let (Failure::Reset, Some(r), false) = (&failure, request, self.resent) {
+        let closed = matches!(failure, Failure::Reset | Failure::Other(_));
+        if let (true, Some(r), false) = (closed, request, self.resent) {
             self.resent = true;
             self.waiting = waiting;
             self.in_flight = Some(clone_request(&r));

@@ -21,7 +21,7 @@ import pytest
 import harness
 from clients import call, oci_error_of, only_bearer
 from upstream_double import (
-    DOCKER_HUB_RATE_LIMIT_MESSAGE, Response, acr_tags_page,
+    DOCKER_HUB_RATE_LIMIT_MESSAGE, Response, acr_tags_page, bearer_challenge,
     artifact_registry_redirect, blob, closed_port, docker_hub_cdn_redirect, docker_hub_rate_limit,
     hang, manifest, oci_error, quay_challenge, slow, token_response,
 )
@@ -292,6 +292,44 @@ def test_post_token_is_forwarded_not_405(proxy, env):
     assert t.status == 200, t.describe()
     assert (t.json().get("token") or t.json().get("access_token")) == "posted-token"
     assert env.up.requests_to("/v2/auth"), "POST /token did not reach the Bearer realm"
+
+
+@pytest.mark.parametrize("what", ["containerd's POST /token", "manifest GET"])
+def test_a_request_that_meets_a_closing_connection_goes_once_more(proxy, env, what):
+    """Registries and token services close idle keep-alive connections (load balancers after
+    60 s); a request the runtime sends on one just then fails before any answer. On Spin 4.0.2
+    `ctr` pulls through a token-auth registry failed 2 in 80 that way (502 "closed the
+    connection before answering"): the proxy holds every request it sends, and sends it once
+    more. Twice is the upstream's failure."""
+    manifest_path = f"/v2/{NAME}/manifests/v1"
+    double, path = (env.auth, "/token") if "token" in what else (env.up, manifest_path)
+
+    def answers(drops: int):
+        for d in (env.up, env.auth):
+            d.reset()
+        double.route(path, Response(drop=True), times=drops)
+        env.up.route("/v2/", bearer_challenge(env.auth.url + "/token", "registry.test"))
+        env.auth.route("/token", token_response("posted-token"))
+        env.up.route(manifest_path, manifest(MANIFEST))
+
+    form = (f"grant_type=password&username=alice&password=s3cret&service=registry.test"
+            f"&scope=repository%3A{NAME.replace('/', '%2F')}%3Apull&client_id=e2e").encode()
+
+    def send():
+        if "token" in what:
+            return call(proxy.url, "POST", "/token", body=form,
+                        headers=[("Content-Type", "application/x-www-form-urlencoded")])
+        return call(proxy.url, "GET", manifest_path,
+                    headers=[("Authorization", "Bearer posted-token")])
+
+    answers(drops=1)
+    r = send()
+    assert r.status == 200, r.describe()
+    assert len(double.requests_to(path)) == 2, [q.target for q in double.requests]
+    answers(drops=2)
+    r = send()
+    assert r.status == 502, r.describe()
+    assert len(double.requests_to(path)) == 2, [q.target for q in double.requests]
 
 
 def test_realm_uses_public_url(fresh, env):

@@ -234,6 +234,31 @@ def test_a_login_goes_only_to_the_registry_it_is_for(ups, seeded, docker, podman
         p.stop()
 
 
+def test_a_login_no_route_may_take_is_refused_saying_what_to_set(ups, seeded, podman):
+    """Two registries by path on one host, neither saying `client_credentials`: a client's
+    login reaches neither. skopeo with --creds for the token registry got an anonymous token,
+    then "denied: requested access to the resource is denied", and nothing told the user or
+    the operator why. Now the token request is refused with what to set, and the log says it;
+    the open route still serves the same client."""
+    table = [{"name": "tok", "path": "tok", **token_route(ups)},
+             {"name": "open", "path": "open", "upstream": ups.anon.url}]
+    p = start(ups, table)
+    try:
+        host = f"127.0.0.1:{p.port}"
+        mark = ups.token_server.mark()
+        out = clients.run(["skopeo", "inspect", "--tls-verify=false", "--creds", ":".join(ALICE),
+                           f"docker://{host}/tok/private/secret:latest"], check=False)
+        assert out.returncode != 0
+        assert "client_credentials" in out.stderr, out.stderr
+        assert not ups.token_server.since(mark), "the realm heard of the client"
+        log = p.wait_log(lambda t: '"client_credentials": true' in t)
+        assert '/token status=400' in log and '"client_credentials": true' in log, log[-2000:]
+        # The open registry's images still pull for the same client.
+        podman.pull(f"{host}/open/multiarch:latest", creds=ALICE)
+    finally:
+        p.stop()
+
+
 def test_ten_pulls_through_a_credentialed_route_cost_one_token(ups, seeded):
     p = start(ups, main_table(ups))
     try:

@@ -11,6 +11,8 @@ ways it never does; each canned response below names the registry it imitates:
 * `acr_tags_page`          - Azure Container Registry's *absolute* `Link: <https://...>; rel="next"`.
 * `token_response`         - a Bearer token realm answer (`token` + `access_token` + `expires_in`).
 * `blob`                   - a blob with Range support (206, Content-Range), as every registry/CDN.
+* `Response(drop=True)`    - a keep-alive connection closed as idle by the server (every one does,
+                             and load balancers after 60 s) just as a request is sent on it.
 
 Every request is recorded (method, path, query, headers in arrival order, body) before it is
 answered, so a test can assert what reached the upstream, including requests that hang.
@@ -67,6 +69,10 @@ class Response:
     hang_for: float = 3600.0
     send_length: bool = True  # add Content-Length when the headers do not carry one
     cut: bool = False  # close the connection after the body, even if shorter than its length
+    # Read the request, then close without a byte of answer: what a request meets when sent on
+    # a keep-alive connection the server closed as idle just then (hyper: "connection closed
+    # before message completed"; Spin 4.0.2 reports it to the component as HttpProtocolError).
+    drop: bool = False
 
     def header(self, name: str) -> Optional[str]:
         for k, v in self.headers:
@@ -539,6 +545,9 @@ class _Handler(BaseHTTPRequestHandler):
                        self.client_address, time.time())
         double._record(req)
         resp = double._resolve(req)
+        if resp.drop:
+            self.close_connection = True
+            return
         if resp.hang:
             double._release.wait(resp.hang_for)
             self.close_connection = True

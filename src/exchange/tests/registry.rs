@@ -313,7 +313,7 @@ fn a_request_that_met_a_closing_connection_goes_once_more() {
         let run = drive(&cfg, incoming(method.clone(), path, &[]), b"scope=x", |r| {
             if closes > 0 {
                 closes -= 1;
-                return Err(Failure::Reset);
+                return Err(Failure::Other("ErrorCode::HttpProtocolError".into()));
             }
             Ok(match r.uri().path() {
                 "/token" => Canned::new(200).body(r#"{"token":"t"}"#),
@@ -335,5 +335,9 @@ fn a_request_that_met_a_closing_connection_goes_once_more() {
         );
         assert_eq!(status(&run), 502, "{path}");
         assert_eq!(run.sent.len(), 2, "{path}: once more, not again");
+        let run = drive(&cfg, incoming(method.clone(), path, &[]), b"scope=x", |_| {
+            Err(Failure::Timeout)
+        });
+        assert_eq!((status(&run), run.sent.len()), (504, 1), "{path}: a timeout is final");
     }
 }
