@@ -1,5 +1,6 @@
-//! Base64 (RFC 4648, standard alphabet, padded): Basic credentials, and manifest bytes kept in
-//! JSON entries.
+//! Base64 (RFC 4648): the standard alphabet, padded, for Basic credentials and manifest bytes
+//! kept in JSON entries; the URL alphabet, unpadded, for the parts of the tokens the proxy
+//! signs (JWT).
 
 const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -47,6 +48,37 @@ pub fn decode(input: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The URL-safe alphabet without padding (a JWT's parts).
+pub fn encode_url(input: &[u8]) -> String {
+    encode(input)
+        .trim_end_matches('=')
+        .chars()
+        .map(|c| match c {
+            '+' => '-',
+            '/' => '_',
+            c => c,
+        })
+        .collect()
+}
+
+pub fn decode_url(input: &str) -> Option<Vec<u8>> {
+    if input.contains(['+', '/', '=']) {
+        return None;
+    }
+    let mut standard: String = input
+        .chars()
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
+    while standard.len() % 4 != 0 {
+        standard.push('=');
+    }
+    decode(&standard)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,5 +101,9 @@ mod tests {
         }
         let all: Vec<u8> = (0..=255).collect();
         assert_eq!(decode(&encode(&all)).unwrap(), all);
+        assert_eq!(decode_url(&encode_url(&all)).unwrap(), all);
+        assert_eq!(encode_url(&[0xfb, 0xff]), "-_8");
+        assert_eq!(decode_url("-_8"), Some(vec![0xfb, 0xff]));
+        assert_eq!(decode_url("+/8="), None);
     }
 }

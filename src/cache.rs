@@ -12,6 +12,7 @@
 //! (`merge`), by compare-and-swap where the runtime has it, so concurrent writers lose
 //! nothing. Every entry repeats its identity, and is used only if the identity matches.
 
+use crate::civil_time;
 use crate::digest::{self, sha256};
 use crate::routes::Route;
 use crate::store_secret::StoreSecret;
@@ -297,59 +298,19 @@ pub fn signed_until(url: &url::Url) -> Option<u64> {
         ("X-Goog-Date", "X-Goog-Expires"),
     ] {
         if let (Some(d), Some(e)) = (get(date), get(expires)) {
-            return iso_basic_to_unix(d)?.checked_add(e.parse::<u64>().ok()?);
+            return civil_time::iso_basic_to_unix(d)?.checked_add(e.parse::<u64>().ok()?);
         }
     }
     if let Some(e) = get("Expires") {
         return e.parse().ok();
     }
     if let Some(se) = get("se") {
-        return iso_extended_to_unix(se);
+        return civil_time::iso_extended_to_unix(se);
     }
     if let Some(v) = get("verify") {
         return v.split('-').next()?.parse().ok();
     }
     None
-}
-
-/// Days from 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-fn days(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn unix(y: i64, mo: i64, d: i64, h: i64, mi: i64, s: i64) -> Option<u64> {
-    let ok = (1..=12).contains(&mo) && (1..=31).contains(&d) && h < 24 && mi < 60 && s < 61;
-    ok.then(|| days(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s)
-        .and_then(|t| u64::try_from(t).ok())
-}
-
-/// `20261130T120000Z`
-fn iso_basic_to_unix(t: &str) -> Option<u64> {
-    let b = t.as_bytes();
-    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
-        return None;
-    }
-    let n = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
-    unix(
-        n(0..4)?,
-        n(4..6)?,
-        n(6..8)?,
-        n(9..11)?,
-        n(11..13)?,
-        n(13..15)?,
-    )
-}
-
-/// `2026-11-30T12:00:00Z`
-fn iso_extended_to_unix(t: &str) -> Option<u64> {
-    let compact: String = t.chars().filter(|c| !matches!(c, '-' | ':')).collect();
-    iso_basic_to_unix(&compact)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 
 pub use crate::config_error::ConfigError;
 use crate::origin::Origin;
-use crate::routes::{self, BlobRedirect, Defaults, Route, Routes};
+use crate::routes::{self, BlobRedirect, Defaults, Route, RouteAccess, Routes};
 use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +22,27 @@ pub struct Config {
     pub trust_forwarded: bool,
     /// Where `/` sends a person; a short page when unset.
     pub home: Option<url::Url>,
+    /// What signs the proxy's own tokens, when a route serves the proxy's users.
+    pub tokens: Option<TokenKeys>,
 }
+
+/// The `token_secret` (and, during a rotation, `token_secret_previous`) that sign and check
+/// the tokens the proxy issues its users, and how long those last.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenKeys {
+    /// The current secret first: it signs; both check.
+    pub secrets: Vec<Vec<u8>>,
+    pub lifetime: u64,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenKeys(***, lifetime {})", self.lifetime)
+    }
+}
+
+/// Shortest `token_secret`: 32 bytes (`openssl rand -hex 32` gives 64 characters).
+const MIN_TOKEN_SECRET: usize = 32;
 
 const DOCKER_HUB_HOSTS: [&str; 4] = [
     "registry-1.docker.io",
@@ -42,8 +62,12 @@ fn error(name: &str, what: impl std::fmt::Display) -> ConfigError {
 /// Component variables that each carry several application variables, one `name=value` line
 /// apiece in this order, composed by spin.toml's templates (`site = "public_url={{ public_url
 /// }}\n..."`). A spin.toml without them (an older one) gets one read per variable instead.
-pub const BUNDLES: [(&str, &[&str]); 2] = [
+pub const BUNDLES: [(&str, &[&str]); 3] = [
     ("site", &["public_url", "trust_forwarded", "home"]),
+    (
+        "auth",
+        &["token_secret", "token_secret_previous", "token_lifetime"],
+    ),
     (
         "single",
         &[
@@ -240,7 +264,9 @@ fn single_route<F: Fn(&str) -> Option<String>>(v: &Variables<F>) -> Result<Route
         timeout,
         tag_ttl,
         credentials: None,
-        public: false,
+        access: routes::RouteAccess::Upstream,
+        allow: Vec::new(),
+        deny: Vec::new(),
         logins: routes::Logins::Unshared,
     })
 }
@@ -295,13 +321,49 @@ impl Config {
                 ));
             }
         }
+        let tokens = if routes.0.iter().any(|r| r.access == RouteAccess::Users) {
+            Some(token_keys(&v)?)
+        } else {
+            None
+        };
         Ok(Self {
             routes,
             public_url,
             trust_forwarded,
             home,
+            tokens,
         })
     }
+}
+
+/// Read only where a route serves the proxy's users: other deployments pay no read for them.
+fn token_keys<F: Fn(&str) -> Option<String>>(v: &Variables<F>) -> Result<TokenKeys, ConfigError> {
+    let mut secrets = Vec::new();
+    for name in ["token_secret", "token_secret_previous"] {
+        let secret = v.get(name)?;
+        if secret.is_empty() && name == "token_secret_previous" {
+            continue;
+        }
+        if secret.len() < MIN_TOKEN_SECRET {
+            return Err(error(
+                name,
+                format!(
+                    "a route serves the proxy's users, whose tokens it signs: set at least \
+                     {MIN_TOKEN_SECRET} random characters (openssl rand -hex 32)"
+                ),
+            ));
+        }
+        secrets.push(secret.into_bytes());
+    }
+    let lifetime = match v.get("token_lifetime")?.as_str() {
+        "" => crate::proxy_token::DEFAULT_LIFETIME,
+        t => t
+            .parse::<u64>()
+            .ok()
+            .filter(|s| (30..=86_400).contains(s))
+            .ok_or_else(|| error("token_lifetime", "expected seconds (30 to 86400)"))?,
+    };
+    Ok(TokenKeys { secrets, lifetime })
 }
 
 #[cfg(test)]

@@ -31,9 +31,15 @@ pub enum Endpoint {
     Upload {
         name: String,
     },
+    /// `/-/stats`: pulls per day, repository and user, for an admin.
+    Stats,
+    /// `/-/health`: the proxy answers (`?deep=1`: and each route's registry, for an admin).
+    Health,
 }
 
 pub const TOKEN_PATH: &str = "/token";
+pub const STATS_PATH: &str = "/-/stats";
+pub const HEALTH_PATH: &str = "/-/health";
 
 impl Endpoint {
     pub fn parse(path: &str) -> Result<Endpoint, OciError> {
@@ -42,6 +48,8 @@ impl Endpoint {
             TOKEN_PATH => return Ok(Endpoint::Token),
             "/v2" | "/v2/" => return Ok(Endpoint::Base),
             "/v2/_catalog" => return Ok(Endpoint::Catalog),
+            STATS_PATH => return Ok(Endpoint::Stats),
+            HEALTH_PATH => return Ok(Endpoint::Health),
             _ => {}
         }
         let no_route = || OciError::no_route(format!("no such endpoint: {path}"));
@@ -142,6 +150,8 @@ impl Endpoint {
             Endpoint::Tags { name } => format!("/v2/{name}/tags/list"),
             Endpoint::Referrers { name, digest } => format!("/v2/{name}/referrers/{digest}"),
             Endpoint::Upload { name } => format!("/v2/{name}/blobs/uploads/"),
+            Endpoint::Stats => STATS_PATH.into(),
+            Endpoint::Health => HEALTH_PATH.into(),
         }
     }
 }

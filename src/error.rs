@@ -180,6 +180,11 @@ impl OciError {
         Self::new(status, ErrorCode::Unavailable, message)
     }
 
+    /// Authenticated, and not allowed: a route's deny list, or a user without the grant.
+    pub fn denied(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Denied, message)
+    }
+
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
     }

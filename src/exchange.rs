@@ -15,7 +15,7 @@ use crate::listing;
 use crate::names::NameMap;
 use crate::origin::Origin;
 use crate::reply::{self, ClientResponse, Draft, DraftBody};
-use crate::routes::{BlobRedirect, Credentials, Logins, Route};
+use crate::routes::{BlobRedirect, Credentials, Logins, Route, RouteAccess};
 use crate::scope;
 use crate::store_secret::StoreSecret;
 use crate::token::{self, TokenRequest};
@@ -62,6 +62,14 @@ pub enum Write {
         key: String,
         value: Vec<u8>,
     },
+    /// Count one pull of `repository` by `user` in the day slot at `key` (`pull_stats::add`,
+    /// by compare-and-swap: no concurrent count is lost).
+    Count {
+        key: String,
+        now: u64,
+        repository: String,
+        user: String,
+    },
 }
 
 /// What the adapter does next. After each step it calls exactly one method of the exchange,
@@ -81,6 +89,9 @@ pub enum Step {
     /// Read these keys from the key-value store and call `on_loaded` with their values, in
     /// order (`None` for a missing key, or when the store cannot be reached).
     Load(Vec<String>),
+    /// Read these component variables and call `on_variables` with their values, in order
+    /// (`None` for one that is not set): those only some requests need.
+    Variables(Vec<&'static str>),
     /// Send this response and stop. `ClientBody::Upstream` is the body of the response last
     /// handed to `on_response`, streamed as it comes; `ClientBody::None` is a HEAD's answer:
     /// the head alone.
@@ -148,6 +159,15 @@ enum Waiting {
     },
     /// What the store knows for a token request (`token_looked_up`).
     TokenLookup(TokenRequest),
+    /// The `users` variable (`users_read`).
+    Users(users::UsersThen),
+    /// A route's registry, asked by `/-/health?deep=1` (`health_answered`).
+    Health {
+        index: usize,
+        found: serde_json::Map<String, serde_json::Value>,
+    },
+    /// The day slots of the pull counts (`stats_loaded`).
+    Stats,
     /// An anonymous token's body, to keep and to answer with (`anonymous_token_read`).
     AnonymousTokenBody {
         head: Response<()>,
@@ -225,6 +245,14 @@ pub struct Exchange {
     /// A token request's credentials the route did not take, and the routes that share the
     /// host for other registries (why): its realm is told nothing, and the client is.
     logins_dropped: Option<Vec<String>>,
+    /// The proxy's user the request is for, once known (a login, or their token).
+    user: Option<String>,
+    /// The claims of the user's token, on a `users` route.
+    claims: Option<crate::proxy_token::Claims>,
+    /// A manifest GET's pull event, for the log.
+    pull: Option<crate::pull_stats::Event>,
+    /// Writes made after the client has its answer (the pull counts).
+    deferred: Vec<Write>,
 }
 
 impl Exchange {
@@ -286,6 +314,10 @@ impl Exchange {
             in_flight: None,
             resent: false,
             logins_dropped: None,
+            user: None,
+            claims: None,
+            pull: None,
+            deferred: Vec::new(),
         };
         let step = match (public, endpoint) {
             (Err(e), _) | (_, Err(e)) => ex.error(e),
@@ -320,6 +352,16 @@ impl Exchange {
         std::mem::take(&mut self.writes)
     }
 
+    /// The writes to perform once the client has its answer.
+    pub fn take_deferred(&mut self) -> Vec<Write> {
+        std::mem::take(&mut self.deferred)
+    }
+
+    /// A manifest GET's pull event, as one JSON line for the log.
+    pub fn pull_event(&self) -> Option<String> {
+        self.pull.as_ref().map(crate::pull_stats::Event::line)
+    }
+
     /// What the log should say about an error answer: its cause, never a credential.
     pub fn cause(&self) -> Option<&str> {
         self.cause.as_deref()
@@ -347,6 +389,13 @@ impl Exchange {
             }
             _ if !read_only => self.method_not_allowed(&req.method),
             Endpoint::Upload { .. } | Endpoint::Token => self.method_not_allowed(&req.method),
+            Endpoint::Stats => self.admin_only(),
+            Endpoint::Health => {
+                let query = req.query.as_deref().unwrap_or("");
+                let deep = url::form_urlencoded::parse(query.as_bytes())
+                    .any(|(k, v)| k == "deep" && v != "0");
+                self.health(deep)
+            }
             Endpoint::Home => match self.public.clone() {
                 Some(public) => {
                     let draft = home::draft(&self.config, &public);
@@ -369,6 +418,12 @@ impl Exchange {
                     // token requests find their route by the scope's repository. A login
                     // (which comes back with its token) is checked by no registry.
                     if self.client_headers.contains_key(header::AUTHORIZATION) {
+                        // Where the proxy's users log in, their token is checked here.
+                        if self.config.routes.has_users(&host) {
+                            if let Err(refused) = self.proxy_token(None) {
+                                return self.error(refused);
+                            }
+                        }
                         let ok = Draft::made(StatusCode::OK, b"{}".to_vec(), "application/json");
                         return self.reply(ok);
                     }
@@ -409,7 +464,15 @@ impl Exchange {
             Waiting::CachedTagManifest { plan, digest } => {
                 self.cached_tag_manifest_loaded(plan, digest, values)
             }
+            Waiting::Stats => self.stats_loaded(values),
             _ => self.out_of_order("stored values"),
+        }
+    }
+
+    pub fn on_variables(&mut self, values: Vec<Option<String>>) -> Step {
+        match std::mem::replace(&mut self.waiting, Waiting::Nothing) {
+            Waiting::Users(then) => self.users_read(then, values),
+            _ => self.out_of_order("variables"),
         }
     }
 
@@ -434,6 +497,9 @@ impl Exchange {
             Waiting::Token { request } => self.token_issued(head, request),
             Waiting::OwnToken { scope } => self.own_token_answered(head, scope),
             Waiting::HopToken => self.hop_token_answered(head),
+            Waiting::Health { index, found } => {
+                self.health_answered(index, found, Some(head.status()))
+            }
             _ => self.out_of_order("a response"),
         }
     }
@@ -474,6 +540,7 @@ impl Exchange {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "the token request is too large",
             )),
+            Waiting::Health { index, found } => self.health_answered(index, found, None),
             _ => {
                 let origin = self.current.as_ref().and_then(Origin::of_url);
                 let timeout = self.route().map(|r| r.timeout).unwrap_or_default();
@@ -577,7 +644,36 @@ impl Exchange {
                 .as_ref()
                 .is_some_and(|p| self.config.routes.shared(&p.host)),
         };
-        Step::Reply(reply::finish(&ctx, draft))
+        let response = reply::finish(&ctx, draft);
+        self.record_pull(response.status());
+        Step::Reply(response)
+    }
+
+    /// A manifest GET is a pull: its event for the log, and a count once it succeeded.
+    fn record_pull(&mut self, status: StatusCode) {
+        let (Some(Endpoint::Manifest { name, reference }), Some(route), false) =
+            (&self.endpoint, &self.route, self.head_only)
+        else {
+            return;
+        };
+        let user = self.user.as_deref().unwrap_or("anonymous");
+        let event = crate::pull_stats::Event::new(
+            self.now,
+            &route.name,
+            name,
+            reference,
+            user,
+            status.as_u16(),
+        );
+        if status.is_success() {
+            self.deferred.push(Write::Count {
+                key: crate::pull_stats::key(self.now),
+                now: self.now,
+                repository: event.counted_as(),
+                user: user.to_string(),
+            });
+        }
+        self.pull = Some(event);
     }
 }
 
@@ -599,6 +695,7 @@ mod cached;
 mod own_credentials;
 mod registry;
 mod token_endpoint;
+mod users;
 
 #[cfg(test)]
 mod tests;

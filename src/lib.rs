@@ -6,6 +6,7 @@ pub mod anonymous_token;
 pub mod base64;
 pub mod cache;
 pub mod challenge;
+pub mod civil_time;
 pub mod config;
 pub mod config_error;
 pub mod digest;
@@ -19,9 +20,13 @@ pub mod listing;
 pub mod log;
 pub mod names;
 pub mod origin;
+pub mod password;
 pub mod presets;
+pub mod proxy_token;
 pub mod public_url;
+pub mod pull_stats;
 pub mod reply;
+pub mod repository_pattern;
 pub mod routes;
 pub mod scope;
 #[cfg(any(test, feature = "simulate"))]
@@ -31,6 +36,7 @@ pub mod token;
 pub mod upstream_error;
 pub mod upstream_failure;
 pub mod upstream_token;
+pub mod users;
 
 #[cfg(target_arch = "wasm32")]
 mod spin_adapter;

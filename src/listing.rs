@@ -83,7 +83,11 @@ pub fn client_link_target(
             }
             endpoint
         }
-        Endpoint::Home | Endpoint::Token | Endpoint::Upload { .. } => return None,
+        Endpoint::Home
+        | Endpoint::Token
+        | Endpoint::Upload { .. }
+        | Endpoint::Stats
+        | Endpoint::Health => return None,
         _ => match endpoint.name() {
             Some(name) => endpoint.with_name(names.to_client(name)?),
             None => endpoint,
@@ -113,14 +117,19 @@ pub fn client_tags_body(body: &[u8], names: &NameMap) -> Option<Vec<u8>> {
 
 /// A catalog page filtered to the prefix, names stripped. The flag says whether the page
 /// ran past the prefix's range, so no further page can hold any of its repositories.
-pub fn client_catalog_body(body: &[u8], names: &NameMap) -> Option<(Vec<u8>, bool)> {
+pub fn client_catalog_body(
+    body: &[u8],
+    names: &NameMap,
+    visible: impl Fn(&str) -> bool,
+) -> Option<(Vec<u8>, bool)> {
     let mut v: Value = serde_json::from_slice(body).ok()?;
     let repos = v.get("repositories")?.as_array()?;
     let mut past_end = false;
     let mut kept = Vec::new();
     for r in repos.iter().filter_map(Value::as_str) {
         match names.to_client(r) {
-            Some(c) => kept.push(Value::String(c)),
+            Some(c) if visible(&c) => kept.push(Value::String(c)),
+            Some(_) => {}
             None if !names.prefix().is_empty() && r > names.prefix() => past_end = true,
             None => {}
         }
@@ -225,12 +234,20 @@ mod tests {
     #[test]
     fn catalog_filtered_to_prefix() {
         let m = NameMap::new("", "team/app", false);
-        let (body, past) =
-            client_catalog_body(br#"{"repositories":["team/app/a","team/app/b/c"]}"#, &m).unwrap();
+        let (body, past) = client_catalog_body(
+            br#"{"repositories":["team/app/a","team/app/b/c"]}"#,
+            &m,
+            |_| true,
+        )
+        .unwrap();
         assert_eq!(body, br#"{"repositories":["a","b/c"]}"#);
         assert!(!past);
-        let (body, past) =
-            client_catalog_body(br#"{"repositories":["team/app/z","team/apps"]}"#, &m).unwrap();
+        let (body, past) = client_catalog_body(
+            br#"{"repositories":["team/app/z","team/apps"]}"#,
+            &m,
+            |_| true,
+        )
+        .unwrap();
         assert_eq!(body, br#"{"repositories":["z"]}"#);
         assert!(past);
     }

@@ -10,6 +10,7 @@ use crate::error::OciError;
 use crate::names::NameMap;
 use crate::origin::Origin;
 use crate::presets;
+use crate::repository_pattern::Pattern;
 use http::StatusCode;
 use serde::Deserialize;
 use std::time::Duration;
@@ -67,10 +68,26 @@ pub struct Route {
     /// Seconds a tag is taken to point where it pointed (0: ask the upstream every time).
     pub tag_ttl: u64,
     pub credentials: Option<Credentials>,
-    /// Serves anonymous clients with the route's own credentials.
-    pub public: bool,
+    /// Who may use it.
+    pub access: RouteAccess,
+    /// Repositories (client names) it serves to anyone allowed in: all when empty.
+    pub allow: Vec<Pattern>,
+    /// Repositories it serves to no one, whatever `allow` and a user's grants say.
+    pub deny: Vec<Pattern>,
     /// Whether it passes a client's credentials upstream (see `Routes::passes_logins`).
     pub logins: Logins,
+}
+
+/// A route's `access`: who may use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteAccess {
+    /// The client's credentials go to the upstream, which decides (the default).
+    Upstream,
+    /// Anyone: with the route's own account upstream, if it has one.
+    Public,
+    /// Only the proxy's own users (the `users` variable), with tokens the proxy signs; the
+    /// upstream sees the route's own account, or no one.
+    Users,
 }
 
 /// A route's `client_credentials`.
@@ -106,6 +123,13 @@ impl Route {
     pub fn names(&self, mirroring: bool) -> NameMap {
         let path = if mirroring { "" } else { self.path.as_str() };
         NameMap::new(path, &self.prefix, self.library)
+    }
+
+    /// Whether the route serves repository `name` (client names) to anyone at all: its
+    /// `allow` list names it (or there is none), and its `deny` list does not (a deny wins).
+    pub fn serves(&self, name: &str) -> bool {
+        let allowed = self.allow.is_empty() || crate::repository_pattern::any(&self.allow, name);
+        allowed && !crate::repository_pattern::any(&self.deny, name)
     }
 
     /// Hosts the token endpoint may send clients' credentials to: the upstream and its realm.
@@ -212,17 +236,25 @@ impl Routes {
         }
     }
 
-    /// The routes on `host` that would take a login to another registry than `route`'s.
+    /// The routes on `host` that would take a login to another registry than `route`'s, or
+    /// for the proxy's own users (a user's password must never reach an upstream).
     pub fn login_rivals(&self, route: &Route, host: &str) -> Vec<&str> {
         self.0
             .iter()
+            .filter(|r| r.name != route.name && r.host_rank(host).is_some())
             .filter(|r| {
-                r.logins != Logins::Never
-                    && !r.same_destination(route)
-                    && r.host_rank(host).is_some()
+                r.access == RouteAccess::Users
+                    || (r.logins != Logins::Never && !r.same_destination(route))
             })
             .map(|r| r.name.as_str())
             .collect()
+    }
+
+    /// Whether a route for the proxy's own users serves `host`: its logins are theirs.
+    pub fn has_users(&self, host: &str) -> bool {
+        self.0
+            .iter()
+            .any(|r| r.access == RouteAccess::Users && r.host_rank(host).is_some())
     }
 
     /// Whether several routes serve `host` (by path, or a host route beside path routes).
@@ -285,6 +317,9 @@ struct RawRoute {
     password: Option<String>,
     token: Option<String>,
     public: Option<bool>,
+    access: Option<String>,
+    allow: Option<Vec<Pattern>>,
+    deny: Option<Vec<Pattern>>,
     client_credentials: Option<bool>,
 }
 
@@ -322,13 +357,45 @@ pub fn parse_timeout(seconds: f64) -> Option<Duration> {
     (seconds > 0.0 && seconds <= 3600.0).then(|| Duration::from_secs_f64(seconds))
 }
 
+/// Errors of one route's fields: they name the route and the field, never a value.
+struct Fields {
+    label: String,
+}
+
+impl Fields {
+    fn err(&self, field: &str, what: &str) -> ConfigError {
+        ConfigError(format!("variable routes: {}: {field}: {what}", self.label))
+    }
+
+    fn origin(&self, field: &str, text: &str, pattern: bool) -> Result<Origin, ConfigError> {
+        let parsed = if pattern {
+            Origin::parse_pattern(text)
+        } else {
+            Origin::parse(text)
+        };
+        parsed.map_err(|e| self.err(field, &e.to_string()))
+    }
+
+    /// A field's origins, or the preset's.
+    fn origins(
+        &self,
+        field: &str,
+        given: Option<OneOrMany>,
+        preset: &[&str],
+        pattern: bool,
+    ) -> Result<Vec<Origin>, ConfigError> {
+        let texts = match given {
+            Some(g) => g.into_vec(),
+            None => preset.iter().map(|s| s.to_string()).collect(),
+        };
+        texts
+            .iter()
+            .map(|t| self.origin(field, t, pattern))
+            .collect()
+    }
+}
+
 fn build(raw: RawRoute, index: usize, defaults: Defaults) -> Result<Route, ConfigError> {
-    let label = match &raw.name {
-        Some(n) => format!("route {n:?}"),
-        None => format!("route {}", index + 1),
-    };
-    let err =
-        |field: &str, what: &str| ConfigError(format!("variable routes: {label}: {field}: {what}"));
     if let Some(n) = &raw.name {
         let ok = !n.is_empty()
             && n.len() <= 64
@@ -341,17 +408,15 @@ fn build(raw: RawRoute, index: usize, defaults: Defaults) -> Result<Route, Confi
             )));
         }
     }
-    let preset = match &raw.preset {
-        Some(p) => Some(presets::find(p).ok_or_else(|| err("preset", "unknown preset"))?),
-        None => None,
+    let f = Fields {
+        label: match &raw.name {
+            Some(n) => format!("route {n:?}"),
+            None => format!("route {}", index + 1),
+        },
     };
-    let origin = |field: &str, text: &str, pattern: bool| {
-        let parsed = if pattern {
-            Origin::parse_pattern(text)
-        } else {
-            Origin::parse(text)
-        };
-        parsed.map_err(|e| err(field, &e.to_string()))
+    let preset = match &raw.preset {
+        Some(p) => Some(presets::find(p).ok_or_else(|| f.err("preset", "unknown preset"))?),
+        None => None,
     };
     let upstream_text = raw
         .upstream
@@ -361,28 +426,10 @@ fn build(raw: RawRoute, index: usize, defaults: Defaults) -> Result<Route, Confi
                 .map(|p| p.upstream.to_string())
                 .filter(|u| !u.is_empty())
         })
-        .ok_or_else(|| err("upstream", "missing (give it, or a preset that has one)"))?;
-    let upstream = origin("upstream", &upstream_text, false)?;
-    let auth_texts = match raw.auth {
-        Some(a) => a.into_vec(),
-        None => preset
-            .map(|p| p.auth.iter().map(|s| s.to_string()).collect())
-            .unwrap_or_default(),
-    };
-    let auth = auth_texts
-        .iter()
-        .map(|a| origin("auth", a, false))
-        .collect::<Result<Vec<_>, _>>()?;
-    let cdn_texts = match raw.cdn {
-        Some(c) => c.into_vec(),
-        None => preset
-            .map(|p| p.cdn.iter().map(|s| s.to_string()).collect())
-            .unwrap_or_default(),
-    };
-    let cdn = cdn_texts
-        .iter()
-        .map(|c| origin("cdn", c, true))
-        .collect::<Result<Vec<_>, _>>()?;
+        .ok_or_else(|| f.err("upstream", "missing (give it, or a preset that has one)"))?;
+    let upstream = f.origin("upstream", &upstream_text, false)?;
+    let auth = f.origins("auth", raw.auth, preset.map_or(&[], |p| p.auth), false)?;
+    let cdn = f.origins("cdn", raw.cdn, preset.map_or(&[], |p| p.cdn), true)?;
     let hosts = raw
         .host
         .map(OneOrMany::into_vec)
@@ -390,16 +437,16 @@ fn build(raw: RawRoute, index: usize, defaults: Defaults) -> Result<Route, Confi
         .iter()
         .map(|h| {
             host_pattern(h)
-                .ok_or_else(|| err("host", "expected a host name or *.domain, without port"))
+                .ok_or_else(|| f.err("host", "expected a host name or *.domain, without port"))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let path = raw.path.unwrap_or_default().trim_matches('/').to_string();
     if !path.is_empty() && !valid_name(&path) {
-        return Err(err("path", "not repository path segments"));
+        return Err(f.err("path", "not repository path segments"));
     }
     let mirrors = raw.mirrors.unwrap_or_default();
     if mirrors.iter().any(|m| !valid_registry(m)) {
-        return Err(err(
+        return Err(f.err(
             "mirrors",
             "expected registry host names (docker.io, host:port)",
         ));
@@ -407,49 +454,37 @@ fn build(raw: RawRoute, index: usize, defaults: Defaults) -> Result<Route, Confi
     let ns_only = !mirrors.is_empty() && hosts.is_empty() && path.is_empty();
     let prefix = raw.prefix.unwrap_or_default().trim_matches('/').to_string();
     if !prefix.is_empty() && !valid_name(&prefix) {
-        return Err(err("prefix", "not a repository name"));
+        return Err(f.err("prefix", "not a repository name"));
     }
     let blob_redirect = match raw.blob_redirect.as_deref() {
         None => defaults.blob_redirect,
         Some(b) => parse_blob_redirect(b)
-            .ok_or_else(|| err("blob_redirect", "expected \"pass\" or \"follow\""))?,
+            .ok_or_else(|| f.err("blob_redirect", "expected \"pass\" or \"follow\""))?,
     };
     let timeout = match raw.timeout {
         None => defaults.timeout,
         Some(t) => {
-            parse_timeout(t).ok_or_else(|| err("timeout", "expected seconds (0 < s <= 3600)"))?
+            parse_timeout(t).ok_or_else(|| f.err("timeout", "expected seconds (0 < s <= 3600)"))?
         }
     };
-    let credentials = match (raw.username, raw.password, raw.token) {
-        (None, None, None) => None,
-        (Some(username), Some(password), None) if !username.is_empty() && !password.is_empty() => {
-            Some(Credentials::Basic { username, password })
-        }
-        (None, None, Some(t)) if !t.is_empty() => Some(Credentials::Token(t)),
-        _ => {
-            return Err(err(
-                "credentials",
-                "give username and password, or token alone",
-            ))
-        }
-    };
-    let public = raw.public.unwrap_or(false);
-    if credentials.is_some() && raw.client_credentials == Some(true) {
-        return Err(err(
-            "client_credentials",
-            "a route with credentials of its own passes no client's upstream",
-        ));
-    }
-    if credentials.is_some() && !public {
-        return Err(err(
-            "public",
-            "a route with credentials serves every client with them: say \"public\": true",
-        ));
-    }
     let tag_ttl = match raw.tag_ttl {
         None => defaults.tag_ttl,
         Some(t) if t <= MAX_TAG_TTL => t,
-        Some(_) => return Err(err("tag_ttl", "expected seconds (0 to 86400)")),
+        Some(_) => return Err(f.err("tag_ttl", "expected seconds (0 to 86400)")),
+    };
+    let credentials = credentials(&f, raw.username, raw.password, raw.token)?;
+    let access = access(&f, raw.access.as_deref(), raw.public, credentials.is_some())?;
+    let logins = match (access, raw.client_credentials) {
+        (RouteAccess::Upstream, None) if credentials.is_none() => Logins::Unshared,
+        (RouteAccess::Upstream, Some(true)) if credentials.is_none() => Logins::Always,
+        (_, Some(true)) => {
+            return Err(f.err(
+                "client_credentials",
+                "a route with credentials of its own, or whose access is not \"upstream\", \
+                 passes no client's upstream",
+            ))
+        }
+        _ => Logins::Never,
     };
     let library = raw
         .library
@@ -472,14 +507,60 @@ fn build(raw: RawRoute, index: usize, defaults: Defaults) -> Result<Route, Confi
         blob_redirect,
         timeout,
         tag_ttl,
-        logins: match (&credentials, raw.client_credentials) {
-            (Some(_), _) | (None, Some(false)) => Logins::Never,
-            (None, None) => Logins::Unshared,
-            (None, Some(true)) => Logins::Always,
-        },
+        logins,
         credentials,
-        public,
+        access,
+        allow: raw.allow.unwrap_or_default(),
+        deny: raw.deny.unwrap_or_default(),
     })
+}
+
+/// The route's own account, if it has one.
+fn credentials(
+    f: &Fields,
+    username: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+) -> Result<Option<Credentials>, ConfigError> {
+    match (username, password, token) {
+        (None, None, None) => Ok(None),
+        (Some(username), Some(password), None) if !username.is_empty() && !password.is_empty() => {
+            Ok(Some(Credentials::Basic { username, password }))
+        }
+        (None, None, Some(t)) if !t.is_empty() => Ok(Some(Credentials::Token(t))),
+        _ => Err(f.err("credentials", "give username and password, or token alone")),
+    }
+}
+
+/// Who may use the route: `access`, or the older `public: true`.
+fn access(
+    f: &Fields,
+    access: Option<&str>,
+    public: Option<bool>,
+    own_account: bool,
+) -> Result<RouteAccess, ConfigError> {
+    let given = match access {
+        None => None,
+        Some("upstream") => Some(RouteAccess::Upstream),
+        Some("public") => Some(RouteAccess::Public),
+        Some("users") => Some(RouteAccess::Users),
+        Some(_) => return Err(f.err("access", "expected \"upstream\", \"public\" or \"users\"")),
+    };
+    let access = match (given, public) {
+        (Some(a), None) => a,
+        (None, Some(true)) | (Some(RouteAccess::Public), Some(true)) => RouteAccess::Public,
+        (None, None | Some(false)) => RouteAccess::Upstream,
+        (Some(a), Some(false)) if a != RouteAccess::Public => a,
+        _ => return Err(f.err("public", "says otherwise than access")),
+    };
+    if own_account && access == RouteAccess::Upstream {
+        return Err(f.err(
+            "access",
+            "a route with credentials serves clients with them: say \"access\": \"public\" \
+             (every client) or \"users\" (the proxy's users)",
+        ));
+    }
+    Ok(access)
 }
 
 /// Whether two routes can serve a request for the same host.
@@ -551,6 +632,16 @@ pub fn parse(json: &str, defaults: Defaults) -> Result<Routes, ConfigError> {
                     "variable routes: route {:?}: takes clients' credentials on a host where \
                      route {:?}, for another registry, takes them too (a client has one login \
                      per host)",
+                    a.name, b.name
+                )));
+            }
+            let users =
+                |x: &Route, y: &Route| x.access == RouteAccess::Users && y.logins == Logins::Always;
+            if (users(a, b) || users(b, a)) && hosts_overlap(a, b) {
+                return Err(ConfigError(format!(
+                    "variable routes: route {:?}: shares a host with route {:?}, and one \
+                     takes its logins for the proxy's users while the other takes them for \
+                     its registry (a client has one login per host)",
                     a.name, b.name
                 )));
             }
@@ -727,7 +818,7 @@ mod tests {
             ),
             (
                 r#"[{"name": "a", "preset": "ghcr", "username": "u", "password": "TOKEN99"}]"#,
-                "route \"a\": public",
+                "route \"a\": access",
             ),
             (
                 r#"[{"name": "a", "preset": "ghcr", "password": "TOKEN99", "public": true}]"#,
@@ -748,6 +839,19 @@ mod tests {
             (
                 r#"[{"name": "a", "preset": "artifact-registry"}]"#,
                 "route \"a\": upstream",
+            ),
+            (
+                r#"[{"name": "a", "preset": "ghcr", "access": "TOKEN99"}]"#,
+                "route \"a\": access",
+            ),
+            (
+                r#"[{"name": "a", "preset": "ghcr", "access": "users", "public": true}]"#,
+                "route \"a\": public",
+            ),
+            (
+                r#"[{"name": "a", "preset": "ghcr", "access": "users",
+                    "client_credentials": true}]"#,
+                "route \"a\": client_credentials",
             ),
         ] {
             let e = parse(json, defaults()).unwrap_err().to_string();

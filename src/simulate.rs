@@ -66,6 +66,8 @@ pub struct Run {
     /// The bytes the client receives: made bytes, or the streamed upstream body.
     pub body: Vec<u8>,
     pub cause: Option<String>,
+    /// The pull event's log line, for a manifest GET.
+    pub pull: Option<String>,
 }
 
 /// Steps an exchange may take before it counts as looping.
@@ -83,12 +85,55 @@ pub fn run(
 
 /// Plays the adapter: answers each `Send` with `upstream`, each read with the canned body
 /// (cut at the limit as a failure), keeps `store` as the key-value store, and returns what
-/// the client got.
+/// the client got. Variables read on demand (`users`) are unset: see `run_full`.
 pub fn run_with_store(
     config: Config,
     req: Incoming,
     request_body: &[u8],
     store: &mut HashMap<String, Vec<u8>>,
+    upstream: impl FnMut(&Request<Vec<u8>>) -> Result<Canned, Failure>,
+) -> Run {
+    run_full(config, req, request_body, store, |_| None, upstream)
+}
+
+/// A store write, as the adapter performs it.
+fn apply(store: &mut HashMap<String, Vec<u8>>, w: Write) {
+    match w {
+        Write::Set(k, v) => {
+            store.insert(k, v);
+        }
+        Write::Delete(k) => {
+            store.remove(&k);
+        }
+        Write::Create { key, value } => {
+            store.entry(key).or_insert(value);
+        }
+        Write::Count {
+            key,
+            now,
+            repository,
+            user,
+        } => {
+            let slot = store.get(&key).map(Vec::as_slice);
+            let counted = crate::pull_stats::add(slot, now, &repository, &user);
+            store.insert(key, counted);
+        }
+        Write::Merge { key, entry, ways } => {
+            let bucket = store.get(&key).map(Vec::as_slice);
+            if let Some(b) = crate::cache::merge(bucket, &entry, 0, ways) {
+                store.insert(key, b);
+            }
+        }
+    }
+}
+
+/// `run_with_store`, with `variables` answering the variables read on demand.
+pub fn run_full(
+    config: Config,
+    req: Incoming,
+    request_body: &[u8],
+    store: &mut HashMap<String, Vec<u8>>,
+    variables: impl Fn(&str) -> Option<String>,
     mut upstream: impl FnMut(&Request<Vec<u8>>) -> Result<Canned, Failure>,
 ) -> Run {
     let (mut ex, mut step) = Exchange::start(config, req);
@@ -96,26 +141,11 @@ pub fn run_with_store(
     let mut last: Option<Canned> = None;
     for _ in 0..MAX_STEPS {
         for w in ex.take_writes() {
-            match w {
-                Write::Set(k, v) => {
-                    store.insert(k, v);
-                }
-                Write::Delete(k) => {
-                    store.remove(&k);
-                }
-                Write::Create { key, value } => {
-                    store.entry(key).or_insert(value);
-                }
-                Write::Merge { key, entry, ways } => {
-                    let bucket = store.get(&key).map(Vec::as_slice);
-                    if let Some(b) = crate::cache::merge(bucket, &entry, 0, ways) {
-                        store.insert(key, b);
-                    }
-                }
-            }
+            apply(store, w);
         }
         step = match step {
             Step::Load(keys) => ex.on_loaded(keys.iter().map(|k| store.get(k).cloned()).collect()),
+            Step::Variables(names) => ex.on_variables(names.iter().map(|n| variables(n)).collect()),
             Step::ReadRequest { limit } if request_body.len() > limit => {
                 ex.on_failure(Failure::TooLarge)
             }
@@ -141,6 +171,9 @@ pub fn run_with_store(
                 None => ex.on_failure(Failure::Reset),
             },
             Step::Reply(reply) => {
+                for w in ex.take_deferred() {
+                    apply(store, w);
+                }
                 let body = match reply.body() {
                     ClientBody::None => Vec::new(),
                     ClientBody::Bytes(b) | ClientBody::Stored(b) => b.clone(),
@@ -152,6 +185,7 @@ pub fn run_with_store(
                     route: ex.route().cloned(),
                     body,
                     cause: ex.cause().map(String::from),
+                    pull: ex.pull_event(),
                 };
             }
         };
@@ -215,6 +249,15 @@ pub fn check(config: &Config, req: &Incoming, run: &Run) -> Result<(), String> {
                 if basic || own.as_ref() == Some(a) || clients.iter().any(|c| c == a) {
                     return fail("STORAGE", format!("credentials sent to {o}"));
                 }
+            }
+        }
+        // USERS: on a route for the proxy's users, the client's Authorization (their token,
+        // or their password) never leaves the proxy.
+        if route.access == crate::routes::RouteAccess::Users {
+            let clients = req.headers.get_all(header::AUTHORIZATION);
+            let theirs = r.headers().get(header::AUTHORIZATION);
+            if theirs.is_some_and(|a| clients.iter().any(|c| c == a)) {
+                return fail("USERS", format!("the client's Authorization sent to {o}"));
             }
         }
         // READ_ONLY: nothing but reads (and the token form to a realm) goes upstream.

@@ -49,15 +49,16 @@ fn handle(req: IncomingRequest, out: ResponseOutparam) {
     let path = path_query.split('?').next().unwrap_or("/").to_string();
     let head_only = method == http::Method::HEAD;
     let config = Config::from_variables(|name| spin_sdk::variables::get(name).ok());
-    let (served, upstream, cause) = match config {
+    let (served, upstream, cause, after) = match config {
         Ok(config) => serve(config, req, out, method.clone(), &path_query),
         Err(e) => {
             let served = write(out, Exchange::unconfigured(&e, head_only), None);
-            (served, None, Some(format!("spin-registry-proxy: {e}")))
+            let cause = Some(format!("spin-registry-proxy: {e}"));
+            (served, None, cause, After::default())
         }
     };
     let cause = served.problem.or(cause);
-    write_log(&log::line(&Entry {
+    let mut lines = log::line(&Entry {
         method: method.as_str(),
         path: &path,
         status: served.status,
@@ -65,7 +66,25 @@ fn handle(req: IncomingRequest, out: ResponseOutparam) {
         bytes: served.bytes,
         elapsed: started.elapsed(),
         cause: cause.as_deref(),
-    }));
+    });
+    if let Some(event) = after.pull_event {
+        lines.push('\n');
+        lines.push_str(&event);
+    }
+    write_log(&lines);
+    // After the client has its answer: it waits for none of this.
+    if !after.writes.is_empty() {
+        let mut store = KeyValue::default();
+        store.write(after.writes, 0);
+    }
+}
+
+/// What is left to do once the client has its answer: the pull event to log, and the writes
+/// that wait (the pull counts).
+#[derive(Default)]
+struct After {
+    pull_event: Option<String>,
+    writes: Vec<Write>,
 }
 
 /// One line to stderr in one write: `eprintln!` writes the newline separately, and lines of
@@ -75,14 +94,15 @@ fn write_log(line: &str) {
     let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }
 
-/// Drives the exchange; returns what was sent, the last upstream status and the error cause.
+/// Drives the exchange; returns what was sent, the last upstream status, the error cause and
+/// what is left to do.
 fn serve(
     config: Config,
     req: IncomingRequest,
     out: ResponseOutparam,
     method: http::Method,
     path_query: &str,
-) -> (Served, Option<u16>, Option<String>) {
+) -> (Served, Option<u16>, Option<String>, After) {
     let (path, query) = match path_query.split_once('?') {
         Some((p, q)) => (p.to_string(), Some(q.to_string())),
         None => (path_query.to_string(), None),
@@ -117,6 +137,12 @@ fn serve(
         store.write(exchange.take_writes(), now);
         step = match step {
             Step::Load(keys) => exchange.on_loaded(store.load(&keys)),
+            Step::Variables(names) => exchange.on_variables(
+                names
+                    .iter()
+                    .map(|n| spin_sdk::variables::get(n).ok())
+                    .collect(),
+            ),
             Step::ReadRequest { limit } => {
                 let body = request.take().and_then(|r| r.consume().ok());
                 match body.map(|b| read_all(b, limit)) {
@@ -150,7 +176,11 @@ fn serve(
             Step::Reply(response) => {
                 let upstream = exchange.upstream_status.map(|s| s.as_u16());
                 let cause = exchange.cause().map(String::from);
-                return (write(out, response, last.take()), upstream, cause);
+                let after = After {
+                    pull_event: exchange.pull_event(),
+                    writes: exchange.take_deferred(),
+                };
+                return (write(out, response, last.take()), upstream, cause, after);
             }
         };
     }
@@ -240,6 +270,14 @@ impl KeyValue {
                 Write::Create { key, value } => {
                     bucket.update(&key, |current| current.is_none().then(|| value.clone()))
                 }
+                Write::Count {
+                    key,
+                    now,
+                    repository,
+                    user,
+                } => bucket.count(&key, |current| {
+                    crate::pull_stats::add(current, now, &repository, &user)
+                }),
             }
         }
     }
@@ -251,10 +289,6 @@ impl KeyValue {
 #[cfg(feature = "wasi-keyvalue")]
 mod store {
     use spin_sdk::wit::wasi::keyvalue::{atomics, store};
-
-    /// Writers that meet a concurrent change start over this many times at most (each with
-    /// the newer value): beyond, the entry is given up, which only costs a request later.
-    const TRIES: usize = 16;
 
     pub struct Bucket(store::Bucket);
 
@@ -275,8 +309,19 @@ mod store {
             let _ = self.0.delete(key);
         }
 
-        /// Replaces the value at `key` with `change(current)` (`None`: leaves it), atomically.
+        /// Replaces the value at `key` with `change(current)` (`None`: leaves it), atomically;
+        /// a kept entry given up after 16 lost races only costs a request later.
         pub fn update(&self, key: &str, change: impl Fn(Option<&[u8]>) -> Option<Vec<u8>>) {
+            self.swap(key, 16, change);
+        }
+
+        /// Replaces the value at `key` with `add(current)`, atomically, for as long as other
+        /// writers win (each lost race is another's success): counts are exact.
+        pub fn count(&self, key: &str, add: impl Fn(Option<&[u8]>) -> Vec<u8>) {
+            self.swap(key, 1000, |current| Some(add(current)));
+        }
+
+        fn swap(&self, key: &str, tries: usize, change: impl Fn(Option<&[u8]>) -> Option<Vec<u8>>) {
             let Ok(mut cas) = atomics::Cas::new(&self.0, key) else {
                 // A store without compare-and-swap: read, change, write.
                 if let Some(v) = change(self.get(key).as_deref()) {
@@ -284,7 +329,7 @@ mod store {
                 }
                 return;
             };
-            for _ in 0..TRIES {
+            for _ in 0..tries {
                 let Ok(current) = cas.current() else { return };
                 let Some(value) = change(current.as_deref()) else {
                     return;
@@ -325,6 +370,7 @@ mod store {
             let _ = self.0.delete(key);
         }
 
+        /// Read, change, write; read back and change once more if a concurrent write undid it.
         pub fn update(&self, key: &str, change: impl Fn(Option<&[u8]>) -> Option<Vec<u8>>) {
             for _ in 0..2 {
                 let Some(value) = change(self.get(key).as_deref()) else {
@@ -332,6 +378,12 @@ mod store {
                 };
                 self.set(key, &value);
             }
+        }
+
+        /// Read, add, write: a concurrent count may be lost (read back, it cannot be told from
+        /// one that already holds this one).
+        pub fn count(&self, key: &str, add: impl Fn(Option<&[u8]>) -> Vec<u8>) {
+            self.set(key, &add(self.get(key).as_deref()));
         }
     }
 }

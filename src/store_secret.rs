@@ -5,7 +5,7 @@
 //! so no one can aim requests at another's bucket) nor forge the mark on the anonymous tokens
 //! the proxy hands out (see `anonymous_token`).
 
-use crate::digest::{hex, unhex};
+use crate::digest::{constant_time_eq, hex, unhex};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -52,10 +52,7 @@ impl StoreSecret {
     /// Whether `mac` is the first `mac.len()` bytes of the parts' MAC, in constant time.
     pub fn verify(&self, parts: &[&[u8]], mac: &[u8]) -> bool {
         let full = self.mac(parts);
-        if mac.is_empty() || mac.len() > full.len() {
-            return false;
-        }
-        full.iter().zip(mac).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        !mac.is_empty() && mac.len() <= full.len() && constant_time_eq(&full[..mac.len()], mac)
     }
 }
 

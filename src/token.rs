@@ -103,6 +103,21 @@ impl TokenRequest {
             || self.get("password").is_some()
     }
 
+    /// The name and secret a login presents: Basic credentials, or the form's (containerd
+    /// POSTs `username` and `password`).
+    pub fn login(&self) -> Option<(String, String)> {
+        if let Some(basic) = &self.basic {
+            let encoded = basic.to_str().ok()?.get(6..)?.trim();
+            let pair = String::from_utf8(crate::base64::decode(encoded)?).ok()?;
+            let (name, secret) = pair.split_once(':')?;
+            return Some((name.to_string(), secret.to_string()));
+        }
+        Some((
+            self.get("username")?.to_string(),
+            self.get("password")?.to_string(),
+        ))
+    }
+
     /// The repositories the scopes name, in client names, each once.
     pub fn repositories(&self) -> Vec<String> {
         repositories(self.scopes())
@@ -291,6 +306,22 @@ mod tests {
         assert!(r.offers_credentials());
         let refresh = TokenRequest::new(true, b"grant_type=refresh_token&refresh_token=x", None);
         assert!(refresh.offers_credentials());
+    }
+
+    #[test]
+    fn logins_from_basic_or_the_form() {
+        let basic = HeaderValue::from_static("Basic YWxpY2U6czNjcmV0");
+        let r = TokenRequest::new(false, b"scope=x", Some(&basic));
+        assert_eq!(r.login(), Some(("alice".into(), "s3cret".into())));
+        let form = TokenRequest::new(
+            true,
+            b"grant_type=password&username=bob&password=p%3Aw",
+            None,
+        );
+        assert_eq!(form.login(), Some(("bob".into(), "p:w".into())));
+        assert_eq!(TokenRequest::new(false, b"scope=x", None).login(), None);
+        let bad = HeaderValue::from_static("Basic !!!");
+        assert_eq!(TokenRequest::new(false, b"", Some(&bad)).login(), None);
     }
 
     #[test]

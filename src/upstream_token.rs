@@ -163,7 +163,9 @@ mod tests {
                 username: username.into(),
                 password: password.into(),
             }),
-            public: true,
+            access: crate::routes::RouteAccess::Public,
+            allow: vec![],
+            deny: vec![],
             logins: crate::routes::Logins::Never,
         }
     }

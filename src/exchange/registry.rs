@@ -5,6 +5,9 @@ use super::*;
 
 impl Exchange {
     pub(super) fn registry_request(&mut self, endpoint: &Endpoint, req: Incoming) -> Step {
+        if let Some(answered) = self.admit(endpoint) {
+            return answered;
+        }
         if *endpoint == Endpoint::Catalog && !self.route().is_some_and(|r| r.catalog) {
             return self.error(OciError::unsupported(
                 StatusCode::NOT_FOUND,
@@ -27,11 +30,14 @@ impl Exchange {
         };
         let query = listing::upstream_query(endpoint, req.query.as_deref(), &self.names);
         let headers = headers::registry_request(&self.client_headers);
-        // Basic credentials are a login for this host, which may be another route's registry.
-        let authorization = token::upstream_authorization(
-            self.client_headers.get(header::AUTHORIZATION),
-        )
-        .filter(|a| !token::is_basic(a) || self.route().is_some_and(|r| self.passes_logins(r)));
+        // Basic credentials are a login for this host, which may be another route's registry;
+        // a user's token is the proxy's, for the proxy alone.
+        let authorization =
+            token::upstream_authorization(self.client_headers.get(header::AUTHORIZATION))
+                .filter(|a| {
+                    !token::is_basic(a) || self.route().is_some_and(|r| self.passes_logins(r))
+                })
+                .filter(|_| self.claims.is_none());
         let Some(url) = self.upstream_url(&path, query.as_deref()) else {
             return self.error(OciError::internal("no route"));
         };
@@ -336,7 +342,9 @@ impl Exchange {
 
     pub(super) fn listing_read(&mut self, head: Response<()>, body: Vec<u8>) -> Step {
         let rewritten = match self.endpoint {
-            Some(Endpoint::Catalog) => listing::client_catalog_body(&body, &self.names),
+            Some(Endpoint::Catalog) => {
+                listing::client_catalog_body(&body, &self.names, |n| self.catalog_shows(n))
+            }
             _ => listing::client_tags_body(&body, &self.names).map(|b| (b, false)),
         };
         let Some((bytes, past_end)) = rewritten else {
@@ -371,12 +379,25 @@ impl Exchange {
         self.upstream_error(e, head)
     }
 
-    /// Whether the endpoint's body must be rewritten into client names.
+    /// Whether the endpoint's body must be rewritten: into client names, or a catalog to what
+    /// the client may see.
     pub(super) fn rewrites_listing(&self) -> bool {
-        matches!(
-            self.endpoint,
-            Some(Endpoint::Tags { .. } | Endpoint::Catalog)
-        ) && !self.names.is_identity()
+        let filtered = self.claims.is_some()
+            || self
+                .route()
+                .is_some_and(|r| !r.allow.is_empty() || !r.deny.is_empty());
+        match self.endpoint {
+            Some(Endpoint::Tags { .. }) => !self.names.is_identity(),
+            Some(Endpoint::Catalog) => !self.names.is_identity() || filtered,
+            _ => false,
+        }
+    }
+
+    /// Whether the catalog shows repository `name`: the route serves it, and a user of a
+    /// `users` route may pull it.
+    fn catalog_shows(&self, name: &str) -> bool {
+        self.route().is_some_and(|r| r.serves(name))
+            && self.claims.as_ref().is_none_or(|c| c.sees(name))
     }
 
     /// HEAD stays HEAD upstream (Docker Hub does not count it against the pull limit), except

@@ -5,19 +5,41 @@ use super::*;
 
 impl Exchange {
     pub(super) fn token_request(&mut self, req: TokenRequest) -> Step {
+        let host = self
+            .public
+            .as_ref()
+            .map_or("", |p| p.host.as_str())
+            .to_string();
         let (route, req) = match self.token_route(req) {
             Ok((Some(route), req)) => (route, req),
+            // A login for a host the proxy's users log in to is theirs.
+            Ok((None, req)) if self.config.routes.has_users(&host) && req.offers_credentials() => {
+                return self.user_login(req, None)
+            }
             Ok((None, _)) => return self.anonymous_token(),
             Err(e) => return self.error(e),
         };
+        if let Some(name) = req.repositories().into_iter().find(|n| !route.serves(n)) {
+            let e = OciError::denied(format!("repository {name} is not available here"));
+            return self.error(e);
+        }
+        if route.access == RouteAccess::Users {
+            self.use_route(route.clone());
+            return self.user_login(req, Some(route));
+        }
         let authenticates_itself = route.credentials.is_some();
-        // A login meant for another registry on this host stays here.
+        // A login meant for another registry on this host, or for the proxy's users, stays
+        // here; one that no route may take (routes for several registries, none chosen) is
+        // refused where the registry asks for it (`authenticate`).
         let req = if self.passes_logins(&route) {
             req
         } else {
-            if req.offers_credentials() && route.logins == Logins::Unshared {
-                let host = self.public.as_ref().map_or("", |p| p.host.as_str());
-                let rivals = self.config.routes.login_rivals(&route, host);
+            let routes = &self.config.routes;
+            if req.offers_credentials()
+                && route.logins == Logins::Unshared
+                && !routes.has_users(&host)
+            {
+                let rivals = routes.login_rivals(&route, &host);
                 self.logins_dropped = Some(rivals.into_iter().map(String::from).collect());
             }
             req.without_credentials()

@@ -197,3 +197,4 @@ mod redirects;
 mod registry;
 mod routes;
 mod token_endpoint;
+mod users;

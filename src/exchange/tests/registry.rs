@@ -335,9 +335,16 @@ fn a_request_that_met_a_closing_connection_goes_once_more() {
         );
         assert_eq!(status(&run), 502, "{path}");
         assert_eq!(run.sent.len(), 2, "{path}: once more, not again");
-        let run = drive(&cfg, incoming(method.clone(), path, &[]), b"scope=x", |_| {
-            Err(Failure::Timeout)
-        });
-        assert_eq!((status(&run), run.sent.len()), (504, 1), "{path}: a timeout is final");
+        let run = drive(
+            &cfg,
+            incoming(method.clone(), path, &[]),
+            b"scope=x",
+            |_| Err(Failure::Timeout),
+        );
+        assert_eq!(
+            (status(&run), run.sent.len()),
+            (504, 1),
+            "{path}: a timeout is final"
+        );
     }
 }
