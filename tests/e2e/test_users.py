@@ -1,0 +1,246 @@
+"""The proxy's own users: a vendor serves private images from the real registry (distribution
+2.8 with token auth; the route's own account reads `private/*` there) to customers who log in
+with an account the proxy keeps (`users`), under tokens the proxy signs.
+
+Every client pulls as a user allowed to (docker login, podman and skopeo --creds, containerd's
+ctr, whose --user POSTs the token form, oras); refusals are 401 or 403 with words a user can act
+on, and none of them costs an upstream request (the test host's outbound counter says so).
+"""
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import json
+import subprocess
+
+import pytest
+
+import clients
+import harness
+from clients import call, oci_error_of
+from upstreams import ALICE
+
+SECRET = "e2e-token-secret-0123456789abcdef0123"
+PREVIOUS = "e2e-previous-secret-fedcba9876543210"
+PRIVATE = "private/secret"
+CUSTOMER = ("customer", "customer-Secret-1")
+STRANGER = ("stranger", "stranger-Secret-2")
+EXPIRED = ("expired", "expired-Secret-3")
+
+
+def htpasswd(user, password, cost=5):
+    out = subprocess.run(["htpasswd", "-nbBC", str(cost), user, password], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    return out.split(":", 1)[1]
+
+
+def users(*extra, without=()) -> str:
+    entries = [
+        {"name": CUSTOMER[0], "password": htpasswd(*CUSTOMER), "admin": True,
+         "access": [{"routes": ["vendor"], "repositories": ["private/*", "multiarch"]}]},
+        {"name": STRANGER[0], "password": htpasswd(*STRANGER),
+         "access": [{"routes": ["vendor"], "repositories": ["multiarch"]}]},
+        {"name": EXPIRED[0], "password": htpasswd(*EXPIRED), "expires": "2020-01-01",
+         "access": [{"repositories": ["**"]}]},
+        *extra,
+    ]
+    return json.dumps([u for u in entries if u["name"] not in without])
+
+
+def table(ups) -> list:
+    return [{"name": "vendor", "upstream": ups.token.url, "auth": ups.token_server.url,
+             "cdn": ups.token.cdn.url, "blob_redirect": "follow",
+             "username": ALICE[0], "password": ALICE[1], "access": "users",
+             "deny": ["private/forbidden*"]}]
+
+
+def start(ups, user_json=None, **kw):
+    variables = {"routes": json.dumps(table(ups)), "users": user_json or users(),
+                 "token_secret": SECRET, **kw.pop("variables", {})}
+    allowed = [ups.token.url, ups.token_server.url, ups.token.cdn.url]
+    return harness.start_proxy(variables, allowed_hosts=allowed, name="users-proxy", **kw)
+
+
+@pytest.fixture(scope="module")
+def vendor(ups, seeded):
+    p = start(ups)
+    yield p
+    p.stop()
+
+
+def upstream_requests(proxy) -> int:
+    return sum(harness.outbound(proxy).values())
+
+
+def test_every_client_pulls_a_private_image_as_an_allowed_user(vendor, ups, seeded, podman,
+                                                               docker, containerd, ctr_ns):
+    host = f"127.0.0.1:{vendor.port}"
+    ref = f"{host}/{PRIVATE}:latest"
+    want = seeded["token"][(PRIVATE, "latest")]
+    cfg = docker.new_config()
+    docker.login(cfg, host, CUSTOMER)
+    docker.pull(cfg, ref)
+    assert any(d.endswith(want) for d in docker.repo_digests(cfg, ref))
+    podman.pull(ref, creds=CUSTOMER)
+    assert clients.skopeo_inspect_raw(ref, creds=CUSTOMER).get("digest", want) == want
+    containerd.pull(ctr_ns, ref, user=CUSTOMER)
+    assert containerd.image_digest(ctr_ns, ref) == want
+    assert clients.oras_pull(ref, creds=CUSTOMER) == want
+    # The upstream saw the route's account, never a customer's password or token.
+    log = ups.token_server.entries()
+    assert not any(CUSTOMER[0] in json.dumps(e) for e in log), log[-3:]
+
+
+@pytest.mark.parametrize("who", ["wrong password", "expired user", "user without the repository",
+                                 "anonymous"])
+def test_refusals_say_why_and_cost_the_upstream_nothing(vendor, ups, seeded, podman, who):
+    host = f"127.0.0.1:{vendor.port}"
+    creds = {"wrong password": (CUSTOMER[0], "nope"), "expired user": EXPIRED,
+             "user without the repository": STRANGER, "anonymous": None}[who]
+    words = {"wrong password": "incorrect username or password",
+             "expired user": "expired", "user without the repository": "may not pull",
+             "anonymous": "authentication required"}[who]
+    before = upstream_requests(vendor)
+    out = clients.run(["skopeo", "inspect", "--tls-verify=false",
+                       *(["--creds", ":".join(creds)] if creds else []),
+                       f"docker://{host}/{PRIVATE}:latest"], check=False)
+    assert out.returncode != 0
+    assert words in out.stderr, out.stderr
+    p = podman.pull(f"{host}/{PRIVATE}:latest", creds=creds, check=False)
+    assert p.returncode != 0, p.stdout
+    assert upstream_requests(vendor) == before, "a refusal reached the upstream"
+
+
+def test_a_denied_repository_is_refused_by_digest_and_by_referrers_too(vendor, ups, seeded):
+    """A token for one repository grants nothing on another, however it is addressed."""
+    want = seeded["token"][(PRIVATE, "latest")]
+    before = upstream_requests(vendor)
+    r = call(vendor.url, "GET", f"/token?scope=repository:multiarch:pull",
+             headers=[("Authorization", clients.basic_header(STRANGER))])
+    token = r.json()["token"]
+    for path in [f"/v2/{PRIVATE}/manifests/{want}", f"/v2/{PRIVATE}/referrers/{want}",
+                 f"/v2/{PRIVATE}/blobs/{want}", f"/v2/{PRIVATE}/tags/list"]:
+        r = call(vendor.url, "GET", path, headers=[("Authorization", f"Bearer {token}")])
+        assert r.status == 403, r.describe()
+        assert oci_error_of(r)["code"] == "DENIED"
+        assert "stranger may not pull private/secret" in oci_error_of(r)["message"]
+    # The route's deny list wins even for a user whose grants name it.
+    r = call(vendor.url, "GET", "/token?scope=repository:private/forbidden:pull",
+             headers=[("Authorization", clients.basic_header(CUSTOMER))])
+    assert r.status == 403, r.describe()
+    assert upstream_requests(vendor) == before
+
+
+def test_forged_tokens_are_refused(vendor):
+    r = call(vendor.url, "GET", f"/token?scope=repository:{PRIVATE}:pull",
+             headers=[("Authorization", clients.basic_header(CUSTOMER))])
+    head, payload, sig = r.json()["token"].split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+    def enc(obj):
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+
+    other_host = dict(claims, aud="http://evil.example.com")
+    other_route = dict(claims, route="elsewhere")
+    longer = dict(claims, exp=claims["exp"] + 3600)
+    none = enc({"alg": "none", "typ": "JWT"})
+    flipped = sig[:5] + ("A" if sig[5] != "A" else "B") + sig[6:]
+    before = upstream_requests(vendor)
+    for what, token in [("altered signature", f"{head}.{payload}.{flipped}"),
+                        ("altered claims", f"{head}.{enc(longer)}.{sig}"),
+                        ("alg none", f"{none}.{payload}."),
+                        ("another host", f"{head}.{enc(other_host)}.{sig}"),
+                        ("another route", f"{head}.{enc(other_route)}.{sig}")]:
+        r = call(vendor.url, "GET", f"/v2/{PRIVATE}/manifests/latest",
+                 headers=[("Authorization", f"Bearer {token}")])
+        assert r.status == 401, f"{what}: {r.describe()}"
+    assert upstream_requests(vendor) == before
+
+
+def test_rotation_keeps_the_previous_secret_and_a_removed_user_is_refused(ups, seeded):
+    """token_secret rotates: tokens signed with the previous one still work while it is
+    token_secret_previous, not after. A user removed from `users` cannot log in after the
+    restart that reads the new value; a token already issued ends at its expiry."""
+    first = start(ups)
+    try:
+        r = call(first.url, "GET", f"/token?scope=repository:{PRIVATE}:pull",
+                 headers=[("Authorization", clients.basic_header(CUSTOMER))])
+        token = r.json()["token"]
+    finally:
+        first.stop()
+    new = "e2e-the-new-token-secret-00000000000000"
+    rotated = start(ups, user_json=users(without=[CUSTOMER[0]]),
+                    variables={"token_secret": new, "token_secret_previous": SECRET})
+    try:
+        r = call(rotated.url, "GET", f"/v2/{PRIVATE}/manifests/latest",
+                 headers=[("Authorization", f"Bearer {token}"),
+                          ("Accept", "application/vnd.oci.image.index.v1+json")])
+        assert r.status == 200, r.describe()
+        r = call(rotated.url, "GET", f"/token?scope=repository:{PRIVATE}:pull",
+                 headers=[("Authorization", clients.basic_header(CUSTOMER))])
+        assert r.status == 401, r.describe()
+    finally:
+        rotated.stop()
+    gone = start(ups, variables={"token_secret": new})
+    try:
+        r = call(gone.url, "GET", f"/v2/{PRIVATE}/manifests/latest",
+                 headers=[("Authorization", f"Bearer {token}")])
+        assert r.status == 401, r.describe()
+    finally:
+        gone.stop()
+
+
+def test_pull_events_are_logged_and_counted_exactly_by_two_instances(ups, seeded, redis_server,
+                                                                      tmp_path):
+    """Two instances on one Redis, 8 concurrent clients x 25 manifest GETs: 200 pull events,
+    and /-/stats counts 200 (counts are added by compare-and-swap)."""
+    rc = tmp_path / "runtime-config.toml"
+    rc.write_text(f'[key_value_store.default]\ntype = "redis"\n'
+                  f'url = "redis://127.0.0.1:{redis_server.port}"\n')
+    a = start(ups, runtime_config=rc)
+    b = start(ups, runtime_config=rc)
+    try:
+        r = call(a.url, "GET", "/token?scope=repository:multiarch:pull",
+                 headers=[("Authorization", clients.basic_header(STRANGER))])
+        token = r.json()["token"]
+        accept = "application/vnd.oci.image.index.v1+json"
+
+        def client(i):
+            target = (a, b)[i % 2]
+            for _ in range(25):
+                r = call(target.url, "GET", "/v2/multiarch/manifests/latest",
+                         headers=[("Authorization", f"Bearer {token}"), ("Accept", accept)])
+                assert r.status == 200, r.describe()
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(client, range(8)))
+        stats = call(b.url, "GET", "/-/stats",
+                     headers=[("Authorization", clients.basic_header(CUSTOMER))])
+        assert stats.status == 200, stats.describe()
+        day = stats.json()["days"][0]
+        assert stats.json()["pulls"] == 200, stats.json()
+        assert day["repositories"]["vendor:multiarch"] == 200
+        assert day["users"][STRANGER[0]] == 200
+        events = []
+        for p in (a, b):
+            text = p.wait_log(lambda t: t.count('"event":"pull"') >= 100)
+            events += [json.loads(ln) for ln in text.splitlines() if ln.startswith('{"event":"pull"')]
+        assert len(events) == 200, len(events)
+        assert all(e["user"] == STRANGER[0] and e["status"] == 200 for e in events)
+        assert not any("127.0.0.1" in json.dumps(e) for e in events), "no client address"
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_health_asks_no_upstream_and_stats_are_an_admin_s(vendor):
+    before = upstream_requests(vendor)
+    r = call(vendor.url, "GET", "/-/health")
+    assert r.status == 200 and r.json()["status"] == "ok", r.describe()
+    assert upstream_requests(vendor) == before
+    r = call(vendor.url, "GET", "/-/stats", headers=[("Authorization", clients.basic_header(STRANGER))])
+    assert r.status == 403, r.describe()
+    r = call(vendor.url, "GET", "/-/health?deep=1",
+             headers=[("Authorization", clients.basic_header(CUSTOMER))])
+    assert r.status == 200, r.describe()
+    assert r.json()["routes"]["vendor"]["status"] == "ok"
