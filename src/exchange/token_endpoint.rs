@@ -197,21 +197,19 @@ impl Exchange {
         if let Some(rivals) = self.logins_dropped.take() {
             // The registry asks for a login the route may not pass: an anonymous token would
             // fail as "denied", leaving user and operator to guess why.
+            // 401: clients show a 401's message (skopeo and podman show no other's).
             let route = self.route().map_or("", |r| r.name.as_str()).to_string();
-            return self.error(OciError::unsupported(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "this host's logins reach none of its registries: routes {} serve it for \
+            return self.error(OciError::unauthorized(format!(
+                "this host's logins reach none of its registries: routes {} serve it for \
                      other registries than route {route:?}, so the proxy passes credentials \
                      to none; the operator sets \"client_credentials\": true on the route \
                      logins are for",
-                    rivals
-                        .iter()
-                        .map(|r| format!("{r:?}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
+                rivals
+                    .iter()
+                    .map(|r| format!("{r:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
         }
         let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") else {
             if challenges.iter().any(|c| c.scheme == "basic") {

@@ -251,8 +251,8 @@ def test_a_login_no_route_may_take_is_refused_saying_what_to_set(ups, seeded, po
         assert out.returncode != 0
         assert "client_credentials" in out.stderr, out.stderr
         assert not ups.token_server.since(mark), "the realm heard of the client"
-        log = p.wait_log(lambda t: '"client_credentials": true' in t)
-        assert '/token status=400' in log and '"client_credentials": true' in log, log[-2000:]
+        log = p.wait_log(lambda t: "client_credentials" in t)
+        assert "/token status=401" in log and "client_credentials" in log, log[-2000:]
         # The open registry's images still pull for the same client.
         podman.pull(f"{host}/open/multiarch:latest", creds=ALICE)
     finally:

@@ -82,7 +82,8 @@ def test_every_client_pulls_a_private_image_as_an_allowed_user(vendor, ups, seed
     docker.pull(cfg, ref)
     assert any(d.endswith(want) for d in docker.repo_digests(cfg, ref))
     podman.pull(ref, creds=CUSTOMER)
-    assert clients.skopeo_inspect_raw(ref, creds=CUSTOMER).get("digest", want) == want
+    raw = clients.skopeo_inspect_raw(ref, creds=CUSTOMER).stdout
+    assert clients.sha256_bytes(raw.encode()) == want
     containerd.pull(ctr_ns, ref, user=CUSTOMER)
     assert containerd.image_digest(ctr_ns, ref) == want
     assert clients.oras_pull(ref, creds=CUSTOMER) == want
@@ -161,7 +162,9 @@ def test_rotation_keeps_the_previous_secret_and_a_removed_user_is_refused(ups, s
     """token_secret rotates: tokens signed with the previous one still work while it is
     token_secret_previous, not after. A user removed from `users` cannot log in after the
     restart that reads the new value; a token already issued ends at its expiry."""
-    first = start(ups)
+    # One public URL for the three instances, as a deployment keeps across restarts.
+    site = {"public_url": "http://images.e2e.test"}
+    first = start(ups, variables=site)
     try:
         r = call(first.url, "GET", f"/token?scope=repository:{PRIVATE}:pull",
                  headers=[("Authorization", clients.basic_header(CUSTOMER))])
@@ -170,18 +173,18 @@ def test_rotation_keeps_the_previous_secret_and_a_removed_user_is_refused(ups, s
         first.stop()
     new = "e2e-the-new-token-secret-00000000000000"
     rotated = start(ups, user_json=users(without=[CUSTOMER[0]]),
-                    variables={"token_secret": new, "token_secret_previous": SECRET})
+                    variables={"token_secret": new, "token_secret_previous": SECRET, **site})
     try:
         r = call(rotated.url, "GET", f"/v2/{PRIVATE}/manifests/latest",
                  headers=[("Authorization", f"Bearer {token}"),
-                          ("Accept", "application/vnd.oci.image.index.v1+json")])
+                          ("Accept", clients.MANIFEST_ACCEPT)])
         assert r.status == 200, r.describe()
         r = call(rotated.url, "GET", f"/token?scope=repository:{PRIVATE}:pull",
                  headers=[("Authorization", clients.basic_header(CUSTOMER))])
         assert r.status == 401, r.describe()
     finally:
         rotated.stop()
-    gone = start(ups, variables={"token_secret": new})
+    gone = start(ups, variables={"token_secret": new, **site})
     try:
         r = call(gone.url, "GET", f"/v2/{PRIVATE}/manifests/latest",
                  headers=[("Authorization", f"Bearer {token}")])

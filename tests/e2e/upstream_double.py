@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -675,8 +676,7 @@ class UpstreamDouble:
         handler = chosen.response if chosen else self.default
         resp = handler(req) if callable(handler) else handler
         # a canned Response may be shared between requests: copy the mutable parts
-        return Response(resp.status, list(resp.headers), resp.body, resp.delay, resp.hang,
-                        resp.hang_for, resp.send_length, resp.cut)
+        return dataclasses.replace(resp, headers=list(resp.headers))
 
 
 _HELD = []

@@ -207,7 +207,7 @@ fn a_login_reaches_no_registry_but_the_one_it_is_for() {
     let run = login(&table(), scope);
     // Refused with what the operator must set, never dropped for an anonymous token that
     // fails later as "denied" (it was a 200); the realm hears nothing of the client.
-    assert_eq!(status(&run), 400);
+    assert_eq!(status(&run), 401);
     let message = String::from_utf8_lossy(&run.body).to_string();
     assert!(
         message.contains(r#"\"client_credentials\": true"#) && message.contains(r#"\"quay\""#),
