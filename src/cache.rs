@@ -261,12 +261,14 @@ impl Manifest {
     }
 }
 
-/// What a tag pointed at.
+/// What a tag pointed at, for clients whose `Accept` admits the manifest types `accept` names
+/// (`accept_key`): a registry answers those with the same manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tag {
     pub media_type: String,
     pub digest: String,
     pub length: u64,
+    pub accept: String,
 }
 
 /// The upstream's `/v2/` answer: its status and challenge.
@@ -373,6 +375,7 @@ mod tests {
                 media_type: "t".into(),
                 digest: "sha256:0".into(),
                 length: 1,
+                accept: "1".into(),
             },
         };
         let bucket = merge(None, &e.encode(), 0, 8).unwrap();

@@ -29,8 +29,13 @@ pub(in crate::exchange) enum Then {
 enum What {
     /// A manifest by digest.
     Digest { name: String, digest: String },
-    /// A manifest by tag: the tag's entry, then the manifest's.
-    Tag { name: String, identity: String },
+    /// A manifest by tag: the tag's entry, then the manifest's. One entry per tag (whatever
+    /// the client's `Accept`: `accept` is the set it answers for), so a push drops it.
+    Tag {
+        name: String,
+        identity: String,
+        accept: String,
+    },
     /// A blob: where the upstream last redirected it.
     Blob { identity: String },
     /// `/v2/` for a client without credentials: the upstream's challenge.
@@ -159,8 +164,12 @@ impl Exchange {
                     let accept = cache::accept_key(&self.client_accepts())?;
                     // Routes to one upstream share what they saw, each for as long as it says.
                     let ttl = route.tag_ttl.to_string();
-                    let identity = self.identity(Kind::Tag, &[&name, reference, &accept, &ttl])?;
-                    What::Tag { name, identity }
+                    let identity = self.identity(Kind::Tag, &[&name, reference, &ttl])?;
+                    What::Tag {
+                        name,
+                        identity,
+                        accept,
+                    }
                 } else {
                     return None;
                 }
@@ -231,8 +240,13 @@ impl Exchange {
                     return self.reply_manifest(&meta, bytes);
                 }
             }
-            Some(What::Tag { name, identity }) => {
-                let tag = cache::find::<cache::Tag>(entry.as_deref(), identity, now);
+            Some(What::Tag {
+                name,
+                identity,
+                accept,
+            }) => {
+                let tag = cache::find::<cache::Tag>(entry.as_deref(), identity, now)
+                    .filter(|t| t.accept == *accept);
                 if let Some(tag) = tag.filter(|t| cache::accepts(&accepts, &t.media_type)) {
                     let key = self
                         .identity(Kind::Manifest, &[name, &tag.digest])
@@ -493,8 +507,12 @@ impl Exchange {
                 };
                 self.keep(Kind::Manifest, entry);
             }
-            if let (What::Tag { identity, .. }, Some(ttl)) =
-                (&plan.what, self.route().map(|r| r.tag_ttl))
+            if let (
+                What::Tag {
+                    identity, accept, ..
+                },
+                Some(ttl),
+            ) = (&plan.what, self.route().map(|r| r.tag_ttl))
             {
                 let entry = Entry {
                     identity: identity.clone(),
@@ -503,6 +521,7 @@ impl Exchange {
                         media_type,
                         digest,
                         length: body.len() as u64,
+                        accept: accept.clone(),
                     },
                 };
                 self.keep(Kind::Tag, entry);
