@@ -268,6 +268,9 @@ fn single_route<F: Fn(&str) -> Option<String>>(v: &Variables<F>) -> Result<Route
         allow: Vec::new(),
         deny: Vec::new(),
         logins: routes::Logins::Unshared,
+        push: false,
+        delete: false,
+        cors: Vec::new(),
     })
 }
 

@@ -27,9 +27,12 @@ pub enum Endpoint {
         name: String,
         digest: String,
     },
-    /// `/v2/<name>/blobs/uploads/...`: pushing, which a read-only proxy refuses.
+    /// `/v2/<name>/blobs/uploads/` (start an upload) and `/v2/<name>/blobs/uploads/<session>`
+    /// (an upload's chunks, end, status, cancel): pushing, on a route that allows it.
     Upload {
         name: String,
+        /// The upstream's name for the upload session (`None`: the start of one).
+        session: Option<String>,
     },
     /// `/-/stats`: pulls per day, repository and user, for an admin.
     Stats,
@@ -70,9 +73,23 @@ impl Endpoint {
         }
         if let Some(i) = rest.find("/blobs/uploads") {
             let tail = &rest[i + "/blobs/uploads".len()..];
+            let session = tail.trim_start_matches('/');
             if tail.is_empty() || tail.starts_with('/') {
+                let valid = session.len() <= 512
+                    && !session.split('/').any(|s| s == ".." || s == ".")
+                    && session
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.=~/+".contains(&b));
+                if !valid {
+                    return Err(OciError::new(
+                        StatusCode::NOT_FOUND,
+                        crate::error::ErrorCode::BlobUploadUnknown,
+                        "blob upload unknown to registry",
+                    ));
+                }
                 return Ok(Endpoint::Upload {
                     name: name_ok(&rest[..i])?,
+                    session: (!session.is_empty()).then(|| session.to_string()),
                 });
             }
         }
@@ -118,7 +135,7 @@ impl Endpoint {
             | Endpoint::Blob { name, .. }
             | Endpoint::Tags { name }
             | Endpoint::Referrers { name, .. }
-            | Endpoint::Upload { name } => Some(name),
+            | Endpoint::Upload { name, .. } => Some(name),
             _ => None,
         }
     }
@@ -133,7 +150,7 @@ impl Endpoint {
             Endpoint::Blob { digest, .. } => Endpoint::Blob { name: new, digest },
             Endpoint::Tags { .. } => Endpoint::Tags { name: new },
             Endpoint::Referrers { digest, .. } => Endpoint::Referrers { name: new, digest },
-            Endpoint::Upload { .. } => Endpoint::Upload { name: new },
+            Endpoint::Upload { session, .. } => Endpoint::Upload { name: new, session },
             other => other,
         }
     }
@@ -149,7 +166,12 @@ impl Endpoint {
             Endpoint::Blob { name, digest } => format!("/v2/{name}/blobs/{digest}"),
             Endpoint::Tags { name } => format!("/v2/{name}/tags/list"),
             Endpoint::Referrers { name, digest } => format!("/v2/{name}/referrers/{digest}"),
-            Endpoint::Upload { name } => format!("/v2/{name}/blobs/uploads/"),
+            Endpoint::Upload { name, session } => {
+                format!(
+                    "/v2/{name}/blobs/uploads/{}",
+                    session.as_deref().unwrap_or("")
+                )
+            }
             Endpoint::Stats => STATS_PATH.into(),
             Endpoint::Health => HEALTH_PATH.into(),
         }
@@ -265,12 +287,25 @@ mod tests {
         );
         assert_eq!(
             Endpoint::parse("/v2/a/blobs/uploads/").unwrap(),
-            Endpoint::Upload { name: "a".into() }
+            Endpoint::Upload {
+                name: "a".into(),
+                session: None
+            }
         );
         assert_eq!(
-            Endpoint::parse("/v2/a/blobs/uploads/abc").unwrap(),
-            Endpoint::Upload { name: "a".into() }
+            Endpoint::parse("/v2/a/blobs/uploads/abc-123").unwrap(),
+            Endpoint::Upload {
+                name: "a".into(),
+                session: Some("abc-123".into())
+            }
         );
+        for bad in [
+            "/v2/a/blobs/uploads/../x",
+            "/v2/a/blobs/uploads/a%2e",
+            "/v2/a/blobs/uploads/a b",
+        ] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -83,6 +83,9 @@ pub enum Step {
     /// `on_response` with the response head, or `on_failure` when there is none. Keep the
     /// response: a later step may read or stream its body.
     Send(Request<Vec<u8>>),
+    /// As `Send`, with the client's request body as the body, streamed as it comes (a blob a
+    /// client pushes): once only.
+    Stream(Request<()>),
     /// Read the body of the response last handed to `on_response`, at most `limit` bytes,
     /// and call `on_body`, or `on_failure`.
     ReadResponse { limit: usize },
@@ -141,6 +144,10 @@ enum Waiting {
     OwnTokenBody {
         scope: Option<String>,
     },
+    /// `/v2/`, for the route's realm before a streamed write (`own_realm_answered`).
+    OwnRealm {
+        scope: Option<String>,
+    },
     /// An anonymous token for the host a redirect led to (`hop_token_answered`).
     HopToken,
     /// Its body (`hop_token_read`).
@@ -159,6 +166,12 @@ enum Waiting {
     },
     /// What the store knows for a token request (`token_looked_up`).
     TokenLookup(TokenRequest),
+    /// The client's manifest, to push (`manifest_put_read`).
+    ManifestPut,
+    /// The upstream's answer to a write (`write_answered`).
+    WriteAnswer {
+        authorization: Option<HeaderValue>,
+    },
     /// The `users` variable (`users_read`).
     Users(users::UsersThen),
     /// A route's registry, asked by `/-/health?deep=1` (`health_answered`).
@@ -193,6 +206,7 @@ pub struct Exchange {
     /// The scope the proxy's challenge carried, named by its realm on a shared host.
     challenge_scope: Option<String>,
     endpoint: Option<Endpoint>,
+    method: Method,
     head_only: bool,
     client_headers: HeaderMap,
     waiting: Waiting,
@@ -253,6 +267,8 @@ pub struct Exchange {
     pull: Option<crate::pull_stats::Event>,
     /// Writes made after the client has its answer (the pull counts).
     deferred: Vec<Write>,
+    /// A write's body, while the request is a write (`push`).
+    write: Option<push::WriteBody>,
 }
 
 impl Exchange {
@@ -284,6 +300,7 @@ impl Exchange {
             ns,
             challenge_scope,
             endpoint: endpoint.as_ref().ok().cloned(),
+            method: req.method.clone(),
             head_only,
             // Kept once, here: the request's own copy is left empty.
             client_headers: std::mem::take(&mut req.headers),
@@ -318,6 +335,7 @@ impl Exchange {
             claims: None,
             pull: None,
             deferred: Vec::new(),
+            write: None,
         };
         let step = match (public, endpoint) {
             (Err(e), _) | (_, Err(e)) => ex.error(e),
@@ -337,6 +355,8 @@ impl Exchange {
             endpoint: None,
             head_only,
             shared_host: false,
+            write: false,
+            cors: None,
         };
         reply::finish(&ctx, Draft::error(&OciError::config(e.to_string())))
     }
@@ -372,6 +392,13 @@ impl Exchange {
             return self.error(OciError::internal("no endpoint"));
         };
         let read_only = matches!(req.method, Method::GET | Method::HEAD);
+        let preflight = req.method == Method::OPTIONS
+            && self
+                .client_headers
+                .contains_key("access-control-request-method");
+        if preflight {
+            return self.preflight(&endpoint);
+        }
         match endpoint {
             Endpoint::Token if req.method == Method::POST => {
                 self.waiting = Waiting::TokenForm;
@@ -387,8 +414,10 @@ impl Exchange {
                     self.client_headers.get(header::AUTHORIZATION),
                 ))
             }
-            _ if !read_only => self.method_not_allowed(&req.method),
-            Endpoint::Upload { .. } | Endpoint::Token => self.method_not_allowed(&req.method),
+            Endpoint::Token => self.method_not_allowed(&req.method),
+            Endpoint::Stats | Endpoint::Health | Endpoint::Home if !read_only => {
+                self.method_not_allowed(&req.method)
+            }
             Endpoint::Stats => self.admin_only(),
             Endpoint::Health => {
                 let query = req.query.as_deref().unwrap_or("");
@@ -403,44 +432,84 @@ impl Exchange {
                 }
                 None => self.error(OciError::internal("no public origin")),
             },
-            endpoint => {
-                let host = self
-                    .public
-                    .as_ref()
-                    .map(|p| p.host.clone())
-                    .unwrap_or_default();
-                if endpoint == Endpoint::Base
-                    && self.ns.is_none()
-                    && self.config.routes.paths_only(&host)
-                {
-                    // Several registries by path: none speaks for the domain. Clients take the
-                    // challenge of `/v2/` for every repository, so it is the proxy's, and
-                    // token requests find their route by the scope's repository. A login
-                    // (which comes back with its token) is checked by no registry.
-                    if self.client_headers.contains_key(header::AUTHORIZATION) {
-                        // Where the proxy's users log in, their token is checked here.
-                        if self.config.routes.has_users(&host) {
-                            if let Err(refused) = self.proxy_token(None) {
-                                return self.error(refused);
-                            }
-                        }
-                        let ok = Draft::made(StatusCode::OK, b"{}".to_vec(), "application/json");
-                        return self.reply(ok);
+            endpoint => self.api_request(endpoint, req, read_only),
+        }
+    }
+
+    /// A web page asks whether it may make a request (CORS): the proxy answers for the route
+    /// that would serve it, or for the host where no one route does, and never asks upstream.
+    fn preflight(&mut self, endpoint: &Endpoint) -> Step {
+        let host = self
+            .public
+            .as_ref()
+            .map(|p| p.host.clone())
+            .unwrap_or_default();
+        if let Some(name) = endpoint.name() {
+            if let Ok(route) = self
+                .config
+                .routes
+                .select(&host, Some(name), self.ns.as_deref())
+            {
+                let route = route.clone();
+                self.use_route(route);
+            }
+        }
+        if self.cors_origin().is_none() {
+            return self.error(OciError::denied(
+                "this registry lets no page of that origin read it",
+            ));
+        }
+        let mut answer = Draft::made(StatusCode::NO_CONTENT, Vec::new(), "text/plain");
+        answer.body = DraftBody::Made {
+            bytes: Vec::new(),
+            content_type: None,
+        };
+        self.reply(answer)
+    }
+
+    /// A request to the distribution API: `/v2/` of a host several registries share is the
+    /// proxy's own; the rest goes to the route that serves it, as a read or a write.
+    fn api_request(&mut self, endpoint: Endpoint, req: Incoming, read_only: bool) -> Step {
+        let host = self
+            .public
+            .as_ref()
+            .map(|p| p.host.clone())
+            .unwrap_or_default();
+        if endpoint == Endpoint::Base && self.ns.is_none() && self.config.routes.paths_only(&host) {
+            if !read_only {
+                return self.method_not_allowed(&req.method);
+            }
+            // Several registries by path: none speaks for the domain. Clients take the
+            // challenge of `/v2/` for every repository, so it is the proxy's, and token
+            // requests find their route by the scope's repository. A login (which comes back
+            // with its token) is checked by no registry.
+            if self.client_headers.contains_key(header::AUTHORIZATION) {
+                // Where the proxy's users log in, their token is checked here.
+                if self.config.routes.has_users(&host) {
+                    if let Err(refused) = self.proxy_token(None) {
+                        return self.error(refused);
                     }
-                    return self.error(OciError::unauthorized("authentication required"));
                 }
-                let selected =
-                    self.config
-                        .routes
-                        .select(&host, endpoint.name(), self.ns.as_deref());
-                match selected.cloned() {
-                    Ok(route) => {
-                        self.use_route(route);
-                        self.registry_request(&endpoint, req)
-                    }
-                    Err(e) => self.error(e),
+                let ok = Draft::made(StatusCode::OK, b"{}".to_vec(), "application/json");
+                return self.reply(ok);
+            }
+            return self.error(OciError::unauthorized("authentication required"));
+        }
+        let selected = self
+            .config
+            .routes
+            .select(&host, endpoint.name(), self.ns.as_deref());
+        match selected.cloned() {
+            Ok(route) => {
+                self.use_route(route);
+                let upload = matches!(endpoint, Endpoint::Upload { .. });
+                if read_only && !upload {
+                    self.registry_request(&endpoint, req)
+                } else {
+                    self.write_request(&endpoint, req)
                 }
             }
+            Err(e) => self.error(e),
         }
     }
 
@@ -479,6 +548,7 @@ impl Exchange {
     pub fn on_request_body(&mut self, body: Vec<u8>) -> Step {
         match std::mem::replace(&mut self.waiting, Waiting::Nothing) {
             Waiting::TokenForm => self.form_read(body),
+            Waiting::ManifestPut => self.manifest_put_read(body),
             _ => self.out_of_order("a request body"),
         }
     }
@@ -496,10 +566,12 @@ impl Exchange {
             Waiting::RepositoryChallenge(req) => self.repository_challenged(head, req),
             Waiting::Token { request } => self.token_issued(head, request),
             Waiting::OwnToken { scope } => self.own_token_answered(head, scope),
+            Waiting::OwnRealm { scope } => self.own_realm_answered(head, scope),
             Waiting::HopToken => self.hop_token_answered(head),
             Waiting::Health { index, found } => {
                 self.health_answered(index, found, Some(head.status()))
             }
+            Waiting::WriteAnswer => self.write_answered(head),
             _ => self.out_of_order("a response"),
         }
     }
@@ -539,6 +611,11 @@ impl Exchange {
             Waiting::TokenForm => self.error(OciError::unsupported(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "the token request is too large",
+            )),
+            Waiting::ManifestPut => self.error(OciError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                crate::error::ErrorCode::ManifestInvalid,
+                "the manifest is larger than a registry takes (4 MiB)",
             )),
             Waiting::Health { index, found } => self.health_answered(index, found, None),
             _ => {
@@ -585,6 +662,35 @@ impl Exchange {
         Step::Send(req)
     }
 
+    /// Like `send`, for a request whose body is the client's, streamed: never sent twice.
+    fn send_stream(
+        &mut self,
+        method: Method,
+        url: url::Url,
+        mut headers: HeaderMap,
+        auth: Option<HeaderValue>,
+    ) -> Step {
+        let allowed = Origin::of_url(&url)
+            .is_some_and(|o| self.route().is_some_and(|r| r.allows_destination(&o)));
+        if !allowed {
+            return self.error(OciError::internal("destination outside configuration"));
+        }
+        if let Some(a) = auth {
+            headers.insert(header::AUTHORIZATION, a);
+        }
+        let Ok(uri) = url.as_str().parse() else {
+            return self.error(OciError::internal("unrepresentable upstream URL"));
+        };
+        let mut req = Request::new(());
+        *req.method_mut() = method;
+        *req.headers_mut() = headers;
+        *req.uri_mut() = uri;
+        self.current = Some(url);
+        self.role = Role::Registry;
+        self.in_flight = None;
+        Step::Stream(req)
+    }
+
     fn method_not_allowed(&mut self, method: &Method) -> Step {
         let e = OciError::unsupported(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -629,9 +735,32 @@ impl Exchange {
         self.reply(draft)
     }
 
+    /// The request's `Origin` (a web page's), if the route serving it (or, where no route does
+    /// yet, a route of the host) lets that page read answers.
+    fn cors_origin(&self) -> Option<HeaderValue> {
+        let origin = self.client_headers.get(header::ORIGIN)?;
+        let page = Origin::parse(origin.to_str().ok()?).ok()?;
+        let host = self.public.as_ref()?.host.as_str();
+        let lists = |r: &Route| r.cors.contains(&page);
+        let allowed = match &self.route {
+            Some(r) => lists(r),
+            None => self.config.routes.serving(host).any(lists),
+        };
+        allowed.then(|| origin.clone())
+    }
+
     /// Every answer leaves through here.
     fn reply(&mut self, draft: Draft) -> Step {
         self.waiting = Waiting::Nothing;
+        let cors = self.cors_origin();
+        let preflight = self.method == Method::OPTIONS && draft.status == StatusCode::NO_CONTENT;
+        let methods = match self.route() {
+            Some(r) if preflight && (r.push || r.delete) => {
+                Some("GET, HEAD, POST, PUT, PATCH, DELETE")
+            }
+            _ if preflight => Some("GET, HEAD"),
+            _ => None,
+        };
         let ctx = reply::Context {
             public: self.public.as_ref(),
             ns: self.ns.as_deref(),
@@ -643,6 +772,11 @@ impl Exchange {
                 .public
                 .as_ref()
                 .is_some_and(|p| self.config.routes.shared(&p.host)),
+            write: self.write.is_some(),
+            cors: cors.as_ref().map(|origin| reply::Cors {
+                origin,
+                preflight: methods,
+            }),
         };
         let response = reply::finish(&ctx, draft);
         self.record_pull(response.status());
@@ -693,6 +827,7 @@ fn clone_request(r: &Request<Vec<u8>>) -> Request<Vec<u8>> {
 
 mod cached;
 mod own_credentials;
+mod push;
 mod registry;
 mod token_endpoint;
 mod users;

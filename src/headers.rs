@@ -19,7 +19,7 @@ const REGISTRY_REQUEST: [&str; 2] = ["accept", "user-agent"];
 
 /// Response headers a client may see. `Location`, `WWW-Authenticate` and `Link` are not here:
 /// the response rules build those themselves.
-const RESPONSE: [&str; 21] = [
+const RESPONSE: [&str; 24] = [
     "content-type",
     "content-length",
     "content-range",
@@ -41,6 +41,10 @@ const RESPONSE: [&str; 21] = [
     "allow",
     "content-security-policy",
     "x-content-type-options",
+    // An upload's progress, as registries report it.
+    "docker-upload-uuid",
+    "range",
+    "oci-chunk-min-length",
 ];
 
 /// Headers that describe a body: a body the proxy replaced carries none of the upstream's.
@@ -82,6 +86,19 @@ pub fn registry_request(client: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// What a write needs upstream from the client: its body's type and range (an upload's chunk),
+/// and what a registry request needs.
+const WRITE_REQUEST: [&str; 2] = ["content-type", "content-range"];
+
+/// Request headers for a write (a push, a delete).
+pub fn write_request(client: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    copy(client, &REGISTRY_REQUEST, &mut out);
+    copy(client, &WRITE_REQUEST, &mut out);
+    identity(&mut out);
+    out
+}
+
 /// Request headers for blob storage a redirect leads to: it needs no more than a range.
 pub fn cdn_request(client: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::new();
@@ -103,6 +120,7 @@ pub fn is_upstream_request_header(name: &HeaderName) -> bool {
     let n = name.as_str();
     REGISTRY_REQUEST.contains(&n)
         || CONDITIONAL.contains(&n)
+        || WRITE_REQUEST.contains(&n)
         || [
             header::ACCEPT_ENCODING,
             header::AUTHORIZATION,
@@ -115,6 +133,7 @@ pub fn is_upstream_request_header(name: &HeaderName) -> bool {
 pub fn is_client_response_header(name: &HeaderName) -> bool {
     RESPONSE.contains(&name.as_str())
         || [header::LOCATION, header::WWW_AUTHENTICATE, header::LINK].contains(name)
+        || name.as_str().starts_with("access-control-")
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //! - **R1 headers**: only allowlisted headers reach the client (`headers::client_response`).
 //! - **R2 challenge**: a 401 carries exactly one `WWW-Authenticate`, the proxy's own; no other
 //!   status carries one.
-//! - **R3 location**: only a redirect carries `Location`, and only the one the exchange chose.
+//! - **R3 location**: only a redirect, or a write's answer (201, 202, 204), carries `Location`,
+//!   and only the one the exchange chose.
 //! - **R4 links**: a `Link` target names an API endpoint in client names on the public origin
 //!   (or relative), or the link is dropped.
 //! - **R5 made bodies**: a body the proxy made carries its own type and length and none of the
@@ -14,6 +15,8 @@
 //!   carries its exact length.
 //! - **R6 errors**: an error status carries the proxy's OCI error JSON, never an upstream body.
 //! - **R7 HEAD**: a HEAD response has no body and the length the GET would have.
+//! - **R8 CORS**: `Access-Control-*` only for an origin the route lists, echoed (never `*`:
+//!   the answers are for logged-in users), with the headers a registry UI reads exposed.
 
 use crate::challenge;
 use crate::endpoint::Endpoint;
@@ -39,6 +42,52 @@ pub struct Context<'a> {
     pub head_only: bool,
     /// Several routes serve the request's host: a challenge's realm names its scope.
     pub shared_host: bool,
+    /// The request writes (a push): its answer may carry the `Location` of what it made.
+    pub write: bool,
+    /// The web page origin the route lets read its answers (CORS), if the request came from
+    /// one; for a preflight, the methods it may use too.
+    pub cors: Option<Cors<'a>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Cors<'a> {
+    pub origin: &'a HeaderValue,
+    /// A preflight's answer: the methods the page may use.
+    pub preflight: Option<&'static str>,
+}
+
+/// The request headers a registry UI sends (simple ones aside).
+const CORS_REQUEST_HEADERS: &str =
+    "Authorization, Accept, Content-Type, Content-Range, Range, If-None-Match";
+
+/// What a registry UI reads of an answer besides the simple headers.
+const CORS_EXPOSED: &str = "Docker-Content-Digest, Link, WWW-Authenticate, Location, Range, \
+                            Docker-Upload-UUID, Content-Length";
+
+/// The headers that let a page on the allowed origin read an answer (or make the request a
+/// preflight asks about).
+fn cors_headers(cors: Cors, h: &mut HeaderMap) {
+    if let Some(methods) = cors.preflight {
+        h.insert(
+            "access-control-allow-methods",
+            HeaderValue::from_static(methods),
+        );
+        h.insert(
+            "access-control-allow-headers",
+            HeaderValue::from_static(CORS_REQUEST_HEADERS),
+        );
+        h.insert("access-control-max-age", HeaderValue::from_static("600"));
+    }
+    h.insert("access-control-allow-origin", cors.origin.clone());
+    h.insert(
+        "access-control-allow-credentials",
+        HeaderValue::from_static("true"),
+    );
+    h.insert(
+        "access-control-expose-headers",
+        HeaderValue::from_static(CORS_EXPOSED),
+    );
+    h.append(header::VARY, HeaderValue::from_static("Origin"));
 }
 
 /// What an exchange wants to answer.
@@ -253,7 +302,8 @@ pub fn finish(ctx: &Context, draft: Draft) -> ClientResponse {
         }
     }
     // R3
-    if status.is_redirection() {
+    let made = ctx.write && matches!(status.as_u16(), 201 | 202 | 204);
+    if status.is_redirection() || made {
         if let Some(v) = location.and_then(|l| HeaderValue::from_str(l.as_str()).ok()) {
             h.insert(header::LOCATION, v);
         }
@@ -262,6 +312,10 @@ pub fn finish(ctx: &Context, draft: Draft) -> ClientResponse {
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
+    // R8
+    if let Some(cors) = ctx.cors {
+        cors_headers(cors, &mut h);
+    }
     // R7
     let body = match (ctx.head_only, bytes) {
         (true, _) => ClientBody::None,
@@ -288,6 +342,8 @@ mod tests {
             endpoint: None,
             head_only: false,
             shared_host: false,
+            write: false,
+            cors: None,
         }
     }
 

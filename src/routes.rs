@@ -76,6 +76,12 @@ pub struct Route {
     pub deny: Vec<Pattern>,
     /// Whether it passes a client's credentials upstream (see `Routes::passes_logins`).
     pub logins: Logins,
+    /// Pushes go upstream (off unless the route says so).
+    pub push: bool,
+    /// Manifest and blob DELETEs go upstream (off unless the route says so).
+    pub delete: bool,
+    /// Origins of web pages that may read (and, with `push`, write) through the route: CORS.
+    pub cors: Vec<Origin>,
 }
 
 /// A route's `access`: who may use it.
@@ -257,6 +263,13 @@ impl Routes {
             .any(|r| r.access == RouteAccess::Users && r.host_rank(host).is_some())
     }
 
+    /// The routes that serve `host` (by host; mirrors aside).
+    pub fn serving<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a Route> + 'a {
+        self.0
+            .iter()
+            .filter(move |r| !r.ns_only && r.host_rank(host).is_some())
+    }
+
     /// Whether several routes serve `host` (by path, or a host route beside path routes).
     pub fn shared(&self, host: &str) -> bool {
         let serving = self
@@ -321,6 +334,9 @@ struct RawRoute {
     allow: Option<Vec<Pattern>>,
     deny: Option<Vec<Pattern>>,
     client_credentials: Option<bool>,
+    push: Option<bool>,
+    delete: Option<bool>,
+    cors: Option<OneOrMany>,
 }
 
 /// What every route of the table shares with the single-upstream variables.
@@ -486,6 +502,15 @@ fn build(raw: RawRoute, index: usize, defaults: Defaults) -> Result<Route, Confi
         }
         _ => Logins::Never,
     };
+    let (push, delete) = (raw.push.unwrap_or(false), raw.delete.unwrap_or(false));
+    if (push || delete) && access == RouteAccess::Public {
+        // Anyone would write, and with the route's own account where it has one.
+        return Err(f.err(
+            if push { "push" } else { "delete" },
+            "a route open to everyone takes no writes: give it \"access\": \"users\" (users \
+             with the push action) or \"upstream\" (the client's credentials decide)",
+        ));
+    }
     let library = raw
         .library
         .unwrap_or_else(|| preset.is_some_and(|p| p.library));
@@ -512,6 +537,9 @@ fn build(raw: RawRoute, index: usize, defaults: Defaults) -> Result<Route, Confi
         access,
         allow: raw.allow.unwrap_or_default(),
         deny: raw.deny.unwrap_or_default(),
+        push,
+        delete,
+        cors: f.origins("cors", raw.cors, &[], false)?,
     })
 }
 

@@ -143,6 +143,11 @@ pub fn run_full(
         for w in ex.take_writes() {
             apply(store, w);
         }
+        // A streamed request carries the client's body.
+        if let Step::Stream(r) = step {
+            let (parts, ()) = r.into_parts();
+            step = Step::Send(Request::from_parts(parts, request_body.to_vec()));
+        }
         step = match step {
             Step::Load(keys) => ex.on_loaded(keys.iter().map(|k| store.get(k).cloned()).collect()),
             Step::Variables(names) => ex.on_variables(names.iter().map(|n| variables(n)).collect()),
@@ -165,6 +170,7 @@ pub fn run_full(
                     }
                 }
             }
+            Step::Stream(_) => unreachable!("made a Send above"),
             Step::ReadResponse { limit } => match last.take() {
                 Some(c) if c.body.len() > limit => ex.on_failure(Failure::TooLarge),
                 Some(c) => ex.on_body(c.body),
@@ -260,10 +266,14 @@ pub fn check(config: &Config, req: &Incoming, run: &Run) -> Result<(), String> {
                 return fail("USERS", format!("the client's Authorization sent to {o}"));
             }
         }
-        // READ_ONLY: nothing but reads (and the token form to a realm) goes upstream.
+        // READ_ONLY: nothing but reads (and the token form to a realm) goes upstream, but on
+        // a route that takes writes, never one open to everyone, the client's own write.
         let method_ok = matches!(*r.method(), Method::GET | Method::HEAD)
             || (*r.method() == Method::POST && token_post);
-        if !method_ok || !read_only {
+        let takes_writes =
+            route.access != crate::routes::RouteAccess::Public && (route.push || route.delete);
+        let its_write = takes_writes && *r.method() == req.method && !token_post;
+        if !its_write && !(method_ok && (read_only || takes_writes)) {
             return fail("READ_ONLY", format!("{} {} sent", r.method(), r.uri()));
         }
         // REQUEST_HEADERS: only allowlisted headers leave.
@@ -321,8 +331,24 @@ pub fn check(config: &Config, req: &Incoming, run: &Run) -> Result<(), String> {
     }
     // R3: Location only on redirects, and the only header that may name another host.
     let location = h.get(header::LOCATION);
-    if location.is_some() && !status.is_redirection() {
+    let made = !read_only && matches!(status.as_u16(), 201 | 202 | 204);
+    if location.is_some() && !status.is_redirection() && !made {
         return fail("R3_LOCATION", format!("Location on a {status}"));
+    }
+    // WRITE_LOCATION: a write's Location is the client's: the public origin (or relative).
+    if let (true, Some(l)) = (made, location) {
+        let public = crate::public_url::public_origin(
+            config,
+            &req.headers,
+            req.scheme.as_deref(),
+            req.authority.as_deref(),
+        )
+        .map(|o| o.to_string())
+        .unwrap_or_default();
+        let l = l.to_str().unwrap_or("");
+        if !l.starts_with(&format!("{public}/v2/")) {
+            return fail("WRITE_LOCATION", format!("{l} is not on {public}"));
+        }
     }
     let pass_redirect = location.is_some()
         && run
@@ -398,8 +424,13 @@ pub fn check(config: &Config, req: &Incoming, run: &Run) -> Result<(), String> {
             format!("{:?} for {}", run.reply.body(), req.method),
         );
     }
-    // NO_WRITES: a write method sends nothing upstream (checked above) and gets a 405.
-    if !read_only && status != StatusCode::METHOD_NOT_ALLOWED && status.is_success() {
+    // NO_WRITES: a write on a route that takes none sends nothing upstream (checked above)
+    // and gets no success.
+    let takes_writes = run
+        .route
+        .as_ref()
+        .is_some_and(|r| r.access != crate::routes::RouteAccess::Public && (r.push || r.delete));
+    if !read_only && !takes_writes && status.is_success() {
         return fail("READ_ONLY", format!("{} answered {status}", req.method));
     }
     Ok(())

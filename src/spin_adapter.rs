@@ -166,6 +166,22 @@ fn serve(
                     Err(f) => exchange.on_failure(f),
                 }
             }
+            Step::Stream(request_head) => {
+                release(last.take());
+                let body = request.take().and_then(|r| r.consume().ok());
+                let head_only = request_head.method() == http::Method::HEAD;
+                match send_streaming(request_head, body, exchange.timeout()) {
+                    Ok(response) => {
+                        let head = head_from_wasi(&response);
+                        last = Some(Upstream {
+                            response,
+                            head_only,
+                        });
+                        exchange.on_response(head)
+                    }
+                    Err(f) => exchange.on_failure(f),
+                }
+            }
             Step::ReadResponse { limit } => {
                 match last.take().map(|u| read_response(u.response, limit)) {
                     Some(Ok(body)) => exchange.on_body(body),
@@ -488,8 +504,11 @@ fn stream_failure(e: StreamError) -> Failure {
     }
 }
 
-fn send(request: http::Request<Vec<u8>>, timeout: Duration) -> Result<IncomingResponse, Failure> {
-    let (parts, body) = request.into_parts();
+/// The runtime's request for `parts`, with the timeouts, and its body (still to be written).
+fn outgoing(
+    parts: &http::request::Parts,
+    timeout: Duration,
+) -> Result<(OutgoingRequest, OutgoingBody, RequestOptions), Failure> {
     let bad = |what: &str| Failure::Other(format!("could not build the request: {what}"));
     let req = OutgoingRequest::new(headers_to_wasi(&parts.headers));
     req.set_method(&method_to_wasi(&parts.method))
@@ -506,13 +525,30 @@ fn send(request: http::Request<Vec<u8>>, timeout: Duration) -> Result<IncomingRe
     req.set_path_with_query(pq.as_deref())
         .map_err(|()| bad("path"))?;
     let outgoing_body = req.body().map_err(|()| bad("body"))?;
-
     let options = RequestOptions::new();
     let nanos = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
     let _ = options.set_connect_timeout(Some(nanos));
     let _ = options.set_first_byte_timeout(Some(nanos));
     let _ = options.set_between_bytes_timeout(Some(nanos));
+    Ok((req, outgoing_body, options))
+}
 
+/// Waits for the upstream's answer to a request whose body has been written.
+fn response(
+    future: spin_sdk::wit::wasi::http0_2_0::types::FutureIncomingResponse,
+) -> Result<IncomingResponse, Failure> {
+    future.subscribe().block();
+    match future.get() {
+        Some(Ok(Ok(resp))) => Ok(resp),
+        Some(Ok(Err(code))) => Err(failure(code)),
+        _ => Err(Failure::Other("no response".into())),
+    }
+}
+
+fn send(request: http::Request<Vec<u8>>, timeout: Duration) -> Result<IncomingResponse, Failure> {
+    let (parts, body) = request.into_parts();
+    let bad = |what: &str| Failure::Other(format!("could not build the request: {what}"));
+    let (req, outgoing_body, options) = outgoing(&parts, timeout)?;
     let future = outgoing_handler::handle(req, Some(options)).map_err(failure)?;
     if !body.is_empty() {
         let stream = outgoing_body.write().map_err(|()| bad("body stream"))?;
@@ -520,12 +556,38 @@ fn send(request: http::Request<Vec<u8>>, timeout: Duration) -> Result<IncomingRe
         stream.blocking_flush().map_err(stream_failure)?;
     }
     OutgoingBody::finish(outgoing_body, None).map_err(failure)?;
-    future.subscribe().block();
-    match future.get() {
-        Some(Ok(Ok(resp))) => Ok(resp),
-        Some(Ok(Err(code))) => Err(failure(code)),
-        _ => Err(Failure::Other("no response".into())),
+    response(future)
+}
+
+/// Sends a request whose body is the client's, moved by the runtime as it comes (a pushed
+/// blob of any size in bounded memory). The client stopping short fails the request: the
+/// upstream never takes part of a body for the whole.
+fn send_streaming(
+    request: http::Request<()>,
+    body: Option<IncomingBody>,
+    timeout: Duration,
+) -> Result<IncomingResponse, Failure> {
+    let (parts, ()) = request.into_parts();
+    let bad = |what: &str| Failure::Other(format!("could not build the request: {what}"));
+    let (req, outgoing_body, options) = outgoing(&parts, timeout)?;
+    let future = outgoing_handler::handle(req, Some(options)).map_err(failure)?;
+    let input = body
+        .as_ref()
+        .map(|b| b.stream().map_err(|()| bad("client body")))
+        .transpose()?;
+    if let Some(input) = input {
+        let output = outgoing_body.write().map_err(|()| bad("body stream"))?;
+        loop {
+            match output.blocking_splice(&input, COPY_BYTES) {
+                Ok(_) => {}
+                Err(StreamError::Closed) => break,
+                Err(e) => return Err(stream_failure(e)),
+            }
+        }
+        output.blocking_flush().map_err(stream_failure)?;
     }
+    OutgoingBody::finish(outgoing_body, None).map_err(failure)?;
+    response(future)
 }
 
 fn read_all(body: IncomingBody, limit: usize) -> Result<Vec<u8>, Failure> {

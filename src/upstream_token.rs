@@ -166,6 +166,9 @@ mod tests {
             access: crate::routes::RouteAccess::Public,
             allow: vec![],
             deny: vec![],
+            push: false,
+            delete: false,
+            cors: vec![],
             logins: crate::routes::Logins::Never,
         }
     }

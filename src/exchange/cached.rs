@@ -23,6 +23,8 @@ pub(in crate::exchange) enum Then {
     Token(TokenRequest),
     /// The route's own realm and token for a scope.
     OwnCredentials { scope: Option<String> },
+    /// A manifest push (its tag's kept entry goes once the upstream took it).
+    Write,
 }
 
 #[derive(Debug, Clone)]
@@ -94,7 +96,7 @@ impl Exchange {
     }
 
     /// Takes `identity`'s entry out of its bucket.
-    fn forget(&mut self, kind: Kind, identity: &str) {
+    pub(super) fn forget(&mut self, kind: Kind, identity: &str) {
         let ended = Entry {
             identity: identity.to_string(),
             until: 0,
@@ -137,6 +139,7 @@ impl Exchange {
             Then::LookUp(plan) => self.look_up(plan),
             Then::Token(req) => self.token_lookup(req),
             Then::OwnCredentials { scope } => self.own_credentials_load(scope),
+            Then::Write => self.authorize_and_send(),
         }
     }
 

@@ -24,7 +24,15 @@ impl Exchange {
             Endpoint::Catalog => Some("registry:catalog:*".into()),
             e => {
                 let name = self.names.to_upstream(e.name()?)?;
-                Some(format!("repository:{name}:pull"))
+                // A write asks for what it writes, besides the pull every registry wants.
+                let actions = match (&self.write, &self.method) {
+                    (None, _) => "pull",
+                    (Some(_), &Method::DELETE) if !matches!(e, Endpoint::Upload { .. }) => {
+                        "pull,delete"
+                    }
+                    (Some(_), _) => "pull,push",
+                };
+                Some(format!("repository:{name}:{actions}"))
             }
         }
     }
@@ -52,7 +60,32 @@ impl Exchange {
                 self.send_pending(auth)
             }
             Some(realm) => self.fetch_own_token(&realm, scope.as_deref(), scope.clone()),
+            // Unknown yet: a pushed blob's body goes once, so `/v2/`'s challenge says first.
+            None if self.write == Some(push::WriteBody::Client) => {
+                self.probe("/v2/", None, Waiting::OwnRealm { scope })
+            }
             // Unknown yet: the upstream's 401 will say.
+            None => self.send_pending(None),
+        }
+    }
+
+    /// `/v2/`'s answer, before a streamed write: its realm, or an upstream that asks for none.
+    pub(super) fn own_realm_answered(&mut self, head: Response<()>, scope: Option<String>) -> Step {
+        let realm = Realm::from_challenges(&challenge::from_headers(head.headers()));
+        match realm {
+            Some(Realm::Bearer { .. }) | Some(Realm::Basic) => {
+                let realm = realm.unwrap_or(Realm::Basic);
+                if let Some(route) = self.route() {
+                    let key = upstream_token::realm_key(route);
+                    self.writes.push(Write::Set(key, realm.encode()));
+                }
+                if realm == Realm::Basic {
+                    self.own_fresh = true;
+                    let auth = self.own_credentials();
+                    return self.send_pending(auth);
+                }
+                self.fetch_own_token(&realm, scope.as_deref(), scope.clone())
+            }
             None => self.send_pending(None),
         }
     }

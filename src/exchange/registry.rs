@@ -82,6 +82,9 @@ impl Exchange {
 
     /// Sends the pending registry request with `authorization`.
     pub(super) fn send_pending(&mut self, authorization: Option<HeaderValue>) -> Step {
+        if self.write.is_some() {
+            return self.send_write(authorization);
+        }
         let Some(p) = self.pending.clone() else {
             return self.error(OciError::internal("nothing to send"));
         };

@@ -32,6 +32,11 @@ impl Exchange {
     /// `users` route a request without a token that grants it, are answered here: nothing is
     /// read from the store and nothing goes upstream for them.
     pub(super) fn admit(&mut self, endpoint: &Endpoint) -> Option<Step> {
+        self.admit_as(endpoint, Action::Pull)
+    }
+
+    /// `admit`, for a request that takes `action` on the repository.
+    pub(super) fn admit_as(&mut self, endpoint: &Endpoint, action: Action) -> Option<Step> {
         let route = self.route()?.clone();
         if let Some(name) = endpoint.name().filter(|n| !route.serves(n)) {
             let e = OciError::denied(format!("repository {name} is not available here"));
@@ -47,12 +52,16 @@ impl Exchange {
         let allowed = match endpoint {
             Endpoint::Base => true,
             Endpoint::Catalog => claims.covers_catalog(),
-            e => e.name().is_some_and(|n| claims.covers(n, Action::Pull)),
+            e => e.name().is_some_and(|n| claims.covers(n, action)),
         };
         self.user = Some(claims.sub.clone());
         if !allowed {
             let what = endpoint.name().unwrap_or("the catalog");
-            let e = OciError::denied(format!("user {} may not pull {what}", claims.sub));
+            let e = OciError::denied(format!(
+                "user {} may not {} {what}",
+                claims.sub,
+                action.as_str()
+            ));
             return Some(self.error(e));
         }
         if *endpoint == Endpoint::Base {
@@ -301,9 +310,15 @@ fn granted<'a>(
         if kind != "repository" || !route.serves(name) {
             continue;
         }
+        let on_route = |a: &Action| match a {
+            Action::Pull => true,
+            Action::Push => route.push,
+            Action::Delete => route.delete,
+        };
         let allowed: Vec<String> = actions
             .split(',')
             .filter_map(Action::parse)
+            .filter(on_route)
             .filter(|a| principal.may(&route.name, name, *a))
             .map(|a| a.as_str().to_string())
             .collect();

@@ -193,6 +193,7 @@ const BLOB: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
 mod cached;
 mod listings;
 mod own_credentials;
+mod push;
 mod redirects;
 mod registry;
 mod routes;

@@ -8,7 +8,7 @@ const PREVIOUS: &str = "fedcba9876543210fedcba9876543210";
 const ROUTES: &str = r#"[
     {"name": "private", "host": "priv.example.com", "upstream": "http://127.0.0.1:5000",
      "auth": "http://127.0.0.2:5001", "username": "robot", "password": "s3cret",
-     "access": "users", "deny": ["team/secret*"]},
+     "access": "users", "deny": ["team/secret*"], "push": true},
     {"name": "open", "host": "open.example.com", "upstream": "http://127.0.0.1:5000",
      "allow": ["library/*"], "deny": ["library/bad"]},
     {"name": "gate", "host": "gate.example.com", "upstream": "http://127.0.0.1:5000",
@@ -18,7 +18,8 @@ const ROUTES: &str = r#"[
 /// (expired).
 const USERS: &str = r#"[
     {"name": "alice", "password": "$2y$05$ha5H.1Gr3Cup2kRBdcj.GuJbnsrqMUFVViHZUMOn/79k9jPA70EMi",
-     "admin": true, "access": [{"routes": ["private"], "repositories": ["team/**"]},
+     "admin": true, "access": [{"routes": ["private"], "repositories": ["team/**"],
+                                "actions": ["pull", "push"]},
                                {"routes": ["gate"], "repositories": ["library/*"]}]},
     {"name": "bob", "password": "$2y$05$iEGiTSD8h5xXDVD2WYg.YeMim3X91CcPAxJ3VDT94U4QyIurMJyb6",
      "access": [{"routes": ["private"], "repositories": ["other/*"]}]},
@@ -47,6 +48,11 @@ fn upstream(r: &Request<Vec<u8>>) -> Result<Canned, Failure> {
         }
         (Some(5000), Some("Bearer route-token")) => manifest_ok(),
         (Some(5000), _) if r.uri().path().starts_with("/v2/library/") => manifest_ok(),
+        // As distribution challenges: the actions the request needs.
+        (Some(5000), _) if r.method() == Method::POST => bearer(
+            "http://127.0.0.2:5001/token",
+            "repository:team/web:pull,push",
+        ),
         (Some(5000), _) => bearer("http://127.0.0.2:5001/token", "repository:team/web:pull"),
         _ => Canned::new(404),
     })
@@ -440,4 +446,67 @@ fn health_asks_no_upstream_unless_an_admin_asks_it_to() {
     assert_eq!(run.sent.len(), 3, "each route's registry once");
     let v: serde_json::Value = serde_json::from_slice(&run.body).unwrap();
     assert_eq!(v["routes"]["private"]["status"], "ok");
+}
+
+#[test]
+fn only_a_user_whose_token_grants_push_pushes() {
+    let upload = "/v2/team/web/blobs/uploads/";
+    let scope = "repository:team/web:pull,push";
+    let alice = token_of(&login("alice", "s3cret", scope));
+    let req = at("priv.example.com", Method::POST, upload);
+    let run = drive_users(
+        &cfg(""),
+        with_auth(req, &format!("Bearer {alice}")),
+        b"",
+        &mut HashMap::new(),
+    );
+    assert!(
+        run.sent.iter().any(|r| r.method() == Method::POST),
+        "{run:?}"
+    );
+    // The route's own account pushes, with a token for pull and push.
+    assert!(run
+        .sent
+        .iter()
+        .any(|r| r.uri().query().unwrap_or("").contains("push")));
+    // bob may pull other/* and push nothing; alice's pull-only token pushes nothing either.
+    let bob = token_of(&login("bob", "b0bpass", "repository:other/x:pull,push"));
+    let pull_only = token_of(&login("alice", "s3cret", "repository:team/web:pull"));
+    for (who, token, path) in [
+        ("bob", bob, "/v2/other/x/blobs/uploads/"),
+        ("alice", pull_only, upload),
+    ] {
+        let req = at("priv.example.com", Method::POST, path);
+        let run = drive_users(
+            &cfg(""),
+            with_auth(req, &format!("Bearer {token}")),
+            b"",
+            &mut HashMap::new(),
+        );
+        assert_eq!(status(&run), 403, "{who}: {run:?}");
+        assert!(String::from_utf8_lossy(&run.body).contains("may not push"));
+        assert!(run.sent.is_empty());
+    }
+}
+
+/// A pushed blob's body is the client's, streamed: it goes upstream once. With the route's
+/// realm not known yet, `/v2/` says where to get a token first; the body never goes unsigned.
+#[test]
+fn a_streamed_chunk_goes_once_with_the_route_s_token() {
+    let alice = token_of(&login("alice", "s3cret", "repository:team/web:pull,push"));
+    let path = "/v2/team/web/blobs/uploads/6d1c3f0e-0000-4000-8000-000000000001?_state=x";
+    let mut req = at("priv.example.com", Method::PATCH, path);
+    req.headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+    let req = with_auth(req, &format!("Bearer {alice}"));
+    let run = drive_users(&cfg(""), req, b"bytes", &mut HashMap::new());
+    let methods: Vec<_> = run
+        .sent
+        .iter()
+        .map(|r| r.method().as_str().to_string())
+        .collect();
+    assert_eq!(methods, ["GET", "GET", "PATCH"], "{run:?}");
+    let chunk = &run.sent[2];
+    assert_eq!(chunk.body(), b"bytes");
+    assert_eq!(chunk.headers()[header::AUTHORIZATION], "Bearer route-token");
 }

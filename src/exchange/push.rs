@@ -1,0 +1,297 @@
+//! Writes, on a route that takes them (`"push": true`, `"delete": true`): upload sessions
+//! (start, with a cross-repository mount; chunks; the end; status; cancel), manifest PUTs and
+//! DELETEs. Names map both ways, every `Location` the upstream hands out is the client's, on
+//! the public origin, and blob bodies stream through. A route open to everyone takes none; on
+//! a `users` route, only users whose token grants `push` (or `delete`) on the repository.
+
+use super::*;
+use crate::users::Action;
+
+/// The largest manifest a client may PUT (the distribution spec's clients accept 4 MiB).
+const MAX_MANIFEST_PUT: usize = 4 << 20;
+
+/// The body of a write the proxy sends upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(in crate::exchange) enum WriteBody {
+    /// Bytes the proxy holds (a manifest, or nothing): sent again if need be.
+    Held(Vec<u8>),
+    /// The client's request body, streamed as it comes: sent once.
+    Client,
+    /// The client's body, already sent.
+    Spent,
+}
+
+impl Exchange {
+    /// The action a write asks for, and whether the route takes it: `None` when it does not.
+    fn write_action(&self, method: &Method, endpoint: &Endpoint) -> Option<Action> {
+        let route = self.route()?;
+        let upload = |session: &Option<String>| {
+            matches!(
+                (method, session),
+                (&Method::POST, None)
+                    | (
+                        &Method::PATCH
+                            | &Method::PUT
+                            | &Method::DELETE
+                            | &Method::GET
+                            | &Method::HEAD,
+                        Some(_)
+                    )
+            )
+        };
+        match endpoint {
+            Endpoint::Upload { session, .. } if route.push && upload(session) => Some(Action::Push),
+            Endpoint::Manifest { .. } if route.push && method == Method::PUT => Some(Action::Push),
+            Endpoint::Manifest { reference, .. }
+                if route.delete
+                    && method == Method::DELETE
+                    && crate::endpoint::valid_digest(reference) =>
+            {
+                Some(Action::Delete)
+            }
+            Endpoint::Blob { .. } if route.delete && method == Method::DELETE => {
+                Some(Action::Delete)
+            }
+            _ => None,
+        }
+    }
+
+    /// A write (or an upload's status): refused before anything reaches the upstream unless
+    /// the route takes it and the client may make it.
+    pub(super) fn write_request(&mut self, endpoint: &Endpoint, req: Incoming) -> Step {
+        let Some(action) = self.write_action(&req.method, endpoint) else {
+            return self.method_not_allowed(&req.method);
+        };
+        if let Some(answered) = self.admit_as(endpoint, action) {
+            return answered;
+        }
+        let Some(name) = endpoint.name() else {
+            return self.error(OciError::internal("a write without a repository"));
+        };
+        let Some(upstream_name) = self
+            .names
+            .to_upstream(name)
+            .filter(|_| self.names.is_valid_client_name(name))
+        else {
+            return self.error(OciError::name_invalid(format!(
+                "invalid repository name: {name}"
+            )));
+        };
+        let path = endpoint.with_name(upstream_name).path();
+        let query = self.write_query(endpoint, req.query.as_deref());
+        let Some(url) = self.upstream_url(&path, query.as_deref()) else {
+            return self.error(OciError::internal("no route"));
+        };
+        let mut headers = headers::write_request(&self.client_headers);
+        let client_length = self
+            .client_headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let body = match (&req.method, endpoint) {
+            (&Method::PUT, Endpoint::Manifest { .. }) => {
+                self.pending = Some(Pending {
+                    method: req.method.clone(),
+                    url,
+                    headers,
+                });
+                self.waiting = Waiting::ManifestPut;
+                return Step::ReadRequest {
+                    limit: MAX_MANIFEST_PUT,
+                };
+            }
+            (&Method::GET | &Method::HEAD | &Method::DELETE, _) => WriteBody::Held(Vec::new()),
+            // A chunk, or a monolithic upload's bytes: streamed. No body (a POST that only
+            // starts a session, a PUT that only ends one: no length, or 0, and not chunked)
+            // is held.
+            _ if client_length.unwrap_or(0) == 0
+                && !self.client_headers.contains_key(header::TRANSFER_ENCODING) =>
+            {
+                WriteBody::Held(Vec::new())
+            }
+            _ => {
+                if let Some(n) = client_length {
+                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                }
+                WriteBody::Client
+            }
+        };
+        self.start_write(req.method, url, headers, body)
+    }
+
+    /// The client's manifest, read whole: kept to send again if the route's token needs
+    /// renewing, and the store's secret read (a pushed tag's kept entry goes).
+    pub(super) fn manifest_put_read(&mut self, body: Vec<u8>) -> Step {
+        let Some(p) = self.pending.take() else {
+            return self.error(OciError::internal("nothing to send"));
+        };
+        self.write = Some(WriteBody::Held(body));
+        self.pending = Some(p);
+        self.with_secret(cached::Then::Write)
+    }
+
+    fn start_write(
+        &mut self,
+        method: Method,
+        url: url::Url,
+        headers: HeaderMap,
+        body: WriteBody,
+    ) -> Step {
+        self.pending = Some(Pending {
+            method,
+            url,
+            headers,
+        });
+        self.write = Some(body);
+        self.authorize_and_send()
+    }
+
+    /// The query a write takes upstream: an upload's own (`_state`, `digest`) as it came; a
+    /// cross-repository mount's `from` in upstream names, or dropped (a plain upload then, as
+    /// the spec has registries do) when the route does not serve it; containerd's `ns` never.
+    fn write_query(&self, endpoint: &Endpoint, query: Option<&str>) -> Option<String> {
+        let query = query?;
+        let mut out = url::form_urlencoded::Serializer::new(String::new());
+        let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let from = pairs
+            .iter()
+            .find(|(k, _)| k == "from")
+            .map(|(_, v)| v.as_str());
+        let mount_from = match (endpoint, from) {
+            (Endpoint::Upload { session: None, .. }, Some(f)) => self
+                .names
+                .to_upstream(f)
+                .filter(|_| self.names.is_valid_client_name(f))
+                .filter(|_| self.route().is_some_and(|r| r.serves(f)))
+                .filter(|_| {
+                    self.claims
+                        .as_ref()
+                        .is_none_or(|c| c.covers(f, Action::Pull))
+                }),
+            _ => None,
+        };
+        for (k, v) in &pairs {
+            match k.as_str() {
+                "ns" => {}
+                "from" | "mount" if mount_from.is_none() => {}
+                "from" => {
+                    out.append_pair(k, mount_from.as_deref().unwrap_or_default());
+                }
+                _ => {
+                    out.append_pair(k, v);
+                }
+            }
+        }
+        let q = out.finish();
+        (!q.is_empty()).then_some(q)
+    }
+
+    /// Sends the pending write with `authorization`.
+    pub(super) fn send_write(&mut self, authorization: Option<HeaderValue>) -> Step {
+        let (Some(p), Some(body)) = (self.pending.clone(), self.write.clone()) else {
+            return self.error(OciError::internal("nothing to send"));
+        };
+        self.waiting = Waiting::WriteAnswer;
+        match body {
+            WriteBody::Held(bytes) => self.send(
+                Role::Registry,
+                p.method,
+                p.url,
+                p.headers,
+                authorization,
+                bytes,
+            ),
+            WriteBody::Client => {
+                self.write = Some(WriteBody::Spent);
+                self.send_stream(p.method, p.url, p.headers, authorization)
+            }
+            WriteBody::Spent => self.error(
+                OciError::unavailable(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream registry asked for the upload again, which the proxy no \
+                     longer holds: push again",
+                )
+                .because("a streamed body could not be sent twice"),
+            ),
+        }
+    }
+
+    /// The upstream's answer to a write: its `Location` in the client's names and host.
+    pub(super) fn write_answered(&mut self, head: Response<()>) -> Step {
+        let status = head.status();
+        if status == StatusCode::UNAUTHORIZED {
+            if let Some(step) = self.own_credentials_refused(head.clone()) {
+                return step;
+            }
+        }
+        if status.is_client_error() || status.is_server_error() {
+            if status == StatusCode::UNAUTHORIZED || self.head_only {
+                return self.reply(Draft::upstream(head));
+            }
+            self.waiting = Waiting::ErrorBody { head };
+            return Step::ReadResponse {
+                limit: MAX_ERROR_BODY,
+            };
+        }
+        let location = match head.headers().get(header::LOCATION) {
+            None => None,
+            Some(l) => match self.client_location(l) {
+                Some(url) => Some(url),
+                None => {
+                    return self.error(
+                        OciError::unavailable(
+                            StatusCode::BAD_GATEWAY,
+                            "the upstream registry sent an upload location the proxy does not \
+                             follow",
+                        )
+                        .because("write Location is not the upstream's own API"),
+                    )
+                }
+            },
+        };
+        if status.is_success() {
+            self.forget_pushed_tag();
+        }
+        let mut draft = Draft::upstream(head);
+        draft.location = location;
+        self.reply(draft)
+    }
+
+    /// A `Location` of the upstream's own API (an upload session, a manifest, a blob), for the
+    /// client: the same path in client names, on the public origin. `None` for anything else
+    /// (another host, a path the API does not have, a name outside the route).
+    fn client_location(&self, location: &HeaderValue) -> Option<url::Url> {
+        let target = self.current.as_ref()?.join(location.to_str().ok()?).ok()?;
+        let route = self.route()?;
+        if Origin::of_url(&target)? != route.upstream {
+            return None;
+        }
+        let endpoint = Endpoint::parse(target.path()).ok()?;
+        let name = self.names.to_client(endpoint.name()?)?;
+        let mut url = url::Url::parse(&self.public.as_ref()?.to_string()).ok()?;
+        url.set_path(&endpoint.with_name(name).path());
+        url.set_query(target.query());
+        Some(url)
+    }
+
+    /// A manifest pushed by tag: the store's entry for the tag goes (the next pull asks).
+    fn forget_pushed_tag(&mut self) {
+        let (Some(Endpoint::Manifest { name, reference }), Some(route)) =
+            (self.endpoint.clone(), self.route().cloned())
+        else {
+            return;
+        };
+        if crate::endpoint::valid_digest(&reference) {
+            return;
+        }
+        let Some(name) = self.names.to_upstream(&name) else {
+            return;
+        };
+        let ttl = route.tag_ttl.to_string();
+        let identity =
+            crate::cache::identity(&route, crate::cache::Kind::Tag, &[&name, &reference, &ttl]);
+        self.forget(crate::cache::Kind::Tag, &identity);
+    }
+}
