@@ -169,9 +169,7 @@ enum Waiting {
     /// The client's manifest, to push (`manifest_put_read`).
     ManifestPut,
     /// The upstream's answer to a write (`write_answered`).
-    WriteAnswer {
-        authorization: Option<HeaderValue>,
-    },
+    WriteAnswer,
     /// The `users` variable (`users_read`).
     Users(users::UsersThen),
     /// A route's registry, asked by `/-/health?deep=1` (`health_answered`).
