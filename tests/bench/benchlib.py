@@ -1,5 +1,5 @@
-"""What the benchmarks share: a real registry on a free port, blobs and manifests pushed
-through its API, and the test host's memory as /proc reports it."""
+"""What the benchmarks share: a real registry on a port the kernel chooses, blobs and manifests
+pushed through its API, and the test host's memory as /proc reports it."""
 from __future__ import annotations
 
 import hashlib
@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 import harness  # noqa: E402
+from harness import descendants  # noqa: E402 (speed.py takes it from here too)
 
 MiB = 1 << 20
 
@@ -22,7 +23,6 @@ def start_registry(workdir: Path, name: str) -> harness.Service:
     exe = shutil.which("docker-registry") or shutil.which("registry")
     if not exe:
         sys.exit("docker-registry not found (apt-get install docker-registry)")
-    port = harness.free_port()
     storage = workdir / "storage"
     storage.mkdir()
     cfg = workdir / "registry.yml"
@@ -38,10 +38,12 @@ storage:
     uploadpurging:
       enabled: false
 http:
-  addr: 127.0.0.1:{port}
+  addr: 127.0.0.1:0
   secret: {name}-secret
 """)
-    return harness.Service(f"{name}-registry", [exe, "serve", cfg], port=port, wait=60)
+    # At level error it prints no `listening on` line (level info would log every request):
+    # its port comes from the OS.
+    return harness.Service(f"{name}-registry", [exe, "serve", cfg], port=0, wait=60)
 
 
 def make_blob(path: Path, size: int) -> str:
@@ -109,21 +111,6 @@ def rss_kb(pid: int, key: str = "VmRSS") -> int:
     except (FileNotFoundError, ProcessLookupError):
         pass
     return 0
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid`."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                kids = [int(x) for x in (task / "children").read_text().split()]
-            except (FileNotFoundError, ProcessLookupError, ValueError):
-                kids = []
-            out.extend(kids)
-            todo.extend(kids)
-    return out
 
 
 class RssSampler:

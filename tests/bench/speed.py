@@ -86,9 +86,9 @@ def cpu_seconds(pid: int) -> float:
 def start_nginx(work: Path, registry: harness.Service) -> harness.Service:
     d = work / "nginx"
     d.mkdir()
-    port = harness.free_port()
+    port = harness.Reserved()  # nginx refuses `listen 127.0.0.1:0`
     conf = d / "nginx.conf"
-    conf.write_text(harness.nginx_config(d, NGINX.format(port=port,
+    conf.write_text(harness.nginx_config(d, NGINX.format(port=port.port,
                                                          upstream=f"127.0.0.1:{registry.port}")))
     return harness.Service("bench-nginx", ["nginx", "-c", conf, "-p", d], port=port)
 
@@ -117,10 +117,10 @@ allowed_outbound_hosts = ["{registry.url}"]
 [component.floor.variables]
 upstream = "{{{{ upstream }}}}"
 """)
-    port = harness.free_port()
     return harness.Service("bench-floor", [harness.HOST_BIN, "--from", manifest, "--listen",
-                                           f"127.0.0.1:{port}", "--state-dir", d],
-                           env={"SPIN_VARIABLE_UPSTREAM": registry.url}, port=port)
+                                           "127.0.0.1:0", "--state-dir", d],
+                           env={"SPIN_VARIABLE_UPSTREAM": registry.url}, port=0,
+                           announce=harness.ANNOUNCED)
 
 
 def pull(url: str, size: int, streams: int) -> float:

@@ -2,8 +2,8 @@
 """Streaming benchmark: does a large blob pass through the proxy without being buffered?
 
 Starts a real `docker-registry serve` (distribution, anonymous, filesystem storage in a temp
-dir) on a free loopback port, pushes a small and a large random blob through its HTTP API
-(monolithic POST + PUT), then for each size:
+dir) on a loopback port the kernel chooses, pushes a small and a large random blob through its
+HTTP API (monolithic POST + PUT), then for each size:
 
   * starts a FRESH proxy (tests/host spin-test-host running the component spin.toml names) with
     upstream = the registry,

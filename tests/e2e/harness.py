@@ -1,11 +1,17 @@
-"""Process and port helpers shared by the end-to-end tests.
+"""Process and port helpers shared by the end-to-end tests and the benchmarks.
 
-Every service a test needs is started here on a free loopback port and stopped by PID.
+Every server a test starts listens on a port the kernel chose, and the harness learns that port
+from the server (the line it prints once it listens) or from the OS: a port picked here and
+bound later by another process could be taken meanwhile by anything else on a busy machine.
+Every process is stopped by PID.
 """
 import os
+import re
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,36 +20,103 @@ SPIN_TOML = ROOT / "spin.toml"
 HOST_BIN = ROOT / "tests" / "host" / "target" / "release" / "spin-test-host"
 WORK = Path(os.environ.get("E2E_WORK", "/tmp/spin-registry-proxy-e2e"))
 
+# What a server prints once it listens, group 1 the port: `Serving http://127.0.0.1:PORT` (the
+# test host, and `spin up` with --listen 127.0.0.1:0), `listening on http://HOST:PORT` (the
+# Python servers here), `msg="listening on HOST:PORT"` (distribution, at log level info).
+ANNOUNCED = r"(?:Serving|listening on) (?:http://)?[\w.-]+:(\d+)"
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+_HELD = []
 
 
-def wait_for_port(host: str, port: int, timeout: float = 30.0, proc=None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {host}:{port} opened")
+def closed_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on (for tests of a refused connection): bound and kept, never
+    listening, for the whole run, so that connecting to it is refused and no other server can
+    be given it meanwhile."""
+    s = socket.socket()
+    s.bind((host, 0))
+    _HELD.append(s)
+    return s.getsockname()[1]
+
+
+class Reserved:
+    """A port for a program that cannot listen on port 0 (nginx and redis-server refuse it):
+    the kernel's choice, held bound but not listening until the program listens on it. Linux
+    lets a socket with SO_REUSEADDR (nginx and redis set it) bind beside one that does not
+    listen, and hands a bound port to no other bind(0) or connect() meanwhile."""
+
+    def __init__(self, host: str = "127.0.0.1"):
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, 0))
+        self.port = self._sock.getsockname()[1]
+
+    def release(self) -> None:
+        self._sock.close()
+
+
+def descendants(pid: int) -> list:
+    """Every process below `pid` (`spin up` serves from a child, nginx from a worker)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = [int(x) for x in (task / "children").read_text().split()]
+            except (FileNotFoundError, ProcessLookupError, ValueError):
+                kids = []
+            out.extend(kids)
+            todo.extend(kids)
+    return out
+
+
+def listening_ports(pid: int, host: str) -> set:
+    """The TCP ports `pid` or a process below it listens on at `host` (or every address), from
+    /proc: listening sockets in its network namespace whose inodes the processes hold open."""
+    inodes = set()
+    for p in [pid, *descendants(pid)]:
         try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
+            fds = os.listdir(f"/proc/{p}/fd")
         except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"{host}:{port} did not open within {timeout}s")
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{p}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    ports = set()
+    try:
+        table = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return ports
+    for line in table:
+        f = line.split()
+        addr, port = f[1].split(":")
+        # The address is a native-endian u32 of the network-order bytes; 0A is LISTEN.
+        ip = socket.inet_ntoa(int(addr, 16).to_bytes(4, sys.byteorder))
+        if f[3] == "0A" and f[9] in inodes and ip in (host, "0.0.0.0"):
+            ports.add(int(port, 16))
+    return ports
 
 
 class Service:
     """A background process with its log file; stopped by PID."""
 
-    def __init__(self, name: str, argv, env=None, cwd=None, host="127.0.0.1", port=None, wait=30.0):
+    def __init__(self, name: str, argv, env=None, cwd=None, host="127.0.0.1", port=None,
+                 announce=None, wait=30.0):
+        """`port`: None for a process that serves no TCP port (containerd and dockerd serve
+        unix sockets); 0 for one that listens on a port the kernel chooses, learned from the
+        first line of its log matching `announce` (a regex, group 1 the port: ANNOUNCED) or,
+        without it, from the OS; a `Reserved` port for a program that cannot listen on port 0
+        (the OS shows when this process listens there). Once started, `port` is the real one."""
         WORK.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.host = host
-        self.port = port
-        self.log_path = WORK / f"{name}-{os.getpid()}-{port or 0}.log"
-        self._log = open(self.log_path, "wb")
+        self.port = None
+        fd, path = tempfile.mkstemp(prefix=f"{name}-", suffix=".log", dir=WORK)
+        self.log_path = Path(path)
+        self._log = os.fdopen(fd, "wb")
         full_env = dict(os.environ)
         if env:
             full_env.update(env)
@@ -52,8 +125,45 @@ class Service:
             env=full_env, cwd=cwd, start_new_session=True,
         )
         self.pid = self.proc.pid
-        if port is not None:
-            wait_for_port(host, port, wait, self.proc)
+        try:
+            self.port = self._listening(port, announce, wait)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _listening(self, port, announce, wait):
+        """The port the process listens on, once it does."""
+        if port is None:
+            return None
+        reserved = port if isinstance(port, Reserved) else None
+        assert reserved or port == 0, "a port chosen before the server binds it can be taken"
+        deadline = time.monotonic() + wait
+        try:
+            while time.monotonic() < deadline:
+                if announce and not reserved:
+                    m = re.search(announce, self.log())
+                    if m:
+                        return int(m.group(1))
+                else:
+                    # From the OS, even for a reserved port: connecting would not tell this
+                    # process from a stranger listening there.
+                    ports = listening_ports(self.pid, self.host)
+                    if reserved:
+                        if reserved.port in ports:
+                            return reserved.port
+                    elif len(ports) > 1:
+                        raise RuntimeError(f"{self.name} listens on {sorted(ports)}: which one?")
+                    elif ports:
+                        return ports.pop()
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before "
+                                       f"it listened:\n{self.log()[-3000:]}")
+                time.sleep(0.05)
+        finally:
+            if reserved:
+                reserved.release()
+        raise TimeoutError(f"{self.name} did not listen on {self.host} within {wait}s:\n"
+                           f"{self.log()[-3000:]}")
 
     @property
     def url(self) -> str:
@@ -119,16 +229,14 @@ def start_proxy(variables: dict, host: str = "127.0.0.1", name: str = "proxy",
     the same .wasm). Each proxy keeps its key-value store in its own state directory unless
     `state_dir` or a `runtime_config` file (Redis) says otherwise.
     """
-    import tempfile
-    port = free_port(host)
     env = {f"SPIN_VARIABLE_{k.upper()}": v for k, v in variables.items()}
     WORK.mkdir(parents=True, exist_ok=True)
     state = Path(state_dir or tempfile.mkdtemp(prefix="spin-state-", dir=WORK))
     manifest = SPIN_TOML if allowed_hosts is None else manifest_with_hosts(allowed_hosts, state)
-    argv = [HOST_BIN, "--from", manifest, "--listen", f"{host}:{port}", "--state-dir", state]
+    argv = [HOST_BIN, "--from", manifest, "--listen", f"{host}:0", "--state-dir", state]
     if runtime_config:
         argv += ["--runtime-config-file", runtime_config]
-    proxy = Service(name, argv, env=env, host=host, port=port)
+    proxy = Service(name, argv, env=env, host=host, port=0, announce=ANNOUNCED)
     proxy.state_dir = state
     PROXIES.append(proxy)
     return proxy

@@ -1,6 +1,6 @@
 """A static file server with Range support, standing in for a registry's blob CDN.
 
-    python3 staticserver.py --listen 127.0.0.3:PORT --root DIR
+    python3 staticserver.py --listen 127.0.0.3:0 --root DIR
 
 Serves GET and HEAD of files under DIR (query strings ignored). A single `Range: bytes=a-b`,
 `bytes=a-` or `bytes=-n` gets 206 with Content-Range; an unsatisfiable one 416; several ranges
@@ -108,7 +108,8 @@ def main():
     host, _, port = a.listen.rpartition(":")
     srv = ThreadingHTTPServer((host, int(port)), Handler)
     srv.daemon_threads = True
-    print(f"static server listening on {a.listen} serving {ROOT}", flush=True)
+    # --listen HOST:0: the kernel chooses the port, printed for the harness to read.
+    print(f"static server listening on http://{host}:{srv.server_port} serving {ROOT}", flush=True)
     srv.serve_forever()
 
 

@@ -4,7 +4,7 @@ Docker Hub do. distribution 2.8 (the Debian package) ignores `n` and `last` on
 tags, return at most `n` after `last`, and add `Link: </v2/<name>/tags/list?last=X&n=N>;
 rel="next"` (relative, like distribution's catalog Link).
 
-    python3 tagpager.py --listen 127.0.0.1:PORT --upstream http://127.0.0.1:REGPORT
+    python3 tagpager.py --listen 127.0.0.1:0 --upstream http://127.0.0.1:REGPORT
 
 Every other request, and tags/list without n/last, is relayed unchanged (status, headers, body;
 Authorization included, so the upstream's auth still applies). Each paginated request is logged
@@ -135,7 +135,8 @@ def main():
     host, _, port = a.listen.rpartition(":")
     srv = ThreadingHTTPServer((host, int(port)), Handler)
     srv.daemon_threads = True
-    print(f"tag pager on {a.listen} for {a.upstream}", flush=True)
+    # --listen HOST:0: the kernel chooses the port, printed for the harness to read.
+    print(f"tag pager listening on http://{host}:{srv.server_port} for {a.upstream}", flush=True)
     srv.serve_forever()
 
 

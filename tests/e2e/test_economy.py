@@ -96,7 +96,7 @@ def test_an_unreachable_store_costs_requests_never_a_pull(ups, seeded, built, tm
     import clients
     rc = tmp_path / "runtime-config.toml"
     rc.write_text('[key_value_store.default]\ntype = "redis"\n'
-                  f'url = "redis://127.0.0.1:{harness.free_port()}"\n')
+                  f'url = "redis://127.0.0.1:{harness.closed_port()}"\n')
     reg = ups.front("token", "signed")
     proxy = harness.start_proxy({"upstream": reg.url, "upstream_auth": ups.token_server.url,
                                  "upstream_cdn": ups.token.cdn.url}, runtime_config=rc)
@@ -173,8 +173,8 @@ def test_counts_can_be_asked_for_as_soon_as_the_host_serves(ups, tmp_path):
     import time
     for i in range(10):
         env = dict(os.environ, SPIN_VARIABLE_UPSTREAM=ups.anon.url)
-        argv = [harness.HOST_BIN, "--from", harness.SPIN_TOML, "--listen",
-                f"127.0.0.1:{harness.free_port()}", "--state-dir", tmp_path / str(i)]
+        argv = [harness.HOST_BIN, "--from", harness.SPIN_TOML, "--listen", "127.0.0.1:0",
+                "--state-dir", tmp_path / str(i)]
         host = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
         try:
             assert host.stdout.readline().startswith(b"Serving"), "the host did not start"

@@ -22,7 +22,7 @@ import harness
 from clients import call, oci_error_of, only_bearer
 from upstream_double import (
     DOCKER_HUB_RATE_LIMIT_MESSAGE, Response, acr_tags_page, bearer_challenge,
-    artifact_registry_redirect, blob, closed_port, docker_hub_cdn_redirect, docker_hub_rate_limit,
+    artifact_registry_redirect, blob, docker_hub_cdn_redirect, docker_hub_rate_limit,
     hang, manifest, oci_error, quay_challenge, slow, token_response,
 )
 from upstream_double import BLOB, BLOB_DIGEST, MANIFEST, NAME
@@ -40,7 +40,7 @@ HOP_BY_HOP = ["connection", "keep-alive", "te", "trailer", "transfer-encoding", 
 def test_unreachable_upstream_is_502_in_plain_words(fresh, env):
     """Connection refused: the client reads plain words and never the upstream's origin;
     the log line has the cause and the origin."""
-    port = closed_port("127.0.0.1")
+    port = harness.closed_port("127.0.0.1")
     origin = f"127.0.0.1:{port}"
     p = fresh(env.variables(upstream=f"http://{origin}"))
     for method in ("GET", "HEAD"):

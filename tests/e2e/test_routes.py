@@ -277,9 +277,9 @@ def redis_server():
     exe = shutil.which("redis-server")
     if not exe:
         pytest.fail("redis-server not installed (apt-get install redis-server)")
-    port = harness.free_port()
-    with harness.Service("redis", [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                   "--appendonly", "no"], port=port) as svc:
+    port = harness.Reserved()  # redis-server takes `--port 0` for "no TCP at all"
+    with harness.Service("redis", [exe, "--port", str(port.port), "--bind", "127.0.0.1",
+                                   "--save", "", "--appendonly", "no"], port=port) as svc:
         yield svc
 
 

@@ -1,6 +1,6 @@
 """A small imitation of auth.docker.io for distribution's token auth.
 
-    python3 tokenserver.py --listen 127.0.0.2:PORT --key key.pem --cert cert.pem \
+    python3 tokenserver.py --listen 127.0.0.2:0 --key key.pem --cert cert.pem \
         --issuer e2e-issuer --service e2e-registry
 
 Users come from the environment: TOKEN_USERS="alice:pw,seeder:pw2".
@@ -259,7 +259,8 @@ def main():
     host, _, port = a.listen.rpartition(":")
     srv = ThreadingHTTPServer((host, int(port)), Handler)
     srv.daemon_threads = True
-    print(f"token server listening on {a.listen}", flush=True)
+    # --listen HOST:0: the kernel chooses the port, printed for the harness to read.
+    print(f"token server listening on http://{host}:{srv.server_port}", flush=True)
     srv.serve_forever()
 
 

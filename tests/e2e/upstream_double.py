@@ -19,7 +19,7 @@ answered, so a test can assert what reached the upstream, including requests tha
 
 Two ways to run it:
 
-* In-process, in a thread, on a chosen loopback address and a free port::
+* In-process, in a thread, on a chosen loopback address and a port the kernel chooses::
 
       with UpstreamDouble(host="127.0.0.1") as up:
           up.route("/v2/", quay_challenge(up.url + "/v2/auth"))
@@ -27,7 +27,7 @@ Two ways to run it:
 
 * As a subprocess (for harness.Service), with static routes from a JSON file and a JSONL record::
 
-      python3 upstream_double.py --host 127.0.0.1 --port 5001 --routes r.json --record rec.jsonl
+      python3 upstream_double.py --host 127.0.0.1 --port 0 --routes r.json --record rec.jsonl
 
   r.json: [{"method": "GET", "path": "/v2/", "prefix": false,
             "response": {"status": 401, "headers": [["WWW-Authenticate", "..."]], "body": "...",
@@ -44,8 +44,8 @@ import hashlib
 import json
 import os
 import re
-import socket
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -679,18 +679,6 @@ class UpstreamDouble:
         return dataclasses.replace(resp, headers=list(resp.headers))
 
 
-_HELD = []
-
-
-def closed_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on: bound and kept (never listening) for the whole run, so that
-    connecting to it is refused and no other server can be given it meanwhile."""
-    s = socket.socket()
-    s.bind((host, 0))
-    _HELD.append(s)
-    return s.getsockname()[1]
-
-
 # ---------------------------------------------------------------------------------------------
 # Subprocess mode
 
@@ -701,22 +689,23 @@ def _response_from_json(d: dict) -> Response:
                     d.get("delay", 0.0), d.get("hang", False), d.get("hang_for", 3600.0))
 
 
-def serve_subprocess(name: str, routes: list, host: str = "127.0.0.1", port: Optional[int] = None):
-    """Start the double as a subprocess through harness.Service; returns (service, record_path).
+def serve_subprocess(name: str, routes: list, host: str = "127.0.0.1"):
+    """Start the double as a subprocess through harness.Service, on a port the kernel chooses
+    (it prints it); returns (service, record_path).
 
     Read recorded requests with `read_record(record_path)`.
     """
     import harness  # local import: only this helper needs it
 
-    port = port or harness.free_port(host)
     harness.WORK.mkdir(parents=True, exist_ok=True)
-    routes_path = harness.WORK / f"{name}-{port}-routes.json"
-    record_path = harness.WORK / f"{name}-{port}-record.jsonl"
+    files = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=harness.WORK))
+    routes_path, record_path = files / "routes.json", files / "record.jsonl"
     routes_path.write_text(json.dumps(routes))
     record_path.write_text("")
     svc = harness.Service(name, [sys.executable, Path(__file__).resolve(), "--host", host,
-                                 "--port", str(port), "--routes", routes_path,
-                                 "--record", record_path], host=host, port=port)
+                                 "--port", "0", "--routes", routes_path,
+                                 "--record", record_path], host=host, port=0,
+                          announce=harness.ANNOUNCED)
     return svc, record_path
 
 

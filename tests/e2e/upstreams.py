@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from harness import WORK, Service, free_port, nginx_config
+from harness import ANNOUNCED, WORK, Reserved, Service, nginx_config
 
 HERE = Path(__file__).resolve().parent
 
@@ -112,19 +112,17 @@ class Registry:
 def start_token_server(workdir: Path, host="127.0.0.2") -> TokenServer:
     cert, key = workdir / "token-cert.pem", workdir / "token-key.pem"
     subprocess.run([sys.executable, HERE / "tokenserver.py", "--gen-cert", cert, key], check=True)
-    port = free_port(host)
     svc = Service("tokenserver", [sys.executable, HERE / "tokenserver.py",
-                                  "--listen", f"{host}:{port}", "--key", key, "--cert", cert,
+                                  "--listen", f"{host}:0", "--key", key, "--cert", cert,
                                   "--issuer", TOKEN_ISSUER, "--service", TOKEN_SERVICE],
                   env={"TOKEN_USERS": f"{ALICE[0]}:{ALICE[1]},{SEEDER[0]}:{SEEDER[1]}"},
-                  host=host, port=port)
+                  host=host, port=0, announce=ANNOUNCED)
     return TokenServer(svc, cert)
 
 
-def start_static_server(root: Path, host="127.0.0.3", port=None) -> StaticServer:
-    port = port or free_port(host)
-    svc = Service("cdn", [sys.executable, HERE / "staticserver.py", "--listen", f"{host}:{port}",
-                          "--root", root], host=host, port=port)
+def start_static_server(root: Path, host="127.0.0.3") -> StaticServer:
+    svc = Service("cdn", [sys.executable, HERE / "staticserver.py", "--listen", f"{host}:0",
+                          "--root", root], host=host, port=0, announce=ANNOUNCED)
     return StaticServer(svc, root)
 
 
@@ -134,7 +132,6 @@ def start_registry(kind: str, workdir: Path, token: TokenServer = None,
     to a static server on that address which serves the storage directory."""
     storage = Path(tempfile.mkdtemp(prefix=f"registry-{kind}-", dir=workdir))
     (storage / "docker").mkdir()
-    port = free_port(host)
     cfg = {
         "version": 0.1,
         "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": False}},
@@ -143,7 +140,7 @@ def start_registry(kind: str, workdir: Path, token: TokenServer = None,
             "delete": {"enabled": True},
             "maintenance": {"uploadpurging": {"enabled": False}},
         },
-        "http": {"addr": f"{host}:{port}", "secret": f"e2e-{kind}-secret",
+        "http": {"addr": f"{host}:0", "secret": f"e2e-{kind}-secret",
                  "headers": {"X-Content-Type-Options": ["nosniff"]}},
     }
     reg = dict(kind=kind, storage=storage)
@@ -162,26 +159,30 @@ def start_registry(kind: str, workdir: Path, token: TokenServer = None,
         reg.update(push_creds=SEEDER, pull_creds=ALICE, token=token)
     cdn = None
     if cdn_host:
-        cdn_port = free_port(cdn_host)
+        # The CDN first: the registry's configuration names its port.
+        cdn = start_static_server(storage, host=cdn_host)
         cfg["middleware"] = {"storage": [{"name": "redirect", "options": {
-            "baseurl": f"http://{cdn_host}:{cdn_port}/"}}]}
+            "baseurl": cdn.url + "/"}}]}
     cfg_path = workdir / f"registry-{kind}.yml"
     cfg_path.write_text(json.dumps(cfg, indent=2))  # JSON is YAML
-    svc = Service(f"registry-{kind}", ["docker-registry", "serve", cfg_path], host=host, port=port)
-    if cdn_host:
-        cdn = start_static_server(storage, host=cdn_host, port=cdn_port)
+    try:
+        svc = Service(f"registry-{kind}", ["docker-registry", "serve", cfg_path], host=host,
+                      port=0, announce=ANNOUNCED)
+    except BaseException:
+        if cdn:
+            cdn.stop()
+        raise
     return Registry(service=svc, cdn=cdn, **reg)
 
 
 def start_tag_pager(registry: Registry, sign_redirects=None) -> Registry:
     """`registry` behind tagpager.py (tags/list paginated like distribution 3 / Docker Hub;
     with `sign_redirects`, redirects carrying an expiry like CloudFront's signed URLs)."""
-    port = free_port(registry.service.host)
     extra = ["--sign-redirects", str(sign_redirects)] if sign_redirects else []
     svc = Service(f"tagpager-{registry.kind}",
                   [sys.executable, HERE / "tagpager.py", "--listen",
-                   f"{registry.service.host}:{port}", "--upstream", registry.url, *extra],
-                  host=registry.service.host, port=port)
+                   f"{registry.service.host}:0", "--upstream", registry.url, *extra],
+                  host=registry.service.host, port=0, announce=ANNOUNCED)
     return Registry(kind=registry.kind, service=svc, storage=registry.storage,
                     push_creds=registry.push_creds, pull_creds=registry.pull_creds,
                     token=registry.token, cdn=registry.cdn, extra={"pager_of": registry})
@@ -206,10 +207,10 @@ def start_gzip_front(registry: Registry) -> Registry:
     """`registry` behind nginx compressing JSON (`gzip_types application/json`), as many
     deployments do: tags lists and catalogs come gzip-encoded to a client that asks for it."""
     host = registry.service.host
-    port = free_port(host)
+    port = Reserved(host)  # nginx refuses `listen HOST:0`
     d = Path(tempfile.mkdtemp(prefix="nginx-gzip-", dir=WORK))
     conf = d / "nginx.conf"
-    conf.write_text(nginx_config(d, NGINX_GZIP.format(host=host, port=port,
+    conf.write_text(nginx_config(d, NGINX_GZIP.format(host=host, port=port.port,
                                                       upstream=registry.url)))
     svc = Service(f"nginx-gzip-{registry.kind}", ["nginx", "-c", conf, "-p", d], host=host,
                   port=port)
