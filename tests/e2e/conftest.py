@@ -210,6 +210,18 @@ def ctr_ns(containerd):
 
 
 @pytest.fixture
+def redis_server():
+    """A Redis of its own (Spin's key-value store for several instances)."""
+    exe = shutil.which("redis-server")
+    if not exe:
+        pytest.fail("redis-server not installed (apt-get install redis-server)")
+    port = harness.Reserved()  # redis-server takes `--port 0` for "no TCP at all"
+    with harness.Service("redis", [exe, "--port", str(port.port), "--bind", "127.0.0.1",
+                                   "--save", "", "--appendonly", "no"], port=port) as svc:
+        yield svc
+
+
+@pytest.fixture
 def podman():
     p = clients.Podman()
     yield p

@@ -272,17 +272,6 @@ def test_ten_pulls_through_a_credentialed_route_cost_one_token(ups, seeded):
         p.stop()
 
 
-@pytest.fixture
-def redis_server():
-    exe = shutil.which("redis-server")
-    if not exe:
-        pytest.fail("redis-server not installed (apt-get install redis-server)")
-    port = harness.Reserved()  # redis-server takes `--port 0` for "no TCP at all"
-    with harness.Service("redis", [exe, "--port", str(port.port), "--bind", "127.0.0.1",
-                                   "--save", "", "--appendonly", "no"], port=port) as svc:
-        yield svc
-
-
 def test_two_instances_on_one_redis_share_one_token(ups, seeded, redis_server, tmp_path):
     """Several instances (SpinKube replicas) with their key-value store on one Redis, through
     Spin's runtime config: one upstream token serves them all."""
