@@ -10,7 +10,6 @@ skopeo and oras send no `ns`: they reach a route by host or path only.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 from pathlib import Path

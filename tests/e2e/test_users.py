@@ -116,7 +116,7 @@ def test_a_denied_repository_is_refused_by_digest_and_by_referrers_too(vendor, u
     """A token for one repository grants nothing on another, however it is addressed."""
     want = seeded["token"][(PRIVATE, "latest")]
     before = upstream_requests(vendor)
-    r = call(vendor.url, "GET", f"/token?scope=repository:multiarch:pull",
+    r = call(vendor.url, "GET", "/token?scope=repository:multiarch:pull",
              headers=[("Authorization", clients.basic_header(STRANGER))])
     token = r.json()["token"]
     for path in [f"/v2/{PRIVATE}/manifests/{want}", f"/v2/{PRIVATE}/referrers/{want}",
