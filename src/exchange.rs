@@ -643,7 +643,8 @@ impl Exchange {
         if let Some(a) = auth {
             headers.insert(header::AUTHORIZATION, a);
         }
-        if !body.is_empty() {
+        // A write says its length, empty or not (without one the runtime sends it chunked).
+        if !body.is_empty() || !matches!(method, Method::GET | Method::HEAD) {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         }
         let Ok(uri) = url.as_str().parse() else {
@@ -692,7 +693,12 @@ impl Exchange {
     fn method_not_allowed(&mut self, method: &Method) -> Step {
         let e = OciError::unsupported(
             StatusCode::METHOD_NOT_ALLOWED,
-            format!("{method} is not supported: this registry proxy is read-only"),
+            match self.route() {
+                Some(r) if !r.push => {
+                    format!("{method} is not supported here: pushes are not enabled")
+                }
+                _ => format!("{method} is not supported here"),
+            },
         );
         self.cause = Some(e.message.clone());
         let allow = if self.endpoint == Some(Endpoint::Token) {
@@ -783,8 +789,8 @@ impl Exchange {
 
     /// A manifest GET is a pull: its event for the log, and a count once it succeeded.
     fn record_pull(&mut self, status: StatusCode) {
-        let (Some(Endpoint::Manifest { name, reference }), Some(route), false) =
-            (&self.endpoint, &self.route, self.head_only)
+        let (Some(Endpoint::Manifest { name, reference }), Some(route), &Method::GET) =
+            (&self.endpoint, &self.route, &self.method)
         else {
             return;
         };

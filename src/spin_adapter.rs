@@ -584,7 +584,12 @@ fn send_streaming(
                 Err(e) => return Err(stream_failure(e)),
             }
         }
-        output.blocking_flush().map_err(stream_failure)?;
+        // With a Content-Length, the runtime closes the body once it has every byte: a flush
+        // then meets a closed stream, which is no failure (the answer says whether it was).
+        match output.blocking_flush() {
+            Ok(()) | Err(StreamError::Closed) => {}
+            Err(e) => return Err(stream_failure(e)),
+        }
     }
     OutgoingBody::finish(outgoing_body, None).map_err(failure)?;
     response(future)

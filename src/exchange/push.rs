@@ -77,6 +77,7 @@ impl Exchange {
                 "invalid repository name: {name}"
             )));
         };
+        self.client_authorization = self.clients_authorization();
         let path = endpoint.with_name(upstream_name).path();
         let query = self.write_query(endpoint, req.query.as_deref());
         let Some(url) = self.upstream_url(&path, query.as_deref()) else {
@@ -101,12 +102,14 @@ impl Exchange {
                 };
             }
             (&Method::GET | &Method::HEAD | &Method::DELETE, _) => WriteBody::Held(Vec::new()),
-            // A chunk, or a monolithic upload's bytes: streamed. No body (a POST that only
-            // starts a session, a PUT that only ends one: no length, or 0, and not chunked)
-            // is held.
-            _ if client_length.unwrap_or(0) == 0
-                && !self.client_headers.contains_key(header::TRANSFER_ENCODING) =>
-            {
+            // A chunk, or a monolithic upload's bytes: streamed. A body said to be empty (a
+            // POST that only starts a session, a PUT that only ends one) is held. Without a
+            // length there may be a chunked body (the runtime keeps `Transfer-Encoding` to
+            // itself): it is streamed, whatever it holds.
+            _ if client_length == Some(0) => WriteBody::Held(Vec::new()),
+            // Starting a session carries no body (only a monolithic upload, `?digest=`, does):
+            // sent without one, as a request the proxy may send again.
+            (&Method::POST, _) if !req.query.as_deref().unwrap_or("").contains("digest=") => {
                 WriteBody::Held(Vec::new())
             }
             _ => {

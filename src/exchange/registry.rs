@@ -30,14 +30,7 @@ impl Exchange {
         };
         let query = listing::upstream_query(endpoint, req.query.as_deref(), &self.names);
         let headers = headers::registry_request(&self.client_headers);
-        // Basic credentials are a login for this host, which may be another route's registry;
-        // a user's token is the proxy's, for the proxy alone.
-        let authorization =
-            token::upstream_authorization(self.client_headers.get(header::AUTHORIZATION))
-                .filter(|a| {
-                    !token::is_basic(a) || self.route().is_some_and(|r| self.passes_logins(r))
-                })
-                .filter(|_| self.claims.is_none());
+        let authorization = self.clients_authorization();
         let Some(url) = self.upstream_url(&path, query.as_deref()) else {
             return self.error(OciError::internal("no route"));
         };
@@ -411,6 +404,15 @@ impl Exchange {
         } else {
             Method::GET
         }
+    }
+
+    /// The `Authorization` of the client's that goes upstream. Basic credentials are a login
+    /// for this host, which may be another route's registry; a user's token is the proxy's,
+    /// for the proxy alone.
+    pub(super) fn clients_authorization(&self) -> Option<HeaderValue> {
+        token::upstream_authorization(self.client_headers.get(header::AUTHORIZATION))
+            .filter(|a| !token::is_basic(a) || self.route().is_some_and(|r| self.passes_logins(r)))
+            .filter(|_| self.claims.is_none())
     }
 
     /// Whether `route` passes the client's credentials upstream, on the host asked.
