@@ -593,8 +593,30 @@ impl Exchange {
         }
     }
 
-    /// A realm's anonymous token, marked as one the proxy handed out anonymously.
+    /// A repository of an open registry that asks anonymous clients for nothing: its scopes
+    /// get the proxy's own `anonymous` token, kept as a realm's anonymous token would be.
+    pub(super) fn keep_open_repository(&mut self) {
+        let Some(id) = self.anonymous_identity.clone() else {
+            return;
+        };
+        let until = self.now.saturating_add(cache::BASE_SECONDS);
+        let entry = Entry {
+            identity: id,
+            until,
+            value: cache::AnonymousToken {
+                token: token::ANONYMOUS_TOKEN.to_string(),
+                expires_at: until.saturating_add(MIN_TOKEN_SECONDS),
+            },
+        };
+        self.keep(Kind::AnonymousToken, entry);
+    }
+
+    /// A realm's anonymous token, marked as one the proxy handed out anonymously (the proxy's
+    /// own `anonymous`, which grants nothing upstream, goes as it is).
     fn reply_anonymous_token(&mut self, t: &cache::AnonymousToken) -> Step {
+        if t.token == token::ANONYMOUS_TOKEN {
+            return self.anonymous_token();
+        }
         let (Some(secret), Some(route)) = (&self.secret, self.route()) else {
             return self.error(OciError::internal("no store secret"));
         };

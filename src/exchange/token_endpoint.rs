@@ -184,6 +184,9 @@ impl Exchange {
             return self.authenticate(&challenge::from_headers(head.headers()), req);
         }
         if !req.offers_credentials() {
+            // Kept as the realm's anonymous tokens are, for as long as the open `/v2/` is: the
+            // next anonymous client asks the upstream nothing (each asked it a tags/list).
+            self.keep_open_repository();
             return self.anonymous_token();
         }
         self.error(

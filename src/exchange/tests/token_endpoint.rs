@@ -187,3 +187,33 @@ fn a_realm_s_429_keeps_retry_after() {
     assert_eq!(status(&run), 429);
     assert_eq!(header(&run, "retry-after"), "30");
 }
+
+/// An open registry: the token endpoint hands anonymous clients the proxy's `anonymous` token
+/// once `/v2/` and the repository ask for nothing. That answer is kept like a realm's token:
+/// each anonymous token request cost the upstream a `tags/list` (load.py: token requests at
+/// 0.19 of the registry's `/v2/`); now only the first in five minutes does.
+#[test]
+fn an_open_repository_s_anonymous_token_is_kept() {
+    let cfg = config(&[]);
+    let mut store = HashMap::new();
+    let open = |_: &Request<Vec<u8>>| Ok(Canned::new(200).body("{}"));
+    let ask = |store: &mut HashMap<String, Vec<u8>>| {
+        let req = incoming(Method::GET, "/token?scope=repository:app:pull", &[]);
+        let run = drive_stored(&cfg, req, b"", store, open);
+        assert_eq!(status(&run), 200);
+        let v: serde_json::Value = serde_json::from_slice(&run.body).unwrap();
+        assert_eq!(v["token"], "anonymous");
+        run.sent.len()
+    };
+    assert_eq!(ask(&mut store), 2, "/v2/, then the repository");
+    assert_eq!(ask(&mut store), 0);
+    // A client with credentials still reaches the upstream, which alone judges them.
+    let run = drive_stored(
+        &cfg,
+        token_get("scope=repository:app:pull"),
+        b"",
+        &mut store,
+        open,
+    );
+    assert!(!run.sent.is_empty());
+}
