@@ -71,7 +71,9 @@ class Handler(BaseHTTPRequestHandler):
         self._log(method=method, path=path, range=rng, status=status,
                   authorization="Authorization" in self.headers)
         self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream")
+        # Blobs are bytes; the registry UI's page (test_browser.py) is a page.
+        html = path.endswith(".html")
+        self.send_header("Content-Type", "text/html; charset=utf-8" if html else "application/octet-stream")
         self.send_header("Content-Length", str(length))
         self.send_header("Accept-Ranges", "bytes")
         if status == 206:
