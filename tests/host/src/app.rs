@@ -231,11 +231,17 @@ fn is_provided(import: &str) -> bool {
     ];
     if let Some((path, version)) = import.strip_prefix("wasi:").and_then(|r| r.split_once('@')) {
         let package = path.split('/').next().unwrap_or_default();
-        return WASI_0_2.contains(&package) && version.starts_with("0.2.");
+        if WASI_0_2.contains(&package) {
+            return version.starts_with("0.2.");
+        }
     }
     matches!(
         import,
-        "fermyon:spin/variables@2.0.0" | "fermyon:spin/key-value@2.0.0"
+        "fermyon:spin/variables@2.0.0"
+            | "fermyon:spin/key-value@2.0.0"
+            | "wasi:keyvalue/store@0.2.0-draft2"
+            | "wasi:keyvalue/atomics@0.2.0-draft2"
+            | "wasi:keyvalue/batch@0.2.0-draft2"
     )
 }
 

@@ -1,7 +1,8 @@
-//! Spin's key-value stores (`fermyon:spin/key-value@2.0.0`), as `spin up` provides them: the
-//! `default` store in SQLite under the state directory (`.spin/` by the manifest), any store
-//! on Redis through a runtime config file, and only the stores the component's
-//! `key_value_stores` grants.
+//! Spin's key-value stores, as `spin up` provides them: the `default` store in SQLite under
+//! the state directory (`.spin/` by the manifest), any store on Redis through a runtime config
+//! file, and only the stores the component's `key_value_stores` grants. Two interfaces reach
+//! the same stores: `fermyon:spin/key-value@2.0.0` (here) and `wasi:keyvalue@0.2.0-draft2`
+//! (`wasi_kv`), each a thin layer over the backend operations below.
 
 use crate::bindings::key_value::{self, Error};
 use anyhow::{bail, Context, Result};
@@ -12,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use wasmtime::component::{HasData, Resource, ResourceTable};
 
 /// Where one store keeps its pairs.
-enum Backend {
+pub enum Backend {
     Sqlite(Mutex<rusqlite::Connection>),
     Redis(redis::Client),
 }
@@ -86,6 +87,11 @@ impl Stores {
         Ok(Self(stores))
     }
 
+    /// The backend of the store labelled `label`.
+    pub fn backend(&self, label: &str) -> Option<&Backend> {
+        self.0.get(label)
+    }
+
     /// Checks, at load, that a component is granted only stores that exist (as Spin does).
     pub fn check_grants(&self, component: &str, granted: &[String]) -> Result<()> {
         for label in granted {
@@ -99,12 +105,195 @@ impl Stores {
     }
 }
 
+/// What a compare-and-swap found.
+pub enum Swapped {
+    Done,
+    /// Another writer came first: the value now.
+    Conflict(Option<Vec<u8>>),
+}
+
+/// The backend operations both interfaces use; `store` is the store's label (SQLite keeps
+/// every store in one table).
+impl Backend {
+    fn sqlite<T>(
+        &self,
+        f: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T>,
+        redis_op: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, String> {
+        match self {
+            Backend::Sqlite(conn) => {
+                let mut conn = conn.lock().map_err(|e| e.to_string())?;
+                f(&mut conn).map_err(|e| e.to_string())
+            }
+            Backend::Redis(client) => {
+                let mut conn = client.get_connection().map_err(|e| e.to_string())?;
+                redis_op(&mut conn).map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    pub fn get(&self, store: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.sqlite(
+            |c| sqlite_get(c, store, key),
+            |r| redis::cmd("GET").arg(key).query(r),
+        )
+    }
+
+    pub fn set(&self, store: &str, key: &str, value: &[u8]) -> Result<(), String> {
+        self.sqlite(
+            |c| sqlite_set(c, store, key, value),
+            |r| redis::cmd("SET").arg(key).arg(value).query(r),
+        )
+    }
+
+    pub fn delete(&self, store: &str, key: &str) -> Result<(), String> {
+        self.sqlite(
+            |c| {
+                c.execute(
+                    "DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2",
+                    (store, key),
+                )
+                .map(|_| ())
+            },
+            |r| redis::cmd("DEL").arg(key).query(r),
+        )
+    }
+
+    pub fn keys(&self, store: &str) -> Result<Vec<String>, String> {
+        self.sqlite(
+            |c| {
+                let mut q = c.prepare("SELECT key FROM spin_key_value WHERE store = ?1")?;
+                let keys = q.query_map([store], |row| row.get(0))?;
+                keys.collect()
+            },
+            |r| redis::cmd("KEYS").arg("*").query(r),
+        )
+    }
+
+    /// Adds `delta` to the number at `key` (0 when absent). Spin 4.0.2 keeps it as 8 bytes,
+    /// little-endian, in SQLite and as Redis's own decimal text (INCRBY): measured, a `get`
+    /// after two increments read `[7, 0, 0, 0, 0, 0, 0, 0]` and `"7"`.
+    pub fn increment(&self, store: &str, key: &str, delta: i64) -> Result<i64, String> {
+        self.sqlite(
+            |c| {
+                let tx = c.transaction()?;
+                let now = match sqlite_get(&tx, store, key)? {
+                    None => 0,
+                    Some(v) => {
+                        let bytes: [u8; 8] = v.try_into().map_err(|_| {
+                            rusqlite::Error::InvalidColumnType(
+                                0,
+                                "value".into(),
+                                rusqlite::types::Type::Blob,
+                            )
+                        })?;
+                        i64::from_le_bytes(bytes)
+                    }
+                };
+                let new = now.wrapping_add(delta);
+                sqlite_set(&tx, store, key, &new.to_le_bytes())?;
+                tx.commit()?;
+                Ok(new)
+            },
+            |r| redis::cmd("INCRBY").arg(key).arg(delta).query(r),
+        )
+    }
+
+    /// Sets `key` to `value` if it still holds `expected` (`None`: absent), atomically: in
+    /// one SQLite transaction (other processes on the file wait for it), or under Redis's
+    /// WATCH on a connection of its own.
+    pub fn swap(
+        &self,
+        store: &str,
+        key: &str,
+        expected: &Option<Vec<u8>>,
+        value: &[u8],
+    ) -> Result<Swapped, String> {
+        self.sqlite(
+            |c| {
+                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let now = sqlite_get(&tx, store, key)?;
+                if now != *expected {
+                    return Ok(Swapped::Conflict(now));
+                }
+                sqlite_set(&tx, store, key, value)?;
+                tx.commit()?;
+                Ok(Swapped::Done)
+            },
+            |r| {
+                redis::cmd("WATCH").arg(key).query::<()>(r)?;
+                let now: Option<Vec<u8>> = redis::cmd("GET").arg(key).query(r)?;
+                if now != *expected {
+                    redis::cmd("UNWATCH").query::<()>(r)?;
+                    return Ok(Swapped::Conflict(now));
+                }
+                let done: Option<()> = redis::pipe().atomic().set(key, value).query(r)?;
+                match done {
+                    Some(()) => Ok(Swapped::Done),
+                    None => {
+                        let now = redis::cmd("GET").arg(key).query(r)?;
+                        Ok(Swapped::Conflict(now))
+                    }
+                }
+            },
+        )
+    }
+
+    pub fn is_redis(&self) -> bool {
+        matches!(self, Backend::Redis(_))
+    }
+}
+
+fn sqlite_get(
+    c: &rusqlite::Connection,
+    store: &str,
+    key: &str,
+) -> rusqlite::Result<Option<Vec<u8>>> {
+    use rusqlite::OptionalExtension;
+    c.query_row(
+        "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2",
+        (store, key),
+        |row| row.get(0),
+    )
+    .optional()
+}
+
+fn sqlite_set(
+    c: &rusqlite::Connection,
+    store: &str,
+    key: &str,
+    value: &[u8],
+) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
+         ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
+        (store, key, value),
+    )
+    .map(|_| ())
+}
+
+/// Whether `label` may be opened by a component granted `granted`: the error Spin gives if not.
+pub fn may_open(stores: &Stores, granted: &[String], label: &str) -> Result<(), OpenError> {
+    if !granted.iter().any(|g| g == label) {
+        return Err(OpenError::AccessDenied);
+    }
+    if stores.backend(label).is_none() {
+        return Err(OpenError::NoSuchStore);
+    }
+    Ok(())
+}
+
+pub enum OpenError {
+    AccessDenied,
+    NoSuchStore,
+}
+
 /// An open store: the guest's `store` resource.
 pub struct OpenStore {
     label: String,
 }
 
-/// What the key-value interface sees of a request's state.
+/// What the key-value interfaces see of a request's state.
 pub struct KvView<'a> {
     pub table: &'a mut ResourceTable,
     pub stores: &'a Stores,
@@ -122,28 +311,11 @@ fn other(e: impl std::fmt::Display) -> Error {
 }
 
 impl KvView<'_> {
-    fn backend(&self, store: &Resource<OpenStore>) -> Result<&Backend, Error> {
-        let label = &self.table.get(store).map_err(other)?.label;
-        self.stores.0.get(label).ok_or(Error::NoSuchStore)
-    }
-
-    fn sqlite<T>(
-        &self,
-        store: &Resource<OpenStore>,
-        f: impl FnOnce(&rusqlite::Connection, &str) -> rusqlite::Result<T>,
-        redis_op: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> Result<T, Error> {
+    /// The backend and label of an open store.
+    fn open_store(&self, store: &Resource<OpenStore>) -> Result<(&Backend, String), Error> {
         let label = self.table.get(store).map_err(other)?.label.clone();
-        match self.backend(store)? {
-            Backend::Sqlite(conn) => {
-                let conn = conn.lock().map_err(other)?;
-                f(&conn, &label).map_err(other)
-            }
-            Backend::Redis(client) => {
-                let mut conn = client.get_connection().map_err(other)?;
-                redis_op(&mut conn).map_err(other)
-            }
-        }
+        let backend = self.stores.backend(&label).ok_or(Error::NoSuchStore)?;
+        Ok((backend, label))
     }
 }
 
@@ -151,32 +323,18 @@ impl key_value::Host for KvView<'_> {}
 
 impl key_value::HostStore for KvView<'_> {
     fn open(&mut self, label: String) -> Result<Resource<OpenStore>, Error> {
-        if !self.granted.contains(&label) {
-            return Err(Error::AccessDenied);
-        }
-        if !self.stores.0.contains_key(&label) {
-            return Err(Error::NoSuchStore);
-        }
+        may_open(self.stores, self.granted, &label).map_err(|e| match e {
+            OpenError::AccessDenied => Error::AccessDenied,
+            OpenError::NoSuchStore => Error::NoSuchStore,
+        })?;
         self.table
             .push(OpenStore { label })
             .map_err(|_| Error::StoreTableFull)
     }
 
     fn get(&mut self, store: Resource<OpenStore>, key: String) -> Result<Option<Vec<u8>>, Error> {
-        let k = key.clone();
-        self.sqlite(
-            &store,
-            |c, label| {
-                use rusqlite::OptionalExtension;
-                c.query_row(
-                    "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2",
-                    (label, &key),
-                    |row| row.get(0),
-                )
-                .optional()
-            },
-            |r| redis::cmd("GET").arg(&k).query(r),
-        )
+        let (b, label) = self.open_store(&store)?;
+        b.get(&label, &key).map_err(Error::Other)
     }
 
     fn set(
@@ -185,34 +343,13 @@ impl key_value::HostStore for KvView<'_> {
         key: String,
         value: Vec<u8>,
     ) -> Result<(), Error> {
-        let (k, v) = (key.clone(), value.clone());
-        self.sqlite(
-            &store,
-            |c, label| {
-                c.execute(
-                    "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
-                    (label, &key, &value),
-                )
-                .map(|_| ())
-            },
-            |r| redis::cmd("SET").arg(&k).arg(&v).query(r),
-        )
+        let (b, label) = self.open_store(&store)?;
+        b.set(&label, &key, &value).map_err(Error::Other)
     }
 
     fn delete(&mut self, store: Resource<OpenStore>, key: String) -> Result<(), Error> {
-        let k = key.clone();
-        self.sqlite(
-            &store,
-            |c, label| {
-                c.execute(
-                    "DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2",
-                    (label, &key),
-                )
-                .map(|_| ())
-            },
-            |r| redis::cmd("DEL").arg(&k).query(r),
-        )
+        let (b, label) = self.open_store(&store)?;
+        b.delete(&label, &key).map_err(Error::Other)
     }
 
     fn exists(&mut self, store: Resource<OpenStore>, key: String) -> Result<bool, Error> {
@@ -220,15 +357,8 @@ impl key_value::HostStore for KvView<'_> {
     }
 
     fn get_keys(&mut self, store: Resource<OpenStore>) -> Result<Vec<String>, Error> {
-        self.sqlite(
-            &store,
-            |c, label| {
-                let mut q = c.prepare("SELECT key FROM spin_key_value WHERE store = ?1")?;
-                let keys = q.query_map([label], |row| row.get(0))?;
-                keys.collect()
-            },
-            |r| redis::cmd("KEYS").arg("*").query(r),
-        )
+        let (b, label) = self.open_store(&store)?;
+        b.keys(&label).map_err(Error::Other)
     }
 
     fn drop(&mut self, store: Resource<OpenStore>) -> wasmtime::Result<()> {
@@ -242,8 +372,62 @@ pub fn add_to_linker<T: Send + 'static>(
     get: fn(&mut T) -> KvView<'_>,
 ) -> Result<()> {
     key_value::add_to_linker::<T, KvData>(linker, get)?;
+    crate::wasi_kv::add_to_linker(linker, get)?;
     Ok(())
 }
 
 /// Shared by every request of the application.
 pub type SharedStores = Arc<Stores>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_store(path: &Path) -> Backend {
+        sqlite(path).unwrap()
+    }
+
+    /// Two processes' connections to one SQLite file, each with threads that add one by
+    /// compare-and-swap, starting over with the newer value when another came first: every
+    /// addition counts (without the transaction around the compare, some are lost).
+    #[test]
+    fn compare_and_swap_loses_nothing_across_connections() {
+        let dir = std::env::temp_dir().join(format!("kv-cas-{}", std::process::id()));
+        let path = dir.join("kv.db");
+        let stores = [file_store(&path), file_store(&path)];
+        let add = |b: &Backend| {
+            for _ in 0..50 {
+                let mut read = b.get("default", "n").unwrap();
+                loop {
+                    let now = read
+                        .as_deref()
+                        .map_or(0u64, |v| u64::from_le_bytes(v.try_into().unwrap()));
+                    match b
+                        .swap("default", "n", &read, &(now + 1).to_le_bytes())
+                        .unwrap()
+                    {
+                        Swapped::Done => break,
+                        Swapped::Conflict(newer) => read = newer,
+                    }
+                }
+            }
+        };
+        std::thread::scope(|s| {
+            for b in &stores {
+                for _ in 0..4 {
+                    s.spawn(|| add(b));
+                }
+            }
+        });
+        let n = stores[0].get("default", "n").unwrap().unwrap();
+        assert_eq!(u64::from_le_bytes(n.try_into().unwrap()), 400);
+        // As Spin 4.0.2 keeps a counter: 8 bytes, little-endian.
+        assert_eq!(stores[1].increment("default", "c", 3), Ok(3));
+        assert_eq!(stores[0].increment("default", "c", 4), Ok(7));
+        assert_eq!(
+            stores[0].get("default", "c").unwrap(),
+            Some(7i64.to_le_bytes().to_vec())
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -12,6 +12,7 @@ mod pool;
 mod routes;
 mod server;
 mod variables;
+mod wasi_kv;
 
 use anyhow::{Context, Result};
 use std::io::Write;
