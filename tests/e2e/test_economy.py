@@ -159,7 +159,9 @@ def test_answers_the_client_does_not_get_leave_their_connection_open(make_target
     sent = sum(after["outbound"].values()) - sum(before["outbound"].values())
     connects = after["connects"] - before["connects"]
     print(f"\n{sent} upstream requests over {connects} new connections")
-    assert sent >= 20, (before, after)
+    # 10 replaced error pages, and the token endpoint's probes (`/v2/`, the repository) once:
+    # its answer for an open repository is kept.
+    assert sent >= 12, (before, after)
     assert connects <= 2, (before, after)
 
 

@@ -200,8 +200,10 @@ def test_pull_events_are_logged_and_counted_exactly_by_two_instances(ups, seeded
     rc = tmp_path / "runtime-config.toml"
     rc.write_text(f'[key_value_store.default]\ntype = "redis"\n'
                   f'url = "redis://127.0.0.1:{redis_server.port}"\n')
-    a = start(ups, runtime_config=rc)
-    b = start(ups, runtime_config=rc)
+    # Two instances of one deployment: one public URL.
+    site = {"public_url": "http://images.e2e.test"}
+    a = start(ups, runtime_config=rc, variables=site)
+    b = start(ups, runtime_config=rc, variables=site)
     try:
         r = call(a.url, "GET", "/token?scope=repository:multiarch:pull",
                  headers=[("Authorization", clients.basic_header(STRANGER))])
