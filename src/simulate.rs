@@ -430,8 +430,23 @@ pub fn check(config: &Config, req: &Incoming, run: &Run) -> Result<(), String> {
         .route
         .as_ref()
         .is_some_and(|r| r.access != crate::routes::RouteAccess::Public && (r.push || r.delete));
-    if !read_only && !takes_writes && status.is_success() {
+    // A CORS preflight is the proxy's own answer: nothing went upstream (checked above).
+    let preflight = req.method == Method::OPTIONS && run.sent.is_empty();
+    if !read_only && !takes_writes && !preflight && status.is_success() {
         return fail("READ_ONLY", format!("{} answered {status}", req.method));
+    }
+    // CORS: only a listed origin is told it may read, and never `*`.
+    let allowed = h.get("access-control-allow-origin");
+    if let Some(a) = allowed {
+        let listed = config.routes.0.iter().any(|r| {
+            r.cors
+                .iter()
+                .any(|o| o.to_string().as_bytes() == a.as_bytes())
+        });
+        let sent = req.headers.get(header::ORIGIN) == Some(a);
+        if !listed || !sent {
+            return fail("CORS", format!("allow-origin {a:?}"));
+        }
     }
     Ok(())
 }
@@ -493,11 +508,23 @@ const TABLE: &str = r#"[
      "auth": "http://127.0.0.2:5001", "cdn": "http://127.0.0.3:5002", "library": true,
      "mirrors": ["docker.io"], "blob_redirect": "BLOB"},
     {"name": "teams", "path": "team", "upstream": "http://127.0.0.5:5005",
-     "auth": "http://127.0.0.2:5001", "cdn": "http://127.0.0.3:5002", "prefix": "app"},
+     "auth": "http://127.0.0.2:5001", "cdn": "http://127.0.0.3:5002", "prefix": "app",
+     "push": true, "delete": true, "deny": ["team/secret*"], "cors": ["https://ui.example.com"]},
+    {"name": "users", "host": "users.example.com", "upstream": "http://127.0.0.1:5000",
+     "auth": "http://127.0.0.2:5001", "username": "robot", "password": "s3cret",
+     "access": "users", "push": true},
     {"name": "own", "host": "127.0.0.1", "upstream": "http://127.0.0.1:5000",
      "auth": "http://127.0.0.2:5001", "cdn": "http://127.0.0.3:5002",
      "username": "robot", "password": "s3cret", "public": true, "blob_redirect": "BLOB"}
 ]"#;
+
+/// The `token_secret` of generated configurations.
+pub const TOKEN_SECRET: &str = "0123456789abcdef0123456789abcdef";
+/// The `users` variable of generated exchanges (`htpasswd -nbB alice s3cret`): alice pulls and
+/// pushes `team/**` and `app` on the users route.
+pub const USERS: &str = r#"[{"name": "alice", "admin": true,
+    "password": "$2y$05$ha5H.1Gr3Cup2kRBdcj.GuJbnsrqMUFVViHZUMOn/79k9jPA70EMi",
+    "access": [{"repositories": ["team/**", "app"], "actions": ["pull", "push"]}]}]"#;
 
 pub fn config(src: &mut Source) -> Config {
     let upstream = src.pick(&[UPSTREAM, "https://registry-1.docker.io"]);
@@ -523,6 +550,7 @@ pub fn config(src: &mut Source) -> Config {
         ("public_url", public),
         ("trust_forwarded", trust),
         ("home", home),
+        ("token_secret", TOKEN_SECRET),
     ];
     Config::from_variables(|k| {
         pairs
@@ -585,7 +613,14 @@ fn path(src: &mut Source) -> String {
         5 => format!("/v2/{n}/blobs/{}", src.pick(&[DIGEST, "latest"])),
         6 => format!("/v2/{n}/tags/list"),
         7 => format!("/v2/{n}/referrers/{DIGEST}"),
-        8 => format!("/v2/{n}/blobs/uploads/"),
+        8 => format!(
+            "/v2/{n}/blobs/uploads/{}",
+            src.pick(&[
+                "",
+                "6d1c3f0e-0000?_state=x",
+                "?mount=sha256:aa&from=team/secret"
+            ])
+        ),
         9 => "/favicon.ico".into(),
         10 => format!("/v2/{n}/manifests/1.0"),
         11 => format!("/v2/{n}/blobs/{DIGEST}"),
@@ -615,6 +650,7 @@ fn request_headers(src: &mut Source) -> HeaderMap {
     let host: &[u8] = src.pick(&[
         b"127.0.0.1:3000".as_slice(),
         b"images.example.com",
+        b"users.example.com",
         b"[<img src=x onerror=alert(1)>]",
         b"a\",realm=\"evil",
         b"\xc3\xa9.example",
@@ -625,7 +661,14 @@ fn request_headers(src: &mut Source) -> HeaderMap {
             h.insert(header::HOST, v);
         }
     }
-    let optional: [(&str, &[u8]); 11] = [
+    let optional: [(&str, &[u8]); 15] = [
+        ("origin", b"https://ui.example.com"),
+        ("access-control-request-method", b"PATCH"),
+        ("content-length", b"7"),
+        (
+            "authorization",
+            b"Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.e30.AAAA",
+        ),
         ("x-forwarded-host", b"evil.example"),
         ("x-forwarded-proto", b"http"),
         ("authorization", b"Basic YWxpY2U6czNjcmV0"),
@@ -656,7 +699,9 @@ pub fn incoming(src: &mut Source) -> (Incoming, Vec<u8>) {
         Method::HEAD,
         Method::POST,
         Method::PUT,
+        Method::PATCH,
         Method::DELETE,
+        Method::OPTIONS,
     ]);
     let req = Incoming {
         method,
@@ -794,9 +839,15 @@ pub fn exchange(data: &[u8]) -> Result<(), String> {
     let mut store = HashMap::new();
     for _ in 0..3 {
         let (req, body) = incoming(&mut src);
-        let run = run_with_store(config.clone(), req.clone(), &body, &mut store, |_| {
-            canned(&mut src)
-        });
+        let users = |n: &str| (n == "users").then(|| USERS.to_string());
+        let run = run_full(
+            config.clone(),
+            req.clone(),
+            &body,
+            &mut store,
+            users,
+            |_| canned(&mut src),
+        );
         check(&config, &req, &run).map_err(|e| format!("{e}\nrequest: {req:?}\nrun: {run:?}"))?;
     }
     Ok(())
