@@ -29,7 +29,8 @@ DIRECT = os.environ.get("E2E_DIRECT") == "1"
 
 
 def missing_binaries():
-    return [str(p) for p in (harness.HOST_BIN, WASM) if not p.exists()]
+    runtime = [] if harness.SPIN_BIN else [harness.HOST_BIN]
+    return [str(p) for p in (*runtime, WASM) if not p.exists()]
 
 
 class Target:
