@@ -40,6 +40,25 @@ def cost(before: dict, after: dict, origins) -> int:
     return sum(after.get(o, 0) - before.get(o, 0) for o in origins)
 
 
+def counts(proxy, ups, reg) -> dict:
+    """Upstream requests per origin so far, and connections opened: the test host counts them
+    itself; Spin does not (SPIN_BIN), so there they come from the upstreams' own logs (the
+    registry's access log, the realm's TOKENLOG and the storage's CDNLOG lines, each written
+    as the request is answered: read once the pull is over, after a moment), with no count of
+    connections."""
+    if not harness.SPIN_BIN:
+        return harness.counters(proxy)
+    import time
+    time.sleep(0.5)
+    registry = ups.registries["token"].service.log()
+    return {"connects": None, "outbound": {
+        reg.url: sum(1 for ln in registry.splitlines() if '" 20' in ln or '" 30' in ln
+                     or '" 40' in ln or '" 50' in ln),
+        ups.token_server.url: ups.token_server.service.log().count("TOKENLOG "),
+        ups.token.cdn.url: ups.token.cdn.service.log().count("CDNLOG "),
+    }}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", default="layers20,multiarch",
@@ -73,7 +92,7 @@ def main() -> int:
                     }, name=f"economy-{client}-{mode}")
                     try:
                         ref = f"127.0.0.1:{proxy.port}/{name}:latest"
-                        counts = [harness.counters(proxy)]
+                        counted = [counts(proxy, ups, reg)]
                         for _ in range(2):
                             if client == "docker":
                                 dockerd.remove_all_images()
@@ -86,16 +105,18 @@ def main() -> int:
                                 containerd.drop_namespace(ns)
                             else:
                                 clients.skopeo_copy_all(ref)
-                            counts.append(harness.counters(proxy))
+                            counted.append(counts(proxy, ups, reg))
                     finally:
                         proxy.stop()
-                    out = [c["outbound"] for c in counts]
+                    out = [c["outbound"] for c in counted]
                     cold = (cost(out[0], out[1], registry_origins),
                             cost(out[0], out[1], storage_origins))
                     warm = (cost(out[1], out[2], registry_origins),
                             cost(out[1], out[2], storage_origins))
                     # New upstream connections, all origins: a pooled one costs no handshake.
-                    opened = [counts[i + 1]["connects"] - counts[i]["connects"] for i in (0, 1)]
+                    opened = ["-" if counted[i]["connects"] is None
+                              else counted[i + 1]["connects"] - counted[i]["connects"]
+                              for i in (0, 1)]
                     rows.append((key, blobs, client, mode, cold, warm, opened))
                     print(f"{key} ({blobs} blobs) {client} {mode}: cold {cold[0]} + {cold[1]} "
                           f"storage, warm {warm[0]} + {warm[1]} storage; connections opened: "
@@ -109,6 +130,7 @@ def main() -> int:
         ups.stop()
 
     print()
+    print(f"runtime: {harness.runtime()}")
     print("Upstream requests per pull (registry + realm; + blob storage), and pulls per hour "
           f"within {BUDGET} outbound requests")
     print("| image | blobs | client | blob_redirect | cold | warm | pulls/h cold | pulls/h warm "

@@ -79,7 +79,7 @@ def main() -> int:
     args = ap.parse_args()
     if not shutil.which("hey"):
         sys.exit("hey not found (apt-get install hey)")
-    for exe in (harness.HOST_BIN,
+    for exe in (harness.SPIN_BIN or harness.HOST_BIN,
                 ROOT / "target" / "wasm32-wasip2" / "release" / "spin_registry_proxy.wasm"):
         if not Path(exe).exists():
             sys.exit(f"missing {exe}: build it first (tests/run does)")
@@ -111,6 +111,7 @@ def main() -> int:
                 s.stop()
         shutil.rmtree(work, ignore_errors=True)
 
+    print(f"runtime: {harness.runtime()}")
     print(f"{args.clients} concurrent clients ({args.clients // 4} per kind), {args.seconds} s "
           f"each way; blob_redirect=follow; upstream distribution 2.8 on loopback")
     hdr = ("kind", "proxy req/s", "direct req/s", "proxy/direct", "proxy errors", "direct errors")

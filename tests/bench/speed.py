@@ -117,7 +117,8 @@ allowed_outbound_hosts = ["{registry.url}"]
 [component.floor.variables]
 upstream = "{{{{ upstream }}}}"
 """)
-    return harness.Service("bench-floor", [harness.HOST_BIN, "--from", manifest, "--listen",
+    runtime = [harness.SPIN_BIN, "up"] if harness.SPIN_BIN else [harness.HOST_BIN]
+    return harness.Service("bench-floor", [*runtime, "--from", manifest, "--listen",
                                            "127.0.0.1:0", "--state-dir", d],
                            env={"SPIN_VARIABLE_UPSTREAM": registry.url}, port=0,
                            announce=harness.ANNOUNCED)
@@ -128,10 +129,13 @@ def pull(url: str, size: int, streams: int) -> float:
     return streams * size / MiB / curl_pulls(url, size, streams)
 
 
-def heads(url: str, n: int, pid: int) -> tuple[float, float]:
-    """n HEADs over 16 connections (hey); (req/s, CPU ms per HEAD of process `pid`)."""
+def heads(url: str, n: int, pid: int, token: str | None = None) -> tuple[float, float]:
+    """n HEADs over 16 connections (hey), with a Bearer `token` if given; (req/s, CPU ms per
+    HEAD of process `pid` and its children)."""
     n -= n % 16  # hey gives each connection n // 16
     argv = ["hey", "-n", str(n), "-c", "16", "-m", "HEAD", "-H", f"Accept: {ACCEPT}", url]
+    if token:
+        argv[-1:-1] = ["-H", f"Authorization: Bearer {token}"]
     cpu0 = cpu_seconds(pid)
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     cpu = cpu_seconds(pid) - cpu0
@@ -173,7 +177,7 @@ def main() -> int:
         if not shutil.which(tool):
             sys.exit(f"{tool} not found")
     wasm = ROOT / "target" / "wasm32-wasip2" / "release" / "spin_registry_proxy.wasm"
-    for exe in (harness.HOST_BIN, wasm):
+    for exe in (harness.SPIN_BIN or harness.HOST_BIN, wasm):
         if not Path(exe).exists():
             sys.exit(f"missing {exe}: build it first (tests/run does)")
     build_floor()
@@ -271,6 +275,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     med = statistics.median
+    print(f"runtime: {harness.runtime()}")
     print()
     if streams:
         print(f"blob GET of {args.size} MiB, medians of {args.rounds} rounds "

@@ -98,7 +98,7 @@ def main() -> int:
         sizes = [int(float(s) * MiB) for s in args.sizes.split(",")]
     else:
         sizes = [MiB, 32 * MiB] if args.quick else [MiB, 1024 * MiB]
-    for exe in (harness.HOST_BIN,
+    for exe in (harness.SPIN_BIN or harness.HOST_BIN,
                 ROOT / "target" / "wasm32-wasip2" / "release" / "spin_registry_proxy.wasm"):
         if not Path(exe).exists():
             sys.exit(f"missing {exe}: build it first (tests/run does)")
@@ -159,6 +159,7 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     base = rows[0]["peak"]
+    print(f"runtime: {harness.runtime()}")
     print()
     print(f"{CONCURRENCY} concurrent GETs of one blob; RSS = VmHWM of spin-test-host (+children), MB = MiB;"
           f" blobs up to {HELD_BELOW // MiB} MiB also pulled at {HELD_RATE}/s so all {CONCURRENCY} overlap")
