@@ -625,6 +625,37 @@ impl Exchange {
         }
     }
 
+    /// The head of a request to `url`, with `auth`; an error where `url` is outside what
+    /// configuration names: the last guard of "no request reaches a host configuration did
+    /// not name".
+    fn request_head(
+        &mut self,
+        role: Role,
+        method: Method,
+        url: url::Url,
+        mut headers: HeaderMap,
+        auth: Option<HeaderValue>,
+    ) -> Result<Request<()>, OciError> {
+        let allowed = Origin::of_url(&url)
+            .is_some_and(|o| self.route().is_some_and(|r| r.allows_destination(&o)));
+        if !allowed {
+            return Err(OciError::internal("destination outside configuration"));
+        }
+        if let Some(a) = auth {
+            headers.insert(header::AUTHORIZATION, a);
+        }
+        let Ok(uri) = url.as_str().parse() else {
+            return Err(OciError::internal("unrepresentable upstream URL"));
+        };
+        let mut req = Request::new(());
+        *req.method_mut() = method;
+        *req.headers_mut() = headers;
+        *req.uri_mut() = uri;
+        self.current = Some(url);
+        self.role = role;
+        Ok(req)
+    }
+
     fn send(
         &mut self,
         role: Role,
@@ -634,28 +665,16 @@ impl Exchange {
         auth: Option<HeaderValue>,
         body: Vec<u8>,
     ) -> Step {
-        // The last guard of "no request reaches a host configuration did not name".
-        let allowed = Origin::of_url(&url)
-            .is_some_and(|o| self.route().is_some_and(|r| r.allows_destination(&o)));
-        if !allowed {
-            return self.error(OciError::internal("destination outside configuration"));
-        }
-        if let Some(a) = auth {
-            headers.insert(header::AUTHORIZATION, a);
-        }
         // A write says its length, empty or not (without one the runtime sends it chunked).
         if !body.is_empty() || !matches!(method, Method::GET | Method::HEAD) {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         }
-        let Ok(uri) = url.as_str().parse() else {
-            return self.error(OciError::internal("unrepresentable upstream URL"));
+        let head = match self.request_head(role, method, url, headers, auth) {
+            Ok(h) => h,
+            Err(e) => return self.error(e),
         };
-        let mut req = Request::new(body);
-        *req.method_mut() = method;
-        *req.headers_mut() = headers;
-        *req.uri_mut() = uri;
-        self.current = Some(url);
-        self.role = role;
+        let (parts, ()) = head.into_parts();
+        let req = Request::from_parts(parts, body);
         self.in_flight = Some(clone_request(&req));
         self.resent = false;
         Step::Send(req)
@@ -666,28 +685,16 @@ impl Exchange {
         &mut self,
         method: Method,
         url: url::Url,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         auth: Option<HeaderValue>,
     ) -> Step {
-        let allowed = Origin::of_url(&url)
-            .is_some_and(|o| self.route().is_some_and(|r| r.allows_destination(&o)));
-        if !allowed {
-            return self.error(OciError::internal("destination outside configuration"));
+        match self.request_head(Role::Registry, method, url, headers, auth) {
+            Ok(head) => {
+                self.in_flight = None;
+                Step::Stream(head)
+            }
+            Err(e) => self.error(e),
         }
-        if let Some(a) = auth {
-            headers.insert(header::AUTHORIZATION, a);
-        }
-        let Ok(uri) = url.as_str().parse() else {
-            return self.error(OciError::internal("unrepresentable upstream URL"));
-        };
-        let mut req = Request::new(());
-        *req.method_mut() = method;
-        *req.headers_mut() = headers;
-        *req.uri_mut() = uri;
-        self.current = Some(url);
-        self.role = Role::Registry;
-        self.in_flight = None;
-        Step::Stream(req)
     }
 
     fn method_not_allowed(&mut self, method: &Method) -> Step {
