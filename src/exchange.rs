@@ -434,37 +434,6 @@ impl Exchange {
         }
     }
 
-    /// A web page asks whether it may make a request (CORS): the proxy answers for the route
-    /// that would serve it, or for the host where no one route does, and never asks upstream.
-    fn preflight(&mut self, endpoint: &Endpoint) -> Step {
-        let host = self
-            .public
-            .as_ref()
-            .map(|p| p.host.clone())
-            .unwrap_or_default();
-        if let Some(name) = endpoint.name() {
-            if let Ok(route) = self
-                .config
-                .routes
-                .select(&host, Some(name), self.ns.as_deref())
-            {
-                let route = route.clone();
-                self.use_route(route);
-            }
-        }
-        if self.cors_origin().is_none() {
-            return self.error(OciError::denied(
-                "this registry lets no page of that origin read it",
-            ));
-        }
-        let mut answer = Draft::made(StatusCode::NO_CONTENT, Vec::new(), "text/plain");
-        answer.body = DraftBody::Made {
-            bytes: Vec::new(),
-            content_type: None,
-        };
-        self.reply(answer)
-    }
-
     /// A request to the distribution API: `/v2/` of a host several registries share is the
     /// proxy's own; the rest goes to the route that serves it, as a read or a write.
     fn api_request(&mut self, endpoint: Endpoint, req: Incoming, read_only: bool) -> Step {
@@ -746,20 +715,6 @@ impl Exchange {
         self.reply(draft)
     }
 
-    /// The request's `Origin` (a web page's), if the route serving it (or, where no route does
-    /// yet, a route of the host) lets that page read answers.
-    fn cors_origin(&self) -> Option<HeaderValue> {
-        let origin = self.client_headers.get(header::ORIGIN)?;
-        let page = Origin::parse(origin.to_str().ok()?).ok()?;
-        let host = self.public.as_ref()?.host.as_str();
-        let lists = |r: &Route| r.cors.contains(&page);
-        let allowed = match &self.route {
-            Some(r) => lists(r),
-            None => self.config.routes.serving(host).any(lists),
-        };
-        allowed.then(|| origin.clone())
-    }
-
     /// Every answer leaves through here.
     fn reply(&mut self, draft: Draft) -> Step {
         self.waiting = Waiting::Nothing;
@@ -793,33 +748,6 @@ impl Exchange {
         self.record_pull(response.status());
         Step::Reply(response)
     }
-
-    /// A manifest GET is a pull: its event for the log, and a count once it succeeded.
-    fn record_pull(&mut self, status: StatusCode) {
-        let (Some(Endpoint::Manifest { name, reference }), Some(route), &Method::GET) =
-            (&self.endpoint, &self.route, &self.method)
-        else {
-            return;
-        };
-        let user = self.user.as_deref().unwrap_or("anonymous");
-        let event = crate::pull_stats::Event::new(
-            self.now,
-            &route.name,
-            name,
-            reference,
-            user,
-            status.as_u16(),
-        );
-        if status.is_success() {
-            self.deferred.push(Write::Count {
-                key: crate::pull_stats::key(self.now),
-                now: self.now,
-                repository: event.counted_as(),
-                user: user.to_string(),
-            });
-        }
-        self.pull = Some(event);
-    }
 }
 
 /// Credentials were offered where the upstream asks for none: refused, never dropped for an
@@ -837,6 +765,7 @@ fn clone_request(r: &Request<Vec<u8>>) -> Request<Vec<u8>> {
 }
 
 mod cached;
+mod cors;
 mod own_credentials;
 mod push;
 mod registry;

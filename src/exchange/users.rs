@@ -280,6 +280,35 @@ impl Exchange {
     }
 }
 
+impl Exchange {
+    /// A manifest GET is a pull: its event for the log, and a count once it succeeded.
+    pub(super) fn record_pull(&mut self, status: StatusCode) {
+        let (Some(Endpoint::Manifest { name, reference }), Some(route), &Method::GET) =
+            (&self.endpoint, &self.route, &self.method)
+        else {
+            return;
+        };
+        let user = self.user.as_deref().unwrap_or("anonymous");
+        let event = crate::pull_stats::Event::new(
+            self.now,
+            &route.name,
+            name,
+            reference,
+            user,
+            status.as_u16(),
+        );
+        if status.is_success() {
+            self.deferred.push(Write::Count {
+                key: crate::pull_stats::key(self.now),
+                now: self.now,
+                repository: event.counted_as(),
+                user: user.to_string(),
+            });
+        }
+        self.pull = Some(event);
+    }
+}
+
 /// What a user's token grants of the scopes asked for: each repository action the user (and
 /// the access token used) may take and the route serves; the catalog where the user holds
 /// anything on the route. Names are client names.
