@@ -1,7 +1,8 @@
 //! The proxy's own users: logins at the token endpoint (checked against the `users` variable,
 //! answered with a token the proxy signs), the check every request on a route passes before
-//! anything else (its allow and deny lists; on a `users` route, the token and its scope), and
-//! the admin's endpoints (`/-/stats`, `/-/health`).
+//! anything else (its allow and deny lists; on a `users` route, the token and its scope), who
+//! pulled what (each manifest GET's event and count), and the admin's endpoints (`/-/stats`,
+//! `/-/health`).
 
 use super::*;
 use crate::proxy_token::{self, Access, Claims};
