@@ -8,7 +8,7 @@ use spin_registry_proxy::origin::OriginError;
 use spin_registry_proxy::routes::{self, Defaults};
 use std::time::Duration;
 
-const FIELDS: [&str; 13] = [
+const FIELDS: [&str; 18] = [
     "preset",
     "upstream",
     "auth",
@@ -22,9 +22,14 @@ const FIELDS: [&str; 13] = [
     "tag_ttl",
     "credentials",
     "public",
+    "access",
+    "client_credentials",
+    "push",
+    "delete",
+    "cors",
 ];
 
-const WORDS: [&str; 11] = [
+const WORDS: [&str; 16] = [
     "unknown preset",
     "missing (give it, or a preset that has one)",
     "expected a host name or *.domain, without port",
@@ -36,6 +41,29 @@ const WORDS: [&str; 11] = [
     "expected seconds (0 to 86400)",
     "give username and password, or token alone",
     "a route with credentials serves every client with them: say \"public\": true",
+    "expected \"upstream\", \"public\" or \"users\"",
+    "says otherwise than access",
+    "a route with credentials serves clients with them: say \"access\": \"public\" \
+     (every client) or \"users\" (the proxy's users)",
+    "a route with credentials of its own, or whose access is not \"upstream\", \
+     passes no client's upstream",
+    "a route open to everyone takes no writes: give it \"access\": \"users\" (users \
+     with the push action) or \"upstream\" (the client's credentials decide)",
+];
+
+/// What follows "route X: " when a route meets another: the other's label, then these words.
+const MEETINGS: [(&str, &str); 4] = [
+    ("serves the same host and path as ", ""),
+    ("mirrors a registry ", " mirrors"),
+    (
+        "takes clients' credentials on a host where ",
+        ", for another registry, takes them too (a client has one login per host)",
+    ),
+    (
+        "shares a host with ",
+        ", and one takes its logins for the proxy's users while the other takes them for \
+         its registry (a client has one login per host)",
+    ),
 ];
 
 /// `"name"` or a route number, and what follows it.
@@ -74,14 +102,9 @@ fn fixed(message: &str) -> bool {
     {
         return true;
     }
-    for tail in [
-        "serves the same host and path as route ",
-        "mirrors a registry route ",
-    ] {
-        if let Some(r) = rest.strip_prefix(tail) {
-            return label(&format!("route {r}: x")).is_some()
-                || r.strip_suffix(" mirrors")
-                    .is_some_and(|n| label(&format!("route {n}: x")).is_some());
+    for (head, tail) in MEETINGS {
+        if let Some(other) = rest.strip_prefix(head).and_then(|r| r.strip_suffix(tail)) {
+            return label(&format!("{other}: x")).is_some();
         }
     }
     let origin_words = OriginError::ALL.map(|e| e.to_string());
