@@ -63,12 +63,14 @@ pub enum Write {
         value: Vec<u8>,
     },
     /// Count one pull of `repository` by `user` in the day slot at `key` (`pull_stats::add`,
-    /// by compare-and-swap: no concurrent count is lost).
+    /// by compare-and-swap: no concurrent count is lost; `mark`, this count's own, tells a
+    /// retry that the count already landed).
     Count {
         key: String,
         now: u64,
         repository: String,
         user: String,
+        mark: String,
     },
 }
 

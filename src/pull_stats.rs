@@ -17,6 +17,10 @@ const SLOTS: u64 = 32;
 pub const DAYS: u64 = 31;
 /// Repositories, and users, counted by name in a day.
 const NAMED: usize = 200;
+/// The last counts' marks a slot keeps: a count retried after a swap that reported failure
+/// but wrote (Spin 4.0.2 on Redis reports every swap so) finds its mark and is not added
+/// twice, however many counts landed in between, up to this many.
+const MARKS: usize = 64;
 
 /// The key of the slot that holds the day `now` falls on.
 pub fn key(now: u64) -> String {
@@ -38,6 +42,9 @@ pub struct Day {
     pub users: BTreeMap<String, u64>,
     pub other_repositories: u64,
     pub other_users: u64,
+    /// The marks of the last counts added (see `MARKS`); not reported.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub marks: Vec<String>,
 }
 
 fn count(names: &mut BTreeMap<String, u64>, other: &mut u64, name: &str) {
@@ -51,8 +58,15 @@ fn count(names: &mut BTreeMap<String, u64>, other: &mut u64, name: &str) {
 }
 
 /// A slot with one more pull of `repository` by `user` on the day of `now` (a slot holding
-/// another day, or nothing readable, starts over).
-pub fn add(stored: Option<&[u8]>, now: u64, repository: &str, user: &str) -> Vec<u8> {
+/// another day, or nothing readable, starts over); `None` when the slot already holds the
+/// count marked `mark`.
+pub fn add(
+    stored: Option<&[u8]>,
+    now: u64,
+    repository: &str,
+    user: &str,
+    mark: &str,
+) -> Option<Vec<u8>> {
     let today = crate::civil_time::day(now);
     let mut d: Day = stored
         .and_then(|b| serde_json::from_slice(b).ok())
@@ -61,10 +75,17 @@ pub fn add(stored: Option<&[u8]>, now: u64, repository: &str, user: &str) -> Vec
             day: today,
             ..Day::default()
         });
+    if d.marks.iter().any(|m| m == mark) {
+        return None;
+    }
     d.pulls += 1;
     count(&mut d.repositories, &mut d.other_repositories, repository);
     count(&mut d.users, &mut d.other_users, user);
-    serde_json::to_vec(&d).unwrap_or_default()
+    if d.marks.len() >= MARKS {
+        d.marks.remove(0);
+    }
+    d.marks.push(mark.to_string());
+    serde_json::to_vec(&d).ok()
 }
 
 /// `/-/stats`: the days within the last 31 that have pulls, newest first, with their totals.
@@ -77,6 +98,10 @@ pub fn report(slots: &[Option<Vec<u8>>], now: u64) -> serde_json::Value {
         .flatten()
         .filter_map(|b| serde_json::from_slice::<Day>(b).ok())
         .filter(|d| recent.contains(&d.day))
+        .map(|d| Day {
+            marks: Vec::new(),
+            ..d
+        })
         .collect();
     days.sort_by(|a, b| b.day.cmp(&a.day));
     let pulls: u64 = days.iter().map(|d| d.pulls).sum();
@@ -131,6 +156,28 @@ mod tests {
     use super::*;
 
     const NOW: u64 = 1_796_040_000; // 2026-11-30T12:00:00Z
+
+    fn add(stored: Option<&[u8]>, now: u64, repository: &str, user: &str) -> Vec<u8> {
+        let mark = format!("{now}{repository}{user}{:?}", stored.map(<[u8]>::len));
+        super::add(stored, now, repository, user, &mark).unwrap()
+    }
+
+    #[test]
+    fn a_count_retried_after_it_landed_is_not_added_twice() {
+        let once = super::add(None, NOW, "r:a", "alice", "m1").unwrap();
+        assert_eq!(super::add(Some(&once), NOW, "r:a", "alice", "m1"), None);
+        let mut slot = once;
+        for i in 0..MARKS - 1 {
+            slot = super::add(Some(&slot), NOW, "r:a", "bob", &format!("n{i}")).unwrap();
+        }
+        assert_eq!(super::add(Some(&slot), NOW, "r:a", "alice", "m1"), None);
+        let r = report(&[Some(slot)], NOW);
+        assert_eq!(r["pulls"], MARKS as u64);
+        assert!(
+            r["days"][0].get("marks").is_none(),
+            "marks are not reported"
+        );
+    }
 
     #[test]
     fn a_day_counts_pulls_by_repository_and_user() {

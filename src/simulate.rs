@@ -113,10 +113,12 @@ fn apply(store: &mut HashMap<String, Vec<u8>>, w: Write) {
             now,
             repository,
             user,
+            mark,
         } => {
             let slot = store.get(&key).map(Vec::as_slice);
-            let counted = crate::pull_stats::add(slot, now, &repository, &user);
-            store.insert(key, counted);
+            if let Some(counted) = crate::pull_stats::add(slot, now, &repository, &user, &mark) {
+                store.insert(key, counted);
+            }
         }
         Write::Merge { key, entry, ways } => {
             let bucket = store.get(&key).map(Vec::as_slice);

@@ -291,8 +291,9 @@ impl KeyValue {
                     now,
                     repository,
                     user,
+                    mark,
                 } => bucket.count(&key, |current| {
-                    crate::pull_stats::add(current, now, &repository, &user)
+                    crate::pull_stats::add(current, now, &repository, &user, &mark)
                 }),
             }
         }
@@ -325,18 +326,22 @@ mod store {
             let _ = self.0.delete(key);
         }
 
-        /// Replaces the value at `key` with `change(current)` (`None`: leaves it), atomically;
-        /// a kept entry given up after 16 lost races only costs a request later.
+        /// Replaces the value at `key` with `change(current)` (`None`: it holds the change
+        /// already), atomically; a kept entry given up after 16 lost races only costs a
+        /// request later.
         pub fn update(&self, key: &str, change: impl Fn(Option<&[u8]>) -> Option<Vec<u8>>) {
             self.swap(key, 16, change);
         }
 
-        /// Replaces the value at `key` with `add(current)`, atomically, for as long as other
-        /// writers win (each lost race is another's success): counts are exact.
-        pub fn count(&self, key: &str, add: impl Fn(Option<&[u8]>) -> Vec<u8>) {
-            self.swap(key, 1000, |current| Some(add(current)));
+        /// As `update`, for as long as other writers win (each lost race is another's
+        /// success): counts are exact.
+        pub fn count(&self, key: &str, add: impl Fn(Option<&[u8]>) -> Option<Vec<u8>>) {
+            self.swap(key, 1000, add);
         }
 
+        /// The loop ends when a swap succeeds or when the value read holds the change: Spin
+        /// 4.0.2 on Redis reports every swap as failed, the ones that wrote too, so only the
+        /// value read back tells. `change` must therefore see its own change in a value.
         fn swap(&self, key: &str, tries: usize, change: impl Fn(Option<&[u8]>) -> Option<Vec<u8>>) {
             let Ok(mut cas) = atomics::Cas::new(&self.0, key) else {
                 // A store without compare-and-swap: read, change, write.
@@ -345,15 +350,25 @@ mod store {
                 }
                 return;
             };
+            let mut errors = 0;
             for _ in 0..tries {
                 let Ok(current) = cas.current() else { return };
                 let Some(value) = change(current.as_deref()) else {
                     return;
                 };
-                match atomics::swap(cas, &value) {
-                    Err(atomics::CasError::CasFailed(newer)) => cas = newer,
-                    _ => return,
-                }
+                cas = match atomics::swap(cas, &value) {
+                    Ok(()) => return,
+                    Err(atomics::CasError::CasFailed(newer)) => newer,
+                    // Whether it wrote is unknown: read again, a few times.
+                    Err(atomics::CasError::StoreError(_)) if errors < 2 => {
+                        errors += 1;
+                        match atomics::Cas::new(&self.0, key) {
+                            Ok(c) => c,
+                            Err(_) => return,
+                        }
+                    }
+                    Err(atomics::CasError::StoreError(_)) => return,
+                };
             }
         }
     }
@@ -396,10 +411,9 @@ mod store {
             }
         }
 
-        /// Read, add, write: a concurrent count may be lost (read back, it cannot be told from
-        /// one that already holds this one).
-        pub fn count(&self, key: &str, add: impl Fn(Option<&[u8]>) -> Vec<u8>) {
-            self.set(key, &add(self.get(key).as_deref()));
+        /// As `update`: a count read back without its mark is added again.
+        pub fn count(&self, key: &str, add: impl Fn(Option<&[u8]>) -> Option<Vec<u8>>) {
+            self.update(key, add);
         }
     }
 }

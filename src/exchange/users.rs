@@ -304,6 +304,8 @@ impl Exchange {
                 now: self.now,
                 repository: event.counted_as(),
                 user: user.to_string(),
+                // One-way from the request's random bytes, which may become the store secret.
+                mark: crate::digest::sha256(&self.random)[..16].to_string(),
             });
         }
         self.pull = Some(event);

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import clients
+import harness
 from clients import call, oci_error_of, only_bearer
 from images import PAGED_REPO, PREFIX, push_plan
 from upstream_double import (
@@ -78,11 +80,16 @@ def test_upstream_error_details_never_name_the_prefix(make_target, needs_proxy):
 
 @pytest.mark.parametrize("host", HOSTILE_HOSTS)
 def test_hostile_host_is_refused_everywhere(make_target, host, needs_proxy):
-    """Refused by the runtime (an HTTP server may reject what is no URI authority) or by the
-    proxy, never put into a page, a realm or a Link."""
+    """Refused by the runtime (an HTTP server may reject what is no URI authority: Spin 4.0.2
+    closes the connection without an answer) or by the proxy, never put into a page, a realm
+    or a Link."""
     target = make_target("token")
     for path in ["/", "/v2/", "/v2/multiarch/manifests/latest"]:
-        r = call(target.url, "GET", path, headers=[("Host", host)])
+        try:
+            r = call(target.url, "GET", path, headers=[("Host", host)])
+        except (http.client.RemoteDisconnected, ConnectionResetError):
+            assert harness.SPIN_BIN, f"{path}: the test host closed the connection unanswered"
+            continue
         assert r.status == 400, f"{path}: {r!r}"
         assert b"<img" not in r.body and "evil" not in r.describe(), r
         if (r.header("Content-Type") or "").startswith("application/json"):

@@ -12,6 +12,7 @@ import base64
 import concurrent.futures
 import json
 import subprocess
+import time
 
 import pytest
 
@@ -219,18 +220,27 @@ def test_pull_events_are_logged_and_counted_exactly_by_two_instances(ups, seeded
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             list(pool.map(client, range(8)))
-        stats = call(b.url, "GET", "/-/stats",
+        def stats():
+            r = call(b.url, "GET", "/-/stats",
                      headers=[("Authorization", clients.basic_header(CUSTOMER))])
-        assert stats.status == 200, stats.describe()
-        day = stats.json()["days"][0]
-        assert stats.json()["pulls"] == 200, stats.json()
-        assert day["repositories"]["vendor:multiarch"] == 200
-        assert day["users"][STRANGER[0]] == 200
+            assert r.status == 200, r.describe()
+            return r.json()
+
+        # Counts are written after the answer (and under contention a count takes several
+        # swaps): wait for them, then for the events, then read once more.
+        deadline = time.monotonic() + 60
+        while stats()["pulls"] < 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
         events = []
         for p in (a, b):
             text = p.wait_log(lambda t: t.count('"event":"pull"') >= 100)
             events += [json.loads(ln) for ln in text.splitlines() if ln.startswith('{"event":"pull"')]
         assert len(events) == 200, len(events)
+        counted = stats()
+        day = counted["days"][0]
+        assert counted["pulls"] == 200, counted
+        assert day["repositories"]["vendor:multiarch"] == 200
+        assert day["users"][STRANGER[0]] == 200
         assert all(e["user"] == STRANGER[0] and e["status"] == 200 for e in events)
         assert not any("127.0.0.1" in json.dumps(e) for e in events), "no client address"
     finally:

@@ -45,8 +45,17 @@ fn incoming(
         scheme: Some("http".into()),
         authority: None,
         now: 1_700_000_000,
-        random: [0x5a; 32],
+        random: fresh_random(),
     }
+}
+
+/// Each request's own random bytes, as the adapter draws them.
+fn fresh_random() -> [u8; 32] {
+    static DRAWN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = DRAWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut r = [0x5a; 32];
+    r[..8].copy_from_slice(&n.to_le_bytes());
+    r
 }
 
 /// Runs one exchange against a scripted upstream and checks every invariant.

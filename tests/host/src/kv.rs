@@ -199,9 +199,9 @@ impl Backend {
         )
     }
 
-    /// Sets `key` to `value` if it still holds `expected` (`None`: absent), atomically: in
-    /// one SQLite transaction (other processes on the file wait for it), or under Redis's
-    /// WATCH on a connection of its own.
+    /// Sets `key` to `value` if it still holds `expected` (on SQLite, `None` sets it
+    /// whatever it holds now, as Spin does), atomically: in one SQLite transaction (other
+    /// processes on the file wait for it), or under Redis's WATCH on a connection of its own.
     pub fn swap(
         &self,
         store: &str,
@@ -213,7 +213,9 @@ impl Backend {
             |c| {
                 let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 let now = sqlite_get(&tx, store, key)?;
-                if now != *expected {
+                // Spin's SQLite swap is `UPDATE ... WHERE value = <read>`, or an upsert when
+                // nothing was read: a key created meanwhile is overwritten.
+                if expected.is_some() && now != *expected {
                     return Ok(Swapped::Conflict(now));
                 }
                 sqlite_set(&tx, store, key, value)?;
@@ -395,6 +397,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kv-cas-{}", std::process::id()));
         let path = dir.join("kv.db");
         let stores = [file_store(&path), file_store(&path)];
+        // A swap whose read found nothing is an upsert (as on Spin): the key exists first.
+        stores[0].set("default", "n", &0u64.to_le_bytes()).unwrap();
         let add = |b: &Backend| {
             for _ in 0..50 {
                 let mut read = b.get("default", "n").unwrap();

@@ -4,8 +4,10 @@
 //!
 //! Checked on Spin 4.0.2 (a probe component, SQLite and Redis stores): a compare-and-swap on
 //! an absent key creates it; one whose key another writer changed fails with `cas-failed`,
-//! holding the newer value; on Redis, the swap that creates a key reports an error although the
-//! key is set (the test host does the same); `increment` starts from 0.
+//! holding the newer value; on SQLite, one whose read found nothing sets the key whatever it
+//! holds by then; on Redis, every swap reports `cas-failed`, the ones that wrote too (the test
+//! host does the same: a guest must tell its own write from another's); `increment` starts
+//! from 0.
 
 use crate::bindings::wasi_keyvalue::{atomics, batch, store};
 use crate::kv::{may_open, Backend, KvData, KvView, OpenError, Swapped};
@@ -107,21 +109,35 @@ impl atomics::Host for KvView<'_> {
             .backend(&c.label)
             .ok_or(atomics::CasError::StoreError(Error::NoSuchStore))?;
         match b.swap(&c.label, &c.key, &c.read, &value) {
-            Ok(Swapped::Done) if c.read.is_none() && b.is_redis() => Err(store_error(
-                Error::Other("the key was set, but the swap reported no result".into()),
-            )),
-            Ok(Swapped::Done) => Ok(()),
-            Ok(Swapped::Conflict(now)) => {
-                let newer = Cas {
-                    label: c.label,
-                    key: c.key,
-                    read: now,
-                };
-                let newer = self.table.push(newer).map_err(|e| store_error(other(e)))?;
-                Err(atomics::CasError::CasFailed(newer))
+            // Spin 4.0.2 on Redis reports `cas-failed` even when its transaction wrote (its
+            // UNWATCH, given the key, is refused): the handle then reads the value written.
+            Ok(Swapped::Done) if b.is_redis() => {
+                let now = b
+                    .get(&c.label, &c.key)
+                    .map_err(|e| store_error(Error::Other(e)))?;
+                cas_failed(self, c, now)
             }
+            Ok(Swapped::Done) => Ok(()),
+            Ok(Swapped::Conflict(now)) => cas_failed(self, c, now),
             Err(e) => Err(store_error(Error::Other(e))),
         }
+    }
+}
+
+/// `cas-failed`, with a handle that has read `now` (Spin's own handle reads the key anew).
+fn cas_failed(
+    view: &mut KvView<'_>,
+    c: Cas,
+    now: Option<Vec<u8>>,
+) -> Result<(), atomics::CasError> {
+    let newer = Cas {
+        label: c.label,
+        key: c.key,
+        read: now,
+    };
+    match view.table.push(newer) {
+        Ok(handle) => Err(atomics::CasError::CasFailed(handle)),
+        Err(e) => Err(atomics::CasError::StoreError(other(e))),
     }
 }
 
