@@ -24,22 +24,39 @@ pub fn encode(input: &[u8]) -> String {
     out
 }
 
+/// Each byte's value in the standard alphabet; `INVALID` for the rest. A table: decoding is
+/// on the path of every manifest answered from the store.
+const INVALID: u8 = 0xff;
+const VALUES: [u8; 256] = {
+    let mut v = [INVALID; 256];
+    let mut i = 0;
+    while i < 64 {
+        v[T[i] as usize] = i as u8;
+        i += 1;
+    }
+    v
+};
+
 pub fn decode(input: &str) -> Option<Vec<u8>> {
     let input = input.as_bytes();
     if input.len() % 4 != 0 {
         return None;
     }
-    let value = |c: u8| T.iter().position(|&t| t == c).map(|v| v as u32);
+    let pad = input.iter().rev().take_while(|&&c| c == b'=').count();
+    if pad > 2 {
+        return None;
+    }
     let mut out = Vec::with_capacity(input.len() / 4 * 3);
-    for (i, quad) in input.chunks(4).enumerate() {
-        let last = i == input.len() / 4 - 1;
-        let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
-        if pad > 2 || (pad > 0 && !last) {
-            return None;
-        }
+    let quads = input.len() / 4;
+    for (i, quad) in input.chunks_exact(4).enumerate() {
+        let pad = if i + 1 == quads { pad } else { 0 };
         let mut n = 0u32;
         for &c in &quad[..4 - pad] {
-            n = (n << 6) | value(c)?;
+            let v = VALUES[c as usize];
+            if v == INVALID {
+                return None;
+            }
+            n = (n << 6) | u32::from(v);
         }
         n <<= 6 * pad as u32;
         let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];

@@ -38,7 +38,8 @@ def push(origin: str, name: str, path: Path, digest: str) -> float:
         location = origin + location
     out = subprocess.run(["curl", "-s", "-S", "-D", "-", "-o", "/dev/null", "-X", "PATCH",
                           "-H", "Content-Type: application/octet-stream",
-                          "--data-binary", f"@{path}", location],
+                          # -T streams the file (--data-binary would read it all first).
+                          "-T", str(path), location],
                          capture_output=True, text=True, check=True).stdout
     location = next(ln.split(" ", 1)[1].strip() for ln in out.splitlines()
                     if ln.lower().startswith("location:"))
