@@ -37,6 +37,14 @@ const VALUES: [u8; 256] = {
     v
 };
 
+/// How many bytes `decode` gives for `input`, if it has the shape of standard base64 (the
+/// characters themselves unchecked).
+pub fn decoded_len(input: &str) -> Option<usize> {
+    let b = input.as_bytes();
+    let pad = b.iter().rev().take_while(|&&c| c == b'=').count();
+    (b.len() % 4 == 0 && pad <= 2).then(|| b.len() / 4 * 3 - pad)
+}
+
 pub fn decode(input: &str) -> Option<Vec<u8>> {
     let input = input.as_bytes();
     if input.len() % 4 != 0 {
@@ -99,6 +107,16 @@ pub fn decode_url(input: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_decoded_length_is_known_without_decoding() {
+        for bytes in [&b""[..], b"f", b"fo", b"foo", b"foob", b"fooba", b"foobar"] {
+            let text = encode(bytes);
+            assert_eq!(decoded_len(&text), Some(bytes.len()), "{text}");
+        }
+        assert_eq!(decoded_len("abc"), None);
+        assert_eq!(decoded_len("a==="), None);
+    }
 
     #[test]
     fn matches_rfc4648_both_ways() {

@@ -120,11 +120,21 @@ pub fn find<T: for<'de> Deserialize<'de>>(
     identity: &str,
     now: u64,
 ) -> Option<T> {
-    let entries: Vec<Entry<serde_json::Value>> = serde_json::from_slice(bucket?).ok()?;
+    /// An entry read in place: only the one found is parsed (a bucket holds several kept
+    /// manifests, each a few KiB of base64).
+    #[derive(Deserialize)]
+    struct Borrowed<'a> {
+        #[serde(borrow)]
+        identity: std::borrow::Cow<'a, str>,
+        until: u64,
+        #[serde(borrow)]
+        value: &'a serde_json::value::RawValue,
+    }
+    let entries: Vec<Borrowed> = serde_json::from_slice(bucket?).ok()?;
     let e = entries
         .into_iter()
         .find(|e| e.identity == identity && now < e.until)?;
-    serde_json::from_value(e.value).ok()
+    serde_json::from_str(e.value.get()).ok()
 }
 
 /// A stored bucket with `entry` in it: in place of the same identity's, and of what has ended;
@@ -258,6 +268,12 @@ impl Manifest {
     pub fn bytes(&self) -> Option<Vec<u8>> {
         let bytes = crate::base64::decode(&self.bytes)?;
         (sha256(&bytes) == self.digest).then_some(bytes)
+    }
+
+    /// How many bytes there are, without decoding or hashing them: what a HEAD tells. The GET
+    /// that follows checks them, and goes upstream if they no longer hash to the digest.
+    pub fn length(&self) -> Option<u64> {
+        crate::base64::decoded_len(&self.bytes).map(|n| n as u64)
     }
 }
 

@@ -221,6 +221,8 @@ pub struct Exchange {
     now: u64,
     writes: Vec<Write>,
     pending: Option<Pending>,
+    /// The upstream path and query of the registry request, until it is built (`pending`).
+    target: Option<(String, Option<String>)>,
     /// Whether the route's token came from the store.
     own_cached: bool,
     /// Whether the route's credentials have been presented afresh: once per request.
@@ -313,6 +315,7 @@ impl Exchange {
             now: req.now,
             writes: Vec::new(),
             pending: None,
+            target: None,
             own_cached: false,
             own_fresh: false,
             own_realm_kept: None,

@@ -113,6 +113,8 @@ pub enum DraftBody {
     /// The upstream's own body, read in full (a manifest, kept or being kept): its entity
     /// headers are its own.
     Stored(Vec<u8>),
+    /// The length of such a body, for a HEAD: answered without its bytes.
+    StoredLength(u64),
 }
 
 impl Draft {
@@ -260,6 +262,13 @@ pub fn finish(ctx: &Context, draft: Draft) -> ClientResponse {
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             stored = true;
             Some(bytes)
+        }
+        // Only a HEAD is answered with a length alone; a GET would get no bytes, said so.
+        DraftBody::StoredLength(length) => {
+            let length = if ctx.head_only { length } else { 0 };
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+            stored = true;
+            Some(Vec::new())
         }
         DraftBody::Made {
             bytes,

@@ -29,17 +29,9 @@ impl Exchange {
             None => endpoint.path(),
         };
         let query = listing::upstream_query(endpoint, req.query.as_deref(), &self.names);
-        let headers = headers::registry_request(&self.client_headers);
         let authorization = self.clients_authorization();
-        let Some(url) = self.upstream_url(&path, query.as_deref()) else {
-            return self.error(OciError::internal("no route"));
-        };
-        let method = self.upstream_method();
-        self.pending = Some(Pending {
-            method,
-            url,
-            headers,
-        });
+        // Built when it is sent: an answer from the store needs no upstream URL.
+        self.target = Some((path, query));
         self.client_authorization = authorization;
         self.marked = token::bearer_token(self.client_headers.get(header::AUTHORIZATION))
             .and_then(anonymous_token::Marked::parse);
@@ -75,6 +67,9 @@ impl Exchange {
 
     /// Sends the pending registry request with `authorization`.
     pub(super) fn send_pending(&mut self, authorization: Option<HeaderValue>) -> Step {
+        if self.pending.is_none() {
+            self.build_target();
+        }
         if self.write.is_some() {
             return self.send_write(authorization);
         }
@@ -419,6 +414,20 @@ impl Exchange {
     pub(super) fn passes_logins(&self, route: &Route) -> bool {
         let host = self.public.as_ref().map_or("", |p| p.host.as_str());
         self.config.routes.passes_logins(route, host)
+    }
+
+    /// Makes the registry request for `target` the pending one.
+    fn build_target(&mut self) {
+        let Some((path, query)) = self.target.take() else {
+            return;
+        };
+        self.pending = self
+            .upstream_url(&path, query.as_deref())
+            .map(|url| Pending {
+                method: self.upstream_method(),
+                url,
+                headers: headers::registry_request(&self.client_headers),
+            });
     }
 
     pub(super) fn upstream_url(&self, path: &str, query: Option<&str>) -> Option<url::Url> {

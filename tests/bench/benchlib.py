@@ -113,9 +113,14 @@ def rss_kb(pid: int, key: str = "VmRSS") -> int:
     return 0
 
 
+def tree_rss_kb(pid: int) -> int:
+    """VmRSS of a process and its descendants: `spin up` serves from a child process."""
+    return sum(rss_kb(p) for p in [pid, *descendants(pid)])
+
+
 class RssSampler:
     """Peak RSS of a process tree: VmHWM of the process plus the children's peak, sampled every
-    `every` seconds; `samples` keeps the process's own VmRSS (MiB) at each sample."""
+    `every` seconds; `samples` keeps the tree's VmRSS (MiB) at each sample."""
 
     def __init__(self, pid: int, every: float = 0.05):
         self.pid, self.every = pid, every
@@ -126,8 +131,8 @@ class RssSampler:
 
     def _run(self):
         while not self._stop.wait(self.every):
-            self.samples.append(rss_kb(self.pid) / 1024)
             kids = descendants(self.pid)
+            self.samples.append(sum(rss_kb(p) for p in [self.pid, *kids]) / 1024)
             if kids:
                 now = sum(rss_kb(k, "VmHWM") for k in kids)
                 self.children_peak_kb = max(self.children_peak_kb, now)

@@ -10,9 +10,12 @@ clients for 60 s, as 4 `hey` runs side by side, 16 connections each:
 and the same 64 clients against the registry directly (the token request there is `GET /v2/`,
 what the proxy's token endpoint asks an anonymous upstream). Prints, per kind and in total,
 requests/s through the proxy and directly and their ratio, the errors (non-2xx answers and
-transport errors: must be 0), and the test host's RSS at the start, the peak and the end of
-the run, and the highest in each fifth of it (must be flat: no growth with the number of
-requests once the host has reached its working size).
+transport errors: must be 0), and the runtime's RSS (its process tree) at the start, the peak
+and the end of the run, and the highest in each fifth of it (must be flat: no growth with the
+number of requests once the host has reached its working size). Before the run, the same 64
+clients warm the proxy up for `--warm` seconds: the runtime's pooling allocator keeps each
+instance slot's memory resident once a request has used it, so RSS climbs until as many slots
+as the load runs at once have been used, and only then says whether anything leaks.
 
 Numbers only, no assertion on speed; the exit status is non-zero when there were errors.
 
@@ -31,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import ROOT, RssSampler, harness, image, rss_kb, start_registry
+from benchlib import ROOT, RssSampler, harness, image, start_registry, tree_rss_kb
 
 NAME = "bench/app"
 ACCEPT = ("application/vnd.oci.image.index.v1+json, "
@@ -76,6 +79,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=int, default=60)
     ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--warm", type=int, default=30, help="seconds of warm-up at full load (30)")
     args = ap.parse_args()
     if not shutil.which("hey"):
         sys.exit("hey not found (apt-get install hey)")
@@ -94,15 +98,15 @@ def main() -> int:
             "upstream_cdn": "http://127.0.0.3:9",
             "blob_redirect": "follow",
         }, name="load-proxy")
-        # Warm up: every kind once, so the start RSS is the host's working size.
+        # Warm up at full load, so the start RSS is the runtime's working size for it.
         warm = drive(proxy.url, kinds(img, f"/token?service=x&scope=repository:{NAME}:pull"),
-                     len(kinds(img, "")), 2)
-        start_mb = rss_kb(proxy.pid) / 1024
+                     args.clients, args.warm)
+        start_mb = tree_rss_kb(proxy.pid) / 1024
         with RssSampler(proxy.pid, every=0.2) as trace:
             via = drive(proxy.url, kinds(img, f"/token?service=x&scope=repository:{NAME}:pull"),
                         args.clients, args.seconds)
         time.sleep(1)
-        end_mb = rss_kb(proxy.pid) / 1024
+        end_mb = tree_rss_kb(proxy.pid) / 1024
         direct = drive(registry.url, kinds(img, "/v2/"), args.clients, args.seconds)
         lines = len([ln for ln in proxy.log().splitlines() if " status=" in ln])
     finally:
@@ -126,12 +130,13 @@ def main() -> int:
     print(" | ".join(["all", f"{tot_p:.0f}", f"{tot_d:.0f}",
                       f"{tot_p / tot_d:.2f}" if tot_d else "-", "", ""]))
     peak = max(trace.samples or [end_mb])
-    print(f"test host RSS: start {start_mb:.1f} MiB, peak {peak:.1f} MiB, end {end_mb:.1f} MiB "
+    print(f"runtime RSS (process tree): start {start_mb:.1f} MiB, peak {peak:.1f} MiB, "
+          f"end {end_mb:.1f} MiB "
           f"(end - start {end_mb - start_mb:+.1f} MiB); log lines written: {lines}")
     # Flat or growing: the highest RSS in each fifth of the run (a leak climbs to the end).
     n = len(trace.samples)
     fifths = [max(trace.samples[i * n // 5:(i + 1) * n // 5] or [0]) for i in range(5)]
-    print("test host RSS, highest per fifth of the run: "
+    print("runtime RSS, highest per fifth of the run: "
           + ", ".join(f"{mb:.1f}" for mb in fifths) + " MiB")
     warm_bad = sum(r["bad"] for _, r, _ in warm)
     print(f"errors: {bad} (warm-up: {warm_bad})")

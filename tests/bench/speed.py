@@ -10,16 +10,19 @@ the "same-host upstream" case) with one large blob and a one-layer image, and in
   floor          tests/bench/floor: a Spin component that only forwards (one variable read,
                  one blocking splice per chunk), built with the project's settings
                  (.cargo/config.toml: the same stack size): what any component on this runtime
-                 gets, for blobs as for HEADs; and the same component answering by itself with
-                 what the proxy's kept answer costs the runtime (a log line, two store reads,
-                 two variables): the floor for an answer from the store
+                 gets, for blobs as for HEADs; the same forwarding with what the proxy does for
+                 every request on top (reading its `config` variable, a log line): the floor
+                 for a forwarded request; and the same component answering by itself with what
+                 the proxy's kept answer costs the runtime (a log line, two store reads, its
+                 `config` variable): the floor for an answer from the store
   nginx          proxy_pass with 64 KiB proxy buffers (`proxy_buffers 8 64k`, no temp files)
 
 Then, in interleaved rounds (the order rotates each round; medians over the rounds):
 
   * blob GET, 1 stream and 4 concurrent streams (curl to /dev/null) direct, through the floor,
     the proxy and nginx: MiB/s, and ÷ direct measured in the same round;
-  * the proxy's peak RSS above idle during the 4 streams (VmRSS of the test host, sampled);
+  * the proxy's peak RSS above idle during the 4 streams (VmRSS of the runtime's process
+    tree, sampled);
   * CPU seconds per GiB moved of the process that answers (the registry itself for direct);
   * HEAD manifest (hey, 16 connections): req/s ÷ direct; CPU per HEAD of the process that
     answers (utime + stime from /proc), and the proxy's own CPU per HEAD above the floor;
@@ -46,7 +49,7 @@ import time
 from pathlib import Path
 
 from benchlib import (ROOT, MiB, RssSampler, curl_pulls, descendants, harness, image, make_blob,
-                      push_blob, rss_kb, start_registry)
+                      push_blob, start_registry, tree_rss_kb)
 
 NAME = "bench/speed"
 SKOPEO_NAME = "bench/skopeo"
@@ -99,6 +102,11 @@ def start_floor(work: Path, registry: harness.Service) -> harness.Service:
     d = work / "floor"
     d.mkdir()
     manifest = d / "spin.toml"
+    # The proxy's application variables and its `config` template, verbatim: reading `config`
+    # costs the floor what it costs the proxy.
+    proxy_manifest = (ROOT / "spin.toml").read_text()
+    variables = proxy_manifest.split("[variables]\n", 1)[1].split("\n[[", 1)[0]
+    config = next(line for line in proxy_manifest.splitlines() if line.startswith("config = "))
     manifest.write_text(f"""spin_manifest_version = 2
 
 [application]
@@ -106,11 +114,7 @@ name = "forward-floor"
 version = "0.1.0"
 
 [variables]
-upstream = {{ required = true }}
-public_url = {{ default = "" }}
-trust_forwarded = {{ default = "false" }}
-home = {{ default = "" }}
-
+{variables}
 [[trigger.http]]
 route = "/..."
 component = "floor"
@@ -123,7 +127,7 @@ key_value_stores = ["default"]
 
 [component.floor.variables]
 upstream = "{{{{ upstream }}}}"
-site = "public_url={{{{ public_url }}}}\\ntrust_forwarded={{{{ trust_forwarded }}}}\\nhome={{{{ home }}}}"
+{config}
 """)
     runtime = [harness.SPIN_BIN, "up"] if harness.SPIN_BIN else [harness.HOST_BIN]
     return harness.Service("bench-floor", [*runtime, "--from", manifest, "--listen",
@@ -137,13 +141,16 @@ def pull(url: str, size: int, streams: int) -> float:
     return streams * size / MiB / curl_pulls(url, size, streams)
 
 
-def heads(url: str, n: int, pid: int, token: str | None = None) -> tuple[float, float]:
-    """n HEADs over 16 connections (hey), with a Bearer `token` if given; (req/s, CPU ms per
-    HEAD of process `pid` and its children)."""
+def heads(url: str, n: int, pid: int, token: str | None = None,
+          header: str | None = None) -> tuple[float, float]:
+    """n HEADs over 16 connections (hey), with a Bearer `token` and one more `header` if
+    given; (req/s, CPU ms per HEAD of process `pid` and its children)."""
     n -= n % 16  # hey gives each connection n // 16
     argv = ["hey", "-n", str(n), "-c", "16", "-m", "HEAD", "-H", f"Accept: {ACCEPT}", url]
     if token:
         argv[-1:-1] = ["-H", f"Authorization: Bearer {token}"]
+    if header:
+        argv[-1:-1] = ["-H", header]
     cpu0 = cpu_seconds(pid)
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     cpu = cpu_seconds(pid) - cpu0
@@ -230,7 +237,7 @@ def main() -> int:
                         svc = blob_targets[t]
                         cpu0 = cpu_seconds(svc.pid)
                         if t == "proxy" and n == 4:
-                            idle = rss_kb(proxy.pid) / 1024
+                            idle = tree_rss_kb(proxy.pid) / 1024
                             with RssSampler(proxy.pid, every=0.02) as s:
                                 got[t] = pull(svc.url + blob_path, size, n)
                             rss.append(max(s.samples or [idle]) - idle)
@@ -246,28 +253,32 @@ def main() -> int:
                     + " MiB/s (1 stream, then 4)", flush=True)
 
         manifest_url = f"/v2/{NAME}/manifests/latest"
+        # target -> (service, path, one more request header or None)
         head_targets = {
-            "direct": (registry, manifest_url),
-            "floor": (floor, manifest_url),
+            "direct": (registry, manifest_url, None),
+            "floor": (floor, manifest_url, None),
+            # What forwarding costs any component that reads the proxy's configuration and
+            # logs each request, as the proxy does.
+            "floor, as proxy": (floor, manifest_url, "X-Floor-As-Proxy: 1"),
             # What answering from the store costs any component on this runtime: a log line,
-            # two store reads, two variables (as the proxy's kept answer does), no upstream.
-            "floor, answering": (floor, "/-/answer?log&kv=2&vars=2"),
-            "proxy": (proxy, manifest_url),
-            "proxy, kept tag": (kept, manifest_url),
-            "proxy, kept digest": (kept, f"/v2/{NAME}/manifests/{img['manifest']}"),
-            "nginx": (nginx, manifest_url),
+            # two store reads, one variable (as the proxy's kept answer does), no upstream.
+            "floor, answering": (floor, "/-/answer?log&kv=2&vars=1", None),
+            "proxy": (proxy, manifest_url, None),
+            "proxy, kept tag": (kept, manifest_url, None),
+            "proxy, kept digest": (kept, f"/v2/{NAME}/manifests/{img['manifest']}", None),
+            "nginx": (nginx, manifest_url, None),
         }
         rps, cpu = {}, {}
         if "heads" not in skip:
             # Warm every path once: the kept proxy stores the manifest by tag and by digest.
-            for svc, p in head_targets.values():
+            for svc, p, _ in head_targets.values():
                 subprocess.run(["curl", "-sf", "-o", "/dev/null", "-H", f"Accept: {ACCEPT}",
                                 svc.url + p], check=True)
             order = list(head_targets)
             for r in range(args.rounds):
                 for t in order[r % len(order):] + order[:r % len(order)]:
-                    svc, p = head_targets[t]
-                    q, c = heads(svc.url + p, args.heads, svc.pid)
+                    svc, p, header = head_targets[t]
+                    q, c = heads(svc.url + p, args.heads, svc.pid, header=header)
                     rps.setdefault(t, []).append(q)
                     cpu.setdefault(t, []).append(c)
                 print(f"round {r + 1}: " + ", ".join(f"{t} {rps[t][-1]:.0f}" for t in order)
@@ -308,9 +319,12 @@ def main() -> int:
             print(f"| {t} | {med(rps[t]):.0f} | {med(rps[t]) / med(rps['direct']):.2f} | "
                   f"{med(cpu[t]):.3f} |")
         own = med(cpu["proxy"]) - med(cpu["floor"])
+        as_proxy = med(cpu["proxy"]) - med(cpu["floor, as proxy"])
         answering = med(cpu["floor, answering"])
-        print(f"proxy's own CPU per HEAD above the floor: {own:.3f} ms uncached; kept, above "
-              f"the answering floor: {med(cpu['proxy, kept tag']) - answering:+.3f} ms by tag, "
+        print(f"proxy's own CPU per HEAD above the floor: {own:.3f} ms uncached "
+              f"({as_proxy:+.3f} above the floor that reads its config and logs); kept, above "
+              f"the answering floor: "
+              f"{med(cpu['proxy, kept tag']) - answering:+.3f} ms by tag, "
               f"{med(cpu['proxy, kept digest']) - answering:+.3f} ms by digest")
     if copies:
         print()

@@ -6,8 +6,9 @@ use libfuzzer_sys::fuzz_target;
 use spin_registry_proxy::config::{Config, BUNDLES};
 use spin_registry_proxy::origin::OriginError;
 
-/// Application variables, then the bundles spin.toml composes of them (absent unless the input
-/// has that many lines).
+/// Application variables, then a bundle of an earlier spin.toml and the one spin.toml composes
+/// now (absent unless the input has that many lines). A route table in `config` is the routes
+/// target's: its errors are held to their words there.
 const NAMES: [&str; 12] = [
     "upstream",
     "upstream_auth",
@@ -20,7 +21,7 @@ const NAMES: [&str; 12] = [
     "upstream_timeout",
     "tag_ttl",
     "site",
-    "single",
+    "config",
 ];
 
 fn descriptions() -> Vec<String> {
@@ -34,6 +35,8 @@ fn descriptions() -> Vec<String> {
             "expected seconds (0 < s <= 3600)",
             "expected seconds (0 to 86400)",
             "expected an http(s) URL without user",
+            "is missing from spin.toml, which bundles the variables as an older version did: \
+             copy [component.registry-proxy.variables] from this version's spin.toml",
         ]
         .map(String::from),
     );
@@ -62,6 +65,9 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Err(e) = Config::from_variables(get) {
         let e = e.to_string();
+        if e.starts_with("invalid configuration: variable routes: ") {
+            return;
+        }
         let known = NAMES.iter().any(|n| {
             descriptions()
                 .iter()

@@ -6,6 +6,10 @@
 //! doing only what the query names of what the proxy does to answer from its store: `log` (one
 //! stderr line), `kv=N` (open the store, read N keys), `vars=N` (read N variables). That is the
 //! runtime's own price for those operations: the floor for an answer from the store.
+//!
+//! A forwarded request with an `X-Floor-As-Proxy` header also reads the proxy's `config`
+//! variable and writes one stderr line once answered, as the proxy does for every request: the
+//! floor for a request the proxy forwards.
 
 use spin_sdk::http::{
     Fields, IncomingRequest, Method, OutgoingBody, OutgoingRequest, OutgoingResponse,
@@ -27,10 +31,15 @@ fn handle(req: IncomingRequest, out: ResponseOutparam) {
         None => return fail(out),
     };
     let headers = Fields::new();
+    let mut as_proxy = false;
     for (name, value) in req.headers().entries() {
+        as_proxy |= name == "x-floor-as-proxy";
         if name != "host" {
             let _ = headers.append(&name, &value);
         }
+    }
+    if as_proxy {
+        let _ = spin_sdk::variables::get("config");
     }
     let outgoing = OutgoingRequest::new(headers);
     let method: Method = req.method();
@@ -50,9 +59,14 @@ fn handle(req: IncomingRequest, out: ResponseOutparam) {
         return fail(out);
     };
     let answer = OutgoingResponse::new(resp.headers().clone());
-    let _ = answer.set_status_code(resp.status());
+    let status = resp.status();
+    let _ = answer.set_status_code(status);
     if matches!(method, Method::Head) {
-        return ResponseOutparam::set(out, answer);
+        ResponseOutparam::set(out, answer);
+        if as_proxy {
+            write_log(&format!("HEAD {} status={status} bytes=0", path));
+        }
+        return;
     }
     let Ok(answer_body) = answer.body() else {
         return;
@@ -79,7 +93,13 @@ fn answer(query: &str, head: bool, out: ResponseOutparam) {
     };
     let mut seen = 0;
     for i in 0..count("vars") {
-        let name = ["upstream", "site"][i % 2];
+        // `config` as the proxy's spin.toml composes it (eleven variables, one read).
+        let name = ["config", "upstream"][i % 2];
+        seen += spin_sdk::variables::get(name).map_or(0, |v| v.len());
+    }
+    // `get=NAME`: reads that component variable (Spin resolves each application variable its
+    // template names, one by one).
+    for name in query.split('&').filter_map(|kv| kv.strip_prefix("get=")) {
         seen += spin_sdk::variables::get(name).map_or(0, |v| v.len());
     }
     let keys = count("kv");
@@ -93,9 +113,7 @@ fn answer(query: &str, head: bool, out: ResponseOutparam) {
         }
     }
     if query.split('&').any(|kv| kv == "log") {
-        use std::io::Write;
-        let line = format!("HEAD /-/answer status=200 bytes=0 seen={seen}\n");
-        let _ = std::io::stderr().write_all(line.as_bytes());
+        write_log(&format!("HEAD /-/answer status=200 bytes=0 seen={seen}"));
     }
     let headers = Fields::new();
     let _ = headers.append("content-type", b"application/vnd.oci.image.manifest.v1+json");
@@ -111,4 +129,10 @@ fn fail(out: ResponseOutparam) {
     let answer = OutgoingResponse::new(Fields::new());
     let _ = answer.set_status_code(502);
     ResponseOutparam::set(out, answer);
+}
+
+/// One line to stderr in one write, as the proxy writes its log.
+fn write_log(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }
