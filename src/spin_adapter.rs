@@ -566,8 +566,8 @@ fn send(request: http::Request<Vec<u8>>, timeout: Duration) -> Result<IncomingRe
     let future = outgoing_handler::handle(req, Some(options)).map_err(failure)?;
     if !body.is_empty() {
         let stream = outgoing_body.write().map_err(|()| bad("body stream"))?;
-        write_all(&stream, &body).map_err(|(_, e)| stream_failure(e))?;
-        stream.blocking_flush().map_err(stream_failure)?;
+        write_unflushed(&stream, &body).map_err(|(_, e)| stream_failure(e))?;
+        flush_request_body(&stream)?;
     }
     OutgoingBody::finish(outgoing_body, None).map_err(failure)?;
     response(future)
@@ -598,15 +598,21 @@ fn send_streaming(
                 Err(e) => return Err(stream_failure(e)),
             }
         }
-        // With a Content-Length, the runtime closes the body once it has every byte: a flush
-        // then meets a closed stream, which is no failure (the answer says whether it was).
-        match output.blocking_flush() {
-            Ok(()) | Err(StreamError::Closed) => {}
-            Err(e) => return Err(stream_failure(e)),
-        }
+        flush_request_body(&output)?;
     }
     OutgoingBody::finish(outgoing_body, None).map_err(failure)?;
     response(future)
+}
+
+/// Waits for a request body's bytes to leave. With a Content-Length the runtime closes the
+/// body once it has every byte, as soon as the upstream's connection has taken them: a flush
+/// then meets a closed stream, which is no failure (the answer says whether it was). Failing
+/// there dropped the request as it was answered, a 502 that only timing decided.
+fn flush_request_body(output: &OutputStream) -> Result<(), Failure> {
+    match output.blocking_flush() {
+        Ok(()) | Err(StreamError::Closed) => Ok(()),
+        Err(e) => Err(stream_failure(e)),
+    }
 }
 
 fn read_all(body: IncomingBody, limit: usize) -> Result<Vec<u8>, Failure> {

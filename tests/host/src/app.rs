@@ -30,7 +30,8 @@ pub struct ComponentHandler {
     policy: Arc<OutboundPolicy>,
     counters: Arc<Counters>,
     pool: Arc<Pool>,
-    variables: Arc<HashMap<String, String>>,
+    variables: Arc<HashMap<String, variables::Resolved>>,
+    logs: crate::logs::ComponentLogs,
     environment: Vec<(String, String)>,
     stores: SharedStores,
     /// The key-value stores the component may open.
@@ -77,6 +78,14 @@ impl WasiHttpView for RequestState {
     }
 }
 
+/// What every component of the application shares.
+struct Shared {
+    stores: SharedStores,
+    counters: Arc<Counters>,
+    pool: Arc<Pool>,
+    log_dir: std::path::PathBuf,
+}
+
 impl App {
     /// Compiles every component the triggers use; all manifest errors surface here,
     /// before the server starts listening.
@@ -84,10 +93,15 @@ impl App {
         manifest: &Manifest,
         app_vars: &AppVariables,
         stores: SharedStores,
+        log_dir: &std::path::Path,
     ) -> Result<Self> {
         let engine = crate::engine::new()?;
-        let counters = Arc::new(Counters::default());
-        let pool = Arc::new(Pool::default());
+        let shared = Shared {
+            stores,
+            counters: Arc::new(Counters::default()),
+            pool: Arc::new(Pool::default()),
+            log_dir: log_dir.to_path_buf(),
+        };
         let mut loaded: BTreeMap<&str, Arc<ComponentHandler>> = BTreeMap::new();
         let mut routes = Vec::new();
         let mut handlers = Vec::new();
@@ -97,16 +111,8 @@ impl App {
                 Some(h) => h.clone(),
                 None => {
                     let h = Arc::new(
-                        ComponentHandler::load(
-                            &engine,
-                            id,
-                            manifest,
-                            app_vars,
-                            stores.clone(),
-                            counters.clone(),
-                            pool.clone(),
-                        )
-                        .with_context(|| format!("cannot load component {id:?}"))?,
+                        ComponentHandler::load(&engine, id, manifest, app_vars, &shared)
+                            .with_context(|| format!("cannot load component {id:?}"))?,
                     );
                     loaded.insert(id, h.clone());
                     h
@@ -118,8 +124,8 @@ impl App {
         Ok(Self {
             routes,
             handlers,
-            counters,
-            pool,
+            counters: shared.counters,
+            pool: shared.pool,
         })
     }
 }
@@ -130,10 +136,14 @@ impl ComponentHandler {
         id: &str,
         manifest: &Manifest,
         app_vars: &AppVariables,
-        stores: SharedStores,
-        counters: Arc<Counters>,
-        pool: Arc<Pool>,
+        shared: &Shared,
     ) -> Result<Self> {
+        let Shared {
+            stores,
+            counters,
+            pool,
+            log_dir,
+        } = shared;
         let spec = &manifest.components[id];
         stores.check_grants(id, &spec.key_value_stores)?;
         // As Spin: literal entries are checked at load; templated ones are resolved later, and
@@ -175,22 +185,22 @@ impl ComponentHandler {
             id: id.to_string(),
             pre,
             policy,
-            counters,
-            pool,
+            counters: counters.clone(),
+            pool: pool.clone(),
             variables,
+            logs: crate::logs::ComponentLogs::new(log_dir.clone(), id),
             environment: spec.environment.clone().into_iter().collect(),
-            stores,
+            stores: stores.clone(),
             granted: Arc::new(spec.key_value_stores.clone()),
         })
     }
 
     pub fn new_store(&self) -> Store<RequestState> {
         let mut wasi = WasiCtxBuilder::new();
-        // Guest log lines go straight to this process's stdout/stderr, as in
-        // `spin up`; stdin stays empty, as Spin gives components none.
-        wasi.inherit_stdout()
-            .inherit_stderr()
-            .envs(&self.environment);
+        // Guest output goes to this process's stdout/stderr and the component's log files, as
+        // in `spin up`; stdin stays empty, as Spin gives components none.
+        let (stdout, stderr) = self.logs.open();
+        wasi.stdout(stdout).stderr(stderr).envs(&self.environment);
         let state = RequestState {
             table: ResourceTable::new(),
             wasi: wasi.build(),

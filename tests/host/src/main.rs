@@ -6,11 +6,13 @@ mod bindings;
 mod cli;
 mod engine;
 mod kv;
+mod logs;
 mod manifest;
 mod outbound;
 mod pool;
 mod routes;
 mod server;
+mod spin_blocking;
 mod variables;
 mod wasi_kv;
 
@@ -47,7 +49,12 @@ fn run() -> Result<()> {
         &state_dir,
         args.runtime_config.as_deref(),
     )?);
-    let app = Arc::new(app::App::load(&manifest, &app_vars, stores)?);
+    let app = Arc::new(app::App::load(
+        &manifest,
+        &app_vars,
+        stores,
+        &state_dir.join("logs"),
+    )?);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

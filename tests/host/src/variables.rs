@@ -96,22 +96,32 @@ pub fn expand_template(template: &str, vars: &AppVariables) -> Result<String> {
     Ok(out)
 }
 
+/// A component variable: its value, and how many application variables its template names.
+pub struct Resolved {
+    value: String,
+    names: usize,
+}
+
 /// Resolves a component's `[component.<id>.variables]` templates.
 pub fn component_variables(
     templates: &BTreeMap<String, String>,
     app: &AppVariables,
-) -> Result<HashMap<String, String>> {
+) -> Result<HashMap<String, Resolved>> {
     templates
         .iter()
         .map(|(name, template)| {
             validate_name(name).map_err(|e| anyhow::anyhow!("component variable {name:?}: {e}"))?;
-            Ok((name.clone(), expand_template(template, app)?))
+            let resolved = Resolved {
+                value: expand_template(template, app)?,
+                names: template.matches("{{").count(),
+            };
+            Ok((name.clone(), resolved))
         })
         .collect()
 }
 
 /// Per-store state behind `fermyon:spin/variables`.
-pub struct ComponentVariables(pub Arc<HashMap<String, String>>);
+pub struct ComponentVariables(pub Arc<HashMap<String, Resolved>>);
 
 /// Every `variables::get` since the host started: on Spin each read costs host memory, so a
 /// test counts them per request. `SIGUSR1` prints it.
@@ -121,10 +131,15 @@ impl wit::Host for ComponentVariables {
     fn get(&mut self, name: String) -> Result<String, WitError> {
         READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         validate_name(&name).map_err(|e| WitError::InvalidName(format!("{name:?}: {e}")))?;
-        self.0
-            .get(&name)
-            .cloned()
-            .ok_or_else(|| WitError::Undefined(format!("no variable {name:?} for this component")))
+        let resolved = self.0.get(&name).ok_or_else(|| {
+            WitError::Undefined(format!("no variable {name:?} for this component"))
+        })?;
+        // Spin resolves the template again at every read, each application variable it names
+        // through its providers, one by one, each under `block_in_place`.
+        for _ in 0..resolved.names {
+            crate::spin_blocking::as_spin_blocks(|| ());
+        }
+        Ok(resolved.value.clone())
     }
 }
 
