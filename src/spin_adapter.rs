@@ -356,7 +356,15 @@ mod store {
                 let Some(value) = change(current.as_deref()) else {
                     return;
                 };
+                let absent = current.is_none();
                 cas = match atomics::swap(cas, &value) {
+                    // On Spin's SQLite store a swap over an absent value compares nothing (an
+                    // upsert): a writer that also found it absent may have written over this
+                    // one, so the value is read back and the change made again if it is gone.
+                    Ok(()) if absent => match atomics::Cas::new(&self.0, key) {
+                        Ok(c) => c,
+                        Err(_) => return,
+                    },
                     Ok(()) => return,
                     Err(atomics::CasError::CasFailed(newer)) => newer,
                     // Whether it wrote is unknown: read again, a few times.

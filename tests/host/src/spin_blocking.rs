@@ -1,7 +1,7 @@
 //! The hand-off Spin makes around its blocking host operations.
 
-/// Runs `f` as Spin runs a SQLite operation or a variable's resolution: under
-/// `tokio::task::block_in_place` (key-value-spin `store.rs`, spin-factor-variables), which
+/// Runs `f` as Spin runs a variable's resolution (and a SQLite operation): under
+/// `tokio::task::block_in_place` (spin-factor-variables, key-value-spin `store.rs`), which
 /// hands the worker's core and its other tasks to another thread meanwhile. That hand-off is
 /// the larger part of what such an operation costs on Spin (measured: a variable naming one
 /// application variable +0.13 ms a read), so the test host pays it too.
