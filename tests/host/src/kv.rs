@@ -255,12 +255,10 @@ fn sqlite_get(
     key: &str,
 ) -> rusqlite::Result<Option<Vec<u8>>> {
     use rusqlite::OptionalExtension;
-    c.query_row(
-        "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2",
-        (store, key),
-        |row| row.get(0),
-    )
-    .optional()
+    // Prepared once per connection, as Spin's store prepares its statements.
+    c.prepare_cached("SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2")?
+        .query_row((store, key), |row| row.get(0))
+        .optional()
 }
 
 fn sqlite_set(
@@ -269,11 +267,11 @@ fn sqlite_set(
     key: &str,
     value: &[u8],
 ) -> rusqlite::Result<()> {
-    c.execute(
+    c.prepare_cached(
         "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
          ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
-        (store, key, value),
-    )
+    )?
+    .execute((store, key, value))
     .map(|_| ())
 }
 
