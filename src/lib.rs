@@ -9,6 +9,7 @@ pub mod challenge;
 pub mod civil_time;
 pub mod config;
 pub mod config_error;
+pub mod create_lock;
 pub mod digest;
 pub mod endpoint;
 pub mod error;

@@ -356,15 +356,18 @@ mod store {
                 let Some(value) = change(current.as_deref()) else {
                     return;
                 };
-                let absent = current.is_none();
-                cas = match atomics::swap(cas, &value) {
-                    // On Spin's SQLite store a swap over an absent value compares nothing (an
-                    // upsert): a writer that also found it absent may have written over this
-                    // one, so the value is read back and the change made again if it is gone.
-                    Ok(()) if absent => match atomics::Cas::new(&self.0, key) {
+                if current.is_none() {
+                    // A swap over an absent value compares nothing on Spin's SQLite store: the
+                    // key is made under the lock, then read again (another creator's value,
+                    // made first, is merged into).
+                    self.create(key, &value);
+                    cas = match atomics::Cas::new(&self.0, key) {
                         Ok(c) => c,
                         Err(_) => return,
-                    },
+                    };
+                    continue;
+                }
+                cas = match atomics::swap(cas, &value) {
                     Ok(()) => return,
                     Err(atomics::CasError::CasFailed(newer)) => newer,
                     // Whether it wrote is unknown: read again, a few times.
@@ -379,6 +382,52 @@ mod store {
                 };
             }
         }
+
+        /// Writes `value` at `key` if it is still absent, under `create_lock`. A lock not
+        /// taken within a fifth of a second (a holder slow or gone) leaves the plain write,
+        /// as before the lock: the change is read back either way.
+        fn create(&self, key: &str, value: &[u8]) {
+            use crate::create_lock::{self, KEY};
+            let owner = wasi::random::random::get_random_u64();
+            let mut taken = false;
+            for _ in 0..200 {
+                let now = now_secs();
+                let Ok(cas) = atomics::Cas::new(&self.0, KEY) else {
+                    break;
+                };
+                if cas
+                    .current()
+                    .is_ok_and(|v| create_lock::is_free(v.as_deref(), now))
+                {
+                    // Spin on Redis reports every swap as failed: the value read back tells.
+                    let _ = atomics::swap(cas, &create_lock::held(owner, now));
+                    if create_lock::is_held_by(self.get(KEY).as_deref(), owner) {
+                        taken = true;
+                        break;
+                    }
+                }
+                wasi::clocks::monotonic_clock::subscribe_duration(1_000_000).block();
+            }
+            if self.get(key).is_none() {
+                self.set(key, value);
+            }
+            if taken {
+                if let Ok(cas) = atomics::Cas::new(&self.0, KEY) {
+                    if cas
+                        .current()
+                        .is_ok_and(|v| create_lock::is_held_by(v.as_deref(), owner))
+                    {
+                        let _ = atomics::swap(cas, create_lock::FREE);
+                    }
+                }
+            }
+        }
+    }
+
+    fn now_secs() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
     }
 }
 

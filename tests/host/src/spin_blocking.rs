@@ -1,6 +1,6 @@
 //! The hand-off Spin makes around its blocking host operations.
 
-/// Runs `f` as Spin runs a variable's resolution (and a SQLite operation): under
+/// Runs `f` as Spin runs a variable's resolution or a SQLite operation: under
 /// `tokio::task::block_in_place` (spin-factor-variables, key-value-spin `store.rs`), which
 /// hands the worker's core and its other tasks to another thread meanwhile. That hand-off is
 /// the larger part of what such an operation costs on Spin (measured: a variable naming one
