@@ -87,6 +87,13 @@ struct After {
     writes: Vec<Write>,
 }
 
+/// Seconds since the Unix epoch, by the runtime's clock.
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// One line to stderr in one write: `eprintln!` writes the newline separately, and lines of
 /// concurrent requests then run into each other.
 fn write_log(line: &str) {
@@ -107,9 +114,7 @@ fn serve(
         Some((p, q)) => (p.to_string(), Some(q.to_string())),
         None => (path_query.to_string(), None),
     };
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = now_secs();
     let mut random = [0u8; 32];
     for (i, b) in wasi::random::random::get_random_bytes(32)
         .into_iter()
@@ -391,7 +396,7 @@ mod store {
             let owner = wasi::random::random::get_random_u64();
             let mut taken = false;
             for _ in 0..200 {
-                let now = now_secs();
+                let now = super::now_secs();
                 let Ok(cas) = atomics::Cas::new(&self.0, KEY) else {
                     break;
                 };
@@ -422,12 +427,6 @@ mod store {
                 }
             }
         }
-    }
-
-    fn now_secs() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
     }
 }
 
