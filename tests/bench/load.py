@@ -15,12 +15,16 @@ and the end of the run, and the highest in each fifth of it (must be flat: no gr
 number of requests once the host has reached its working size). Before the run, the same 64
 clients warm the proxy up for `--warm` seconds: the runtime's pooling allocator keeps each
 instance slot's memory resident once a request has used it, so RSS climbs until as many slots
-as the load runs at once have been used, and only then says whether anything leaks.
+as the load runs at once have been used, and only then says whether anything leaks. With
+`--floor`, tests/bench/floor (a component that only forwards) then takes the same load the same
+way (its token requests are `GET /v2/`, forwarded): its RSS per fifth is the runtime's own, so
+that growth through the proxy can be told from growth of the runtime under any component.
 
 Numbers only, no assertion on speed; the exit status is non-zero when there were errors.
 
     python3 tests/bench/load.py               # 64 clients, 60 s each way
     python3 tests/bench/load.py --seconds 10  # a short run
+    python3 tests/bench/load.py --floor       # and the floor guest's RSS under the same load
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import speed
 from benchlib import ROOT, RssSampler, harness, image, start_registry, tree_rss_kb
 
 NAME = "bench/app"
@@ -75,11 +80,36 @@ def drive(base: str, plan: list, clients: int, seconds: int) -> list:
     return results
 
 
+def under_load(svc: harness.Service, plan: list, clients: int, warm: int,
+               seconds: int) -> tuple:
+    """Warms `svc` up at full load, then drives it while sampling its RSS: (warm-up results,
+    results, start MiB, end MiB, samples)."""
+    warmed = drive(svc.url, plan, clients, warm)
+    start_mb = tree_rss_kb(svc.pid) / 1024
+    with RssSampler(svc.pid, every=0.2) as trace:
+        results = drive(svc.url, plan, clients, seconds)
+    time.sleep(1)
+    return warmed, results, start_mb, tree_rss_kb(svc.pid) / 1024, trace.samples
+
+
+def print_rss(who: str, start_mb: float, end_mb: float, samples: list) -> None:
+    peak = max(samples or [end_mb])
+    print(f"{who} RSS (process tree): start {start_mb:.1f} MiB, peak {peak:.1f} MiB, "
+          f"end {end_mb:.1f} MiB (end - start {end_mb - start_mb:+.1f} MiB)")
+    # Flat or growing: the highest RSS in each fifth of the run (a leak climbs to the end).
+    n = len(samples)
+    fifths = [max(samples[i * n // 5:(i + 1) * n // 5] or [0]) for i in range(5)]
+    print(f"{who} RSS, highest per fifth of the run: "
+          + ", ".join(f"{mb:.1f}" for mb in fifths) + " MiB")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=int, default=60)
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--warm", type=int, default=30, help="seconds of warm-up at full load (30)")
+    ap.add_argument("--floor", action="store_true",
+                    help="also put the floor guest under the same load, for the runtime's RSS")
     args = ap.parse_args()
     if not shutil.which("hey"):
         sys.exit("hey not found (apt-get install hey)")
@@ -88,7 +118,10 @@ def main() -> int:
         if not Path(exe).exists():
             sys.exit(f"missing {exe}: build it first (tests/run does)")
     work = Path(tempfile.mkdtemp(prefix="load-bench-"))
-    registry = proxy = None
+    registry = proxy = floor = None
+    floor_run = None
+    if args.floor:
+        speed.build_floor()
     try:
         registry = start_registry(work, "load-bench")
         img = image(registry.url, NAME, "latest", work, os.urandom(64 << 10))
@@ -99,18 +132,18 @@ def main() -> int:
             "blob_redirect": "follow",
         }, name="load-proxy")
         # Warm up at full load, so the start RSS is the runtime's working size for it.
-        warm = drive(proxy.url, kinds(img, f"/token?service=x&scope=repository:{NAME}:pull"),
-                     args.clients, args.warm)
-        start_mb = tree_rss_kb(proxy.pid) / 1024
-        with RssSampler(proxy.pid, every=0.2) as trace:
-            via = drive(proxy.url, kinds(img, f"/token?service=x&scope=repository:{NAME}:pull"),
-                        args.clients, args.seconds)
-        time.sleep(1)
-        end_mb = tree_rss_kb(proxy.pid) / 1024
+        warm, via, start_mb, end_mb, samples = under_load(
+            proxy, kinds(img, f"/token?service=x&scope=repository:{NAME}:pull"),
+            args.clients, args.warm, args.seconds)
         direct = drive(registry.url, kinds(img, "/v2/"), args.clients, args.seconds)
         lines = len([ln for ln in proxy.log().splitlines() if " status=" in ln])
+        proxy.stop()
+        if args.floor:
+            floor = speed.start_floor(work, registry)
+            floor_run = under_load(floor, kinds(img, "/v2/"), args.clients, args.warm,
+                                   args.seconds)
     finally:
-        for s in (proxy, registry):
+        for s in (floor, proxy, registry):
             if s:
                 s.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -129,16 +162,17 @@ def main() -> int:
                           str(p["bad"]), str(d["bad"])]))
     print(" | ".join(["all", f"{tot_p:.0f}", f"{tot_d:.0f}",
                       f"{tot_p / tot_d:.2f}" if tot_d else "-", "", ""]))
-    peak = max(trace.samples or [end_mb])
-    print(f"runtime RSS (process tree): start {start_mb:.1f} MiB, peak {peak:.1f} MiB, "
-          f"end {end_mb:.1f} MiB "
-          f"(end - start {end_mb - start_mb:+.1f} MiB); log lines written: {lines}")
-    # Flat or growing: the highest RSS in each fifth of the run (a leak climbs to the end).
-    n = len(trace.samples)
-    fifths = [max(trace.samples[i * n // 5:(i + 1) * n // 5] or [0]) for i in range(5)]
-    print("runtime RSS, highest per fifth of the run: "
-          + ", ".join(f"{mb:.1f}" for mb in fifths) + " MiB")
+    print_rss("runtime", start_mb, end_mb, samples)
+    print(f"log lines written: {lines}")
     warm_bad = sum(r["bad"] for _, r, _ in warm)
+    if floor_run:
+        floor_warm, floor_via, *floor_rss = floor_run
+        print(f"floor guest under the same load: "
+              f"{sum(r['rps'] for _, r, _ in floor_via):.0f} req/s")
+        print_rss("floor's runtime", *floor_rss)
+        bad += sum(r["bad"] for _, r, _ in floor_via)
+        warm_bad += sum(r["bad"] for _, r, _ in floor_warm)
+        via = via + [(f"floor {label}", r, out) for label, r, out in floor_via]
     print(f"errors: {bad} (warm-up: {warm_bad})")
     for label, r, out in via + direct:
         if r["bad"]:
