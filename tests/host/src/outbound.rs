@@ -186,11 +186,30 @@ impl Counters {
 }
 
 /// The wasi-http hooks for one request's store: the pooled sender behind the policy.
-pub struct PolicyHooks(
-    pub Arc<OutboundPolicy>,
-    pub Arc<Counters>,
-    pub Arc<crate::pool::Pool>,
-);
+pub struct PolicyHooks {
+    pub policy: Arc<OutboundPolicy>,
+    pub counters: Arc<Counters>,
+    pub pool: Arc<crate::pool::Pool>,
+    /// Application variables still to resolve before this instance's first outbound request.
+    /// Spin checks a request against `allowed_outbound_hosts` through a future made once per
+    /// instance, which first resolves every application variable the manifest declares
+    /// (spin-expressions `ProviderResolver::prepare`, each through the providers, the
+    /// environment's under `block_in_place`), templated hosts or not. Measured on Spin 4.0.2:
+    /// a forwarding guest with 16 application variables +0.09 ms per request against one.
+    pub unprepared: usize,
+}
+
+impl PolicyHooks {
+    /// What Spin's first check against the allowed hosts costs an instance, once; returns
+    /// how many application variables it resolved.
+    fn prepare(&mut self) -> usize {
+        let n = std::mem::take(&mut self.unprepared);
+        for _ in 0..n {
+            crate::spin_blocking::as_spin_blocks(|| ());
+        }
+        n
+    }
+}
 
 impl WasiHttpHooks for PolicyHooks {
     /// wasmtime's default (1), unless `SPIN_TEST_HOST_BUFFER_CHUNKS` says otherwise:
@@ -210,8 +229,9 @@ impl WasiHttpHooks for PolicyHooks {
         dyn Future<Output = wasmtime_wasi_http::Result<(http::Response<WasiBody>, IoFuture)>>
             + Send,
     > {
-        self.1.count(request.uri());
-        if !self.0.allows(request.uri()) {
+        self.prepare();
+        self.counters.count(request.uri());
+        if !self.policy.allows(request.uri()) {
             // The URL only: headers may carry credentials.
             eprintln!(
                 "Outbound network destination not allowed: {}",
@@ -219,7 +239,7 @@ impl WasiHttpHooks for PolicyHooks {
             );
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
-        let pool = self.2.clone();
+        let pool = self.pool.clone();
         Box::new(async move {
             let response = pool.send(request, options).await?;
             Ok((response, Box::new(async { Ok(()) }) as IoFuture))
@@ -230,6 +250,18 @@ impl WasiHttpHooks for PolicyHooks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_instance_resolves_every_application_variable_once() {
+        let mut hooks = PolicyHooks {
+            policy: Arc::new(OutboundPolicy::deny_all()),
+            counters: Arc::default(),
+            pool: Arc::default(),
+            unprepared: 16,
+        };
+        assert_eq!(hooks.prepare(), 16);
+        assert_eq!(hooks.prepare(), 0);
+    }
 
     fn allows(entries: &[&str], url: &str) -> bool {
         OutboundPolicy::parse(entries)
