@@ -204,9 +204,7 @@ impl PolicyHooks {
     /// how many application variables it resolved.
     fn prepare(&mut self) -> usize {
         let n = std::mem::take(&mut self.unprepared);
-        for _ in 0..n {
-            crate::spin_blocking::as_spin_blocks(|| ());
-        }
+        crate::spin_blocking::resolve_app_variables(n);
         n
     }
 }

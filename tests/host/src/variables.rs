@@ -136,9 +136,7 @@ impl wit::Host for ComponentVariables {
         })?;
         // Spin resolves the template again at every read, each application variable it names
         // through its providers, one by one, each under `block_in_place`.
-        for _ in 0..resolved.names {
-            crate::spin_blocking::as_spin_blocks(|| ());
-        }
+        crate::spin_blocking::resolve_app_variables(resolved.names);
         Ok(resolved.value.clone())
     }
 }
