@@ -107,8 +107,12 @@ pub enum Step {
 #[derive(Debug)]
 enum Waiting {
     Nothing,
-    /// The store's secret, before anything else is read from the store (`secret_loaded`).
-    Secret(cached::Then),
+    /// The store's secret, before anything else is read from the store (`secret_loaded`);
+    /// `made`: read again after this request wrote one where none was kept.
+    Secret {
+        then: cached::Then,
+        made: bool,
+    },
     /// The token endpoint's form (`on_request_body` → `form_read`).
     TokenForm,
     /// A registry API response, after any redirects (`registry_answered`). `hop` is where the
@@ -498,7 +502,7 @@ impl Exchange {
 
     pub fn on_loaded(&mut self, values: Vec<Option<Vec<u8>>>) -> Step {
         match std::mem::replace(&mut self.waiting, Waiting::Nothing) {
-            Waiting::Secret(then) => self.secret_loaded(then, values),
+            Waiting::Secret { then, made } => self.secret_loaded(then, made, values),
             Waiting::OwnCredentials { scope } => self.credentials_loaded(values, scope),
             Waiting::CacheLookup(plan) => self.cache_loaded(plan, values),
             Waiting::TokenLookup(req) => self.token_looked_up(req, values),

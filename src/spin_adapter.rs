@@ -310,6 +310,7 @@ impl KeyValue {
 /// bucket's read-merge-write lose nothing to a concurrent writer.
 #[cfg(feature = "wasi-keyvalue")]
 mod store {
+    use crate::create_lock;
     use spin_sdk::wit::wasi::keyvalue::{atomics, store};
 
     pub struct Bucket(store::Bucket);
@@ -335,19 +336,24 @@ mod store {
         /// already), atomically; a kept entry given up after 16 lost races only costs a
         /// request later.
         pub fn update(&self, key: &str, change: impl Fn(Option<&[u8]>) -> Option<Vec<u8>>) {
-            self.swap(key, 16, change);
+            self.merge(key, 16, change);
         }
 
         /// As `update`, for as long as other writers win (each lost race is another's
         /// success): counts are exact.
         pub fn count(&self, key: &str, add: impl Fn(Option<&[u8]>) -> Option<Vec<u8>>) {
-            self.swap(key, 1000, add);
+            self.merge(key, 1000, add);
         }
 
         /// The loop ends when a swap succeeds or when the value read holds the change: Spin
         /// 4.0.2 on Redis reports every swap as failed, the ones that wrote too, so only the
         /// value read back tells. `change` must therefore see its own change in a value.
-        fn swap(&self, key: &str, tries: usize, change: impl Fn(Option<&[u8]>) -> Option<Vec<u8>>) {
+        fn merge(
+            &self,
+            key: &str,
+            tries: usize,
+            change: impl Fn(Option<&[u8]>) -> Option<Vec<u8>>,
+        ) {
             let Ok(mut cas) = atomics::Cas::new(&self.0, key) else {
                 // A store without compare-and-swap: read, change, write.
                 if let Some(v) = change(self.get(key).as_deref()) {
@@ -389,51 +395,55 @@ mod store {
         }
 
         /// Writes `value` at `key` if it is still absent, under `create_lock`. A lock not
-        /// taken within a fifth of a second (a holder slow or gone) leaves the plain write,
-        /// as before the lock: the change is read back either way.
+        /// taken in time leaves the plain write, as before the lock: the change is read back
+        /// either way.
         fn create(&self, key: &str, value: &[u8]) {
-            use crate::create_lock::{self, KEY};
             let owner = wasi::random::random::get_random_u64();
-            let mut taken = false;
-            for _ in 0..200 {
-                let now = super::now_secs();
-                let Ok(cas) = atomics::Cas::new(&self.0, KEY) else {
-                    break;
-                };
-                if cas
-                    .current()
-                    .is_ok_and(|v| create_lock::is_free(v.as_deref(), now))
-                {
-                    // Spin on Redis reports every swap as failed: the value read back tells.
-                    let _ = atomics::swap(cas, &create_lock::held(owner, now));
-                    if create_lock::is_held_by(self.get(KEY).as_deref(), owner) {
-                        taken = true;
-                        break;
-                    }
-                }
-                wasi::clocks::monotonic_clock::subscribe_duration(1_000_000).block();
-            }
+            let taken = create_lock::take(self, owner);
             if self.get(key).is_none() {
                 self.set(key, value);
             }
             if taken {
-                if let Ok(cas) = atomics::Cas::new(&self.0, KEY) {
-                    if cas
-                        .current()
-                        .is_ok_and(|v| create_lock::is_held_by(v.as_deref(), owner))
-                    {
-                        let _ = atomics::swap(cas, create_lock::FREE);
-                    }
-                }
+                create_lock::release(self, owner);
             }
+        }
+    }
+
+    impl create_lock::LockStore for Bucket {
+        type Cas = atomics::Cas;
+
+        fn watch(&self, key: &str) -> Option<(atomics::Cas, Option<Vec<u8>>)> {
+            let cas = atomics::Cas::new(&self.0, key).ok()?;
+            let current = cas.current().ok()?;
+            Some((cas, current))
+        }
+
+        fn swap(&self, cas: atomics::Cas, value: &[u8]) {
+            let _ = atomics::swap(cas, value);
+        }
+
+        fn get(&self, key: &str) -> Option<Vec<u8>> {
+            Bucket::get(self, key)
+        }
+
+        fn set(&self, key: &str, value: &[u8]) {
+            Bucket::set(self, key, value)
+        }
+
+        fn increment(&self, key: &str) -> Option<i64> {
+            atomics::increment(&self.0, key, 1).ok()
+        }
+
+        fn now_secs(&self) -> u64 {
+            super::now_secs()
+        }
+
+        fn pause(&self) {
+            wasi::clocks::monotonic_clock::subscribe_duration(1_000_000).block();
         }
     }
 }
 
-/// The store through Spin's own `fermyon:spin/key-value@2.0.0`, for a host without
-/// `wasi:keyvalue` (build with `--no-default-features`). It has no compare-and-swap: a
-/// change is read back and made once more when a concurrent writer undid it, which narrows
-/// the window where one is lost, and cannot close it.
 #[cfg(not(feature = "wasi-keyvalue"))]
 mod store {
     use spin_sdk::key_value::Store;

@@ -114,28 +114,36 @@ impl Exchange {
         if self.secret.is_some() {
             return self.resume(then);
         }
-        self.waiting = Waiting::Secret(then);
+        self.waiting = Waiting::Secret { then, made: false };
         Step::Load(vec![store_secret::KEY.to_string()])
     }
 
-    /// The secret as kept, or a new one (written only where none is kept: another instance's,
-    /// written first, stays). A store that cannot be read gets a new one each request, which
-    /// is only a store that keeps nothing.
-    pub(super) fn secret_loaded(&mut self, then: Then, values: Vec<Option<Vec<u8>>>) -> Step {
+    /// The secret as kept. Where none is, a new one is written unless another instance's
+    /// was written first, and the key read again: the request goes on with the secret that
+    /// stays, so what it keeps and the tokens it marks stay valid. A store that cannot keep
+    /// one gets a new one each request, which is only a store that keeps nothing.
+    pub(super) fn secret_loaded(
+        &mut self,
+        then: Then,
+        made: bool,
+        values: Vec<Option<Vec<u8>>>,
+    ) -> Step {
         let kept = values.into_iter().next().flatten();
-        let secret = match kept.as_deref().and_then(StoreSecret::decode) {
-            Some(s) => s,
-            None => {
-                let s = StoreSecret::new(self.random);
-                self.writes.push(Write::Create {
-                    key: store_secret::KEY.to_string(),
-                    value: s.encode(),
-                });
-                s
-            }
-        };
-        self.secret = Some(secret);
-        self.resume(then)
+        if let Some(s) = kept.as_deref().and_then(StoreSecret::decode) {
+            self.secret = Some(s);
+            return self.resume(then);
+        }
+        let s = StoreSecret::new(self.random);
+        if made {
+            self.secret = Some(s);
+            return self.resume(then);
+        }
+        self.writes.push(Write::Create {
+            key: store_secret::KEY.to_string(),
+            value: s.encode(),
+        });
+        self.waiting = Waiting::Secret { then, made: true };
+        Step::Load(vec![store_secret::KEY.to_string()])
     }
 
     fn resume(&mut self, then: Then) -> Step {

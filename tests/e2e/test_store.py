@@ -9,6 +9,7 @@ someone who can read the store can), and checks its computation on one entry fir
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import hmac
 import json
@@ -48,6 +49,10 @@ class Sqlite:
             row = db.execute("SELECT value FROM spin_key_value WHERE key = ?", (key,)).fetchone()
         return bytes(row[0]) if row else None
 
+    def clear(self):
+        with sqlite3.connect(self.path, timeout=30) as db:
+            db.execute("DELETE FROM spin_key_value")
+
 
 class Redis:
     def __init__(self, port: int):
@@ -58,9 +63,15 @@ class Redis:
                              capture_output=True, check=True).stdout.rstrip(b"\n")
         return out or None
 
+    def clear(self):
+        subprocess.run(["redis-cli", "-p", str(self.port), "FLUSHALL"], capture_output=True,
+                       check=True)
 
-@pytest.mark.parametrize("where", ["sqlite", "redis"])
-def test_sixteen_writers_into_one_bucket_lose_nothing(fresh, env, redis_server, tmp_path, where):
+
+@contextlib.contextmanager
+def on_store(where, fresh, env, redis_server, tmp_path):
+    """Proxies on one store, and a reader of it: one instance on the SQLite store, or two on
+    one Redis (SpinKube's replicas)."""
     env.up.route(f"/v2/{NAME}/manifests/", manifest(MANIFEST), prefix=True)
     variables = env.variables(tag_ttl=TTL)
     if where == "redis":
@@ -80,26 +91,54 @@ def test_sixteen_writers_into_one_bucket_lose_nothing(fresh, env, redis_server, 
         def tag_id(tag):
             return identity("tag", env.up.url, NAME, tag, TTL)
 
+        def stored(secret, tag):
+            """The identities kept in the bucket `tag`'s entry goes to under `secret`."""
+            kept = kv.get(f"spin-registry-proxy:tag:{bucket(secret, 'tag', tag_id(tag), 128)}")
+            return {e["identity"] for e in json.loads(kept or b"[]")}
+
+        yield get, tag_id, stored, kv
+    finally:
+        if where == "redis":
+            for p in proxies:
+                p.stop()
+
+
+@pytest.mark.parametrize("where", ["sqlite", "redis"])
+def test_sixteen_writers_into_one_bucket_lose_nothing(fresh, env, redis_server, tmp_path, where):
+    with on_store(where, fresh, env, redis_server, tmp_path) as (get, tag_id, stored, kv):
         assert get(0, "first") == 200
         secret = bytes.fromhex(kv.get(SECRET_KEY).decode())
         # The computation, checked: the first tag's entry is in the bucket it names.
-        first = f"spin-registry-proxy:tag:{bucket(secret, 'tag', tag_id('first'), 128)}"
-        assert tag_id("first") in [e["identity"] for e in json.loads(kv.get(first))]
+        assert tag_id("first") in stored(secret, "first")
+        first = bucket(secret, "tag", tag_id("first"), 128)
         for round_ in range(3):
             # 16 tags that share one bucket (not the first's), written at once.
             by_bucket = {}
             for i in range(4000):
                 tag = f"r{round_}-t{i}"
                 by_bucket.setdefault(bucket(secret, "tag", tag_id(tag), 128), []).append(tag)
-            target, tags = next((b, t[:16]) for b, t in by_bucket.items()
-                                if len(t) >= 16 and f"spin-registry-proxy:tag:{b}" != first)
+            tags = next(t[:16] for b, t in by_bucket.items() if len(t) >= 16 and b != first)
             with concurrent.futures.ThreadPoolExecutor(16) as pool:
                 statuses = list(pool.map(lambda it: get(*it), enumerate(tags)))
             assert statuses == [200] * 16
-            found = {e["identity"] for e in json.loads(kv.get(f"spin-registry-proxy:tag:{target}"))}
-            lost = [t for t in tags if tag_id(t) not in found]
+            lost = [t for t in tags if tag_id(t) not in stored(secret, t)]
             assert not lost, f"round {round_}: {len(lost)} of 16 entries lost: {lost}"
-    finally:
-        if where == "redis":
-            for p in proxies:
-                p.stop()
+
+
+@pytest.mark.parametrize("where", ["sqlite", "redis"])
+def test_first_requests_on_an_empty_store_keep_under_one_secret(fresh, env, redis_server,
+                                                                tmp_path, where):
+    """16 first requests at once on an empty store: each finds no secret and writes its own
+    unless one is kept by then, under a lock that one of them makes. All must go on with the
+    secret that stays, or what they keep is where nobody looks."""
+    with on_store(where, fresh, env, redis_server, tmp_path) as (get, tag_id, stored, kv):
+        for round_ in range(2):
+            if round_:
+                kv.clear()
+            tags = [f"fresh{round_}-{i}" for i in range(16)]
+            with concurrent.futures.ThreadPoolExecutor(16) as pool:
+                statuses = list(pool.map(lambda it: get(*it), enumerate(tags)))
+            assert statuses == [200] * 16
+            secret = bytes.fromhex(kv.get(SECRET_KEY).decode())
+            lost = [t for t in tags if tag_id(t) not in stored(secret, t)]
+            assert not lost, f"round {round_}: {len(lost)} of 16 entries lost: {lost}"

@@ -669,3 +669,40 @@ fn a_flood_of_anonymous_tokens_keeps_no_one_from_the_store() {
     let all: usize = store.len();
     assert!(all <= crate::cache::MAX_BUCKETS as usize + 2, "{all} keys");
 }
+
+/// The step after the store's secret is known, for a first read of the secret that found
+/// `first`, and for a second read (after this request wrote its own) that found `second`.
+fn after_secret(first: Option<Vec<u8>>, second: Option<Vec<u8>>) -> (String, Vec<Write>) {
+    let req = incoming(Method::GET, &format!("/v2/app/manifests/{D}"), &[]);
+    let (mut ex, step) = Exchange::start(config(&[]), req);
+    let secret_read = format!("{:?}", Step::Load(vec![crate::store_secret::KEY.into()]));
+    assert_eq!(format!("{step:?}"), secret_read);
+    let mut step = ex.on_loaded(vec![first.clone()]);
+    let writes = ex.take_writes();
+    if first.is_none() {
+        assert_eq!(
+            format!("{step:?}"),
+            secret_read,
+            "read again after writing one"
+        );
+        step = ex.on_loaded(vec![second]);
+    }
+    (format!("{step:?}"), writes)
+}
+
+#[test]
+fn a_request_that_wrote_a_secret_goes_on_with_the_one_kept() {
+    let theirs = crate::store_secret::StoreSecret::new([7; 32]).encode();
+    let (kept, none_written) = after_secret(Some(theirs.clone()), None);
+    assert!(kept.starts_with("Load("), "{kept}");
+    assert!(none_written.is_empty());
+    // Another instance's secret was written first: this request's own was not, and what it
+    // looks up and keeps is where the kept secret puts it.
+    let (raced, writes) = after_secret(None, Some(theirs));
+    assert_eq!(raced, kept);
+    assert!(matches!(&writes[..], [Write::Create { key, .. }] if key == crate::store_secret::KEY));
+    // A store that keeps nothing: the request's own secret, written once, read once more.
+    let (own, _) = after_secret(None, None);
+    assert_ne!(own, kept);
+    assert!(own.starts_with("Load("), "{own}");
+}
