@@ -379,6 +379,28 @@ struct Fields {
 }
 
 impl Fields {
+    /// A route's fields, labelled by its name, or by its place in the table.
+    fn of_route(name: Option<&str>, index: usize) -> Result<Self, ConfigError> {
+        if let Some(n) = name {
+            let ok = !n.is_empty()
+                && n.len() <= 64
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !ok {
+                return Err(ConfigError(format!(
+                    "variable routes: route {}: name: letters, digits, '-', '_' and '.' only",
+                    index + 1
+                )));
+            }
+        }
+        Ok(Self {
+            label: match name {
+                Some(n) => format!("route {n:?}"),
+                None => format!("route {}", index + 1),
+            },
+        })
+    }
+
     fn err(&self, field: &str, what: &str) -> ConfigError {
         ConfigError(format!("variable routes: {}: {field}: {what}", self.label))
     }
@@ -412,24 +434,7 @@ impl Fields {
 }
 
 fn build(raw: RawRoute, index: usize, defaults: Defaults) -> Result<Route, ConfigError> {
-    if let Some(n) = &raw.name {
-        let ok = !n.is_empty()
-            && n.len() <= 64
-            && n.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        if !ok {
-            return Err(ConfigError(format!(
-                "variable routes: route {}: name: letters, digits, '-', '_' and '.' only",
-                index + 1
-            )));
-        }
-    }
-    let f = Fields {
-        label: match &raw.name {
-            Some(n) => format!("route {n:?}"),
-            None => format!("route {}", index + 1),
-        },
-    };
+    let f = Fields::of_route(raw.name.as_deref(), index)?;
     let preset = match &raw.preset {
         Some(p) => Some(presets::find(p).ok_or_else(|| f.err("preset", "unknown preset"))?),
         None => None,
@@ -446,28 +451,7 @@ fn build(raw: RawRoute, index: usize, defaults: Defaults) -> Result<Route, Confi
     let upstream = f.origin("upstream", &upstream_text, false)?;
     let auth = f.origins("auth", raw.auth, preset.map_or(&[], |p| p.auth), false)?;
     let cdn = f.origins("cdn", raw.cdn, preset.map_or(&[], |p| p.cdn), true)?;
-    let hosts = raw
-        .host
-        .map(OneOrMany::into_vec)
-        .unwrap_or_default()
-        .iter()
-        .map(|h| {
-            host_pattern(h)
-                .ok_or_else(|| f.err("host", "expected a host name or *.domain, without port"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let path = raw.path.unwrap_or_default().trim_matches('/').to_string();
-    if !path.is_empty() && !valid_name(&path) {
-        return Err(f.err("path", "not repository path segments"));
-    }
-    let mirrors = raw.mirrors.unwrap_or_default();
-    if mirrors.iter().any(|m| !valid_registry(m)) {
-        return Err(f.err(
-            "mirrors",
-            "expected registry host names (docker.io, host:port)",
-        ));
-    }
-    let ns_only = !mirrors.is_empty() && hosts.is_empty() && path.is_empty();
+    let served = Served::parse(&f, raw.host, raw.path, raw.mirrors)?;
     let prefix = raw.prefix.unwrap_or_default().trim_matches('/').to_string();
     if !prefix.is_empty() && !valid_name(&prefix) {
         return Err(f.err("prefix", "not a repository name"));
@@ -490,45 +474,24 @@ fn build(raw: RawRoute, index: usize, defaults: Defaults) -> Result<Route, Confi
     };
     let credentials = credentials(&f, raw.username, raw.password, raw.token)?;
     let access = access(&f, raw.access.as_deref(), raw.public, credentials.is_some())?;
-    let logins = match (access, raw.client_credentials) {
-        (RouteAccess::Upstream, None) if credentials.is_none() => Logins::Unshared,
-        (RouteAccess::Upstream, Some(true)) if credentials.is_none() => Logins::Always,
-        (_, Some(true)) => {
-            return Err(f.err(
-                "client_credentials",
-                "a route with credentials of its own, or whose access is not \"upstream\", \
-                 passes no client's upstream",
-            ))
-        }
-        _ => Logins::Never,
-    };
-    let (push, delete) = (raw.push.unwrap_or(false), raw.delete.unwrap_or(false));
-    if (push || delete) && access == RouteAccess::Public {
-        // Anyone would write, and with the route's own account where it has one.
-        return Err(f.err(
-            if push { "push" } else { "delete" },
-            "a route open to everyone takes no writes: give it \"access\": \"users\" (users \
-             with the push action) or \"upstream\" (the client's credentials decide)",
-        ));
-    }
-    let library = raw
-        .library
-        .unwrap_or_else(|| preset.is_some_and(|p| p.library));
-    let catalog = raw
-        .catalog
-        .unwrap_or_else(|| preset.is_none_or(|p| p.catalog));
+    let logins = logins(&f, access, raw.client_credentials, credentials.is_some())?;
+    let (push, delete) = writes(&f, access, raw.push, raw.delete)?;
     Ok(Route {
         name: raw.name.unwrap_or_else(|| format!("{}", index + 1)),
-        hosts,
-        path,
-        mirrors: mirrors.iter().map(|m| m.to_ascii_lowercase()).collect(),
-        ns_only,
+        hosts: served.hosts,
+        path: served.path,
+        mirrors: served.mirrors,
+        ns_only: served.ns_only,
         upstream,
         auth,
         cdn,
         prefix,
-        library,
-        catalog,
+        library: raw
+            .library
+            .unwrap_or_else(|| preset.is_some_and(|p| p.library)),
+        catalog: raw
+            .catalog
+            .unwrap_or_else(|| preset.is_none_or(|p| p.catalog)),
         blob_redirect,
         timeout,
         tag_ttl,
@@ -541,6 +504,90 @@ fn build(raw: RawRoute, index: usize, defaults: Defaults) -> Result<Route, Confi
         delete,
         cors: f.origins("cors", raw.cors, &[], false)?,
     })
+}
+
+/// Where a route is reached: by host, by path, by the registries it mirrors.
+struct Served {
+    hosts: Vec<String>,
+    path: String,
+    mirrors: Vec<String>,
+    ns_only: bool,
+}
+
+impl Served {
+    fn parse(
+        f: &Fields,
+        host: Option<OneOrMany>,
+        path: Option<String>,
+        mirrors: Option<Vec<String>>,
+    ) -> Result<Self, ConfigError> {
+        let hosts = host
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default()
+            .iter()
+            .map(|h| {
+                host_pattern(h)
+                    .ok_or_else(|| f.err("host", "expected a host name or *.domain, without port"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let path = path.unwrap_or_default().trim_matches('/').to_string();
+        if !path.is_empty() && !valid_name(&path) {
+            return Err(f.err("path", "not repository path segments"));
+        }
+        let mirrors = mirrors.unwrap_or_default();
+        if mirrors.iter().any(|m| !valid_registry(m)) {
+            return Err(f.err(
+                "mirrors",
+                "expected registry host names (docker.io, host:port)",
+            ));
+        }
+        Ok(Self {
+            ns_only: !mirrors.is_empty() && hosts.is_empty() && path.is_empty(),
+            mirrors: mirrors.iter().map(|m| m.to_ascii_lowercase()).collect(),
+            hosts,
+            path,
+        })
+    }
+}
+
+/// Whose credentials a login on the route may pass upstream.
+fn logins(
+    f: &Fields,
+    access: RouteAccess,
+    client_credentials: Option<bool>,
+    own_account: bool,
+) -> Result<Logins, ConfigError> {
+    Ok(match (access, client_credentials) {
+        (RouteAccess::Upstream, None) if !own_account => Logins::Unshared,
+        (RouteAccess::Upstream, Some(true)) if !own_account => Logins::Always,
+        (_, Some(true)) => {
+            return Err(f.err(
+                "client_credentials",
+                "a route with credentials of its own, or whose access is not \"upstream\", \
+                 passes no client's upstream",
+            ))
+        }
+        _ => Logins::Never,
+    })
+}
+
+/// Whether the route takes pushes and deletes.
+fn writes(
+    f: &Fields,
+    access: RouteAccess,
+    push: Option<bool>,
+    delete: Option<bool>,
+) -> Result<(bool, bool), ConfigError> {
+    let (push, delete) = (push.unwrap_or(false), delete.unwrap_or(false));
+    if (push || delete) && access == RouteAccess::Public {
+        // Anyone would write, and with the route's own account where it has one.
+        return Err(f.err(
+            if push { "push" } else { "delete" },
+            "a route open to everyone takes no writes: give it \"access\": \"users\" (users \
+             with the push action) or \"upstream\" (the client's credentials decide)",
+        ));
+    }
+    Ok((push, delete))
 }
 
 /// The route's own account, if it has one.
