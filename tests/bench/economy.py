@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchlib import ROOT, harness
+from benchlib import ROOT, harness, runtime
 
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 import clients  # noqa: E402
@@ -130,7 +130,7 @@ def main() -> int:
         ups.stop()
 
     print()
-    print(f"runtime: {harness.runtime()}")
+    print(f"runtime: {runtime()}")
     print("Upstream requests per pull (registry + realm; + blob storage), and pulls per hour "
           f"within {BUDGET} outbound requests")
     print("| image | blobs | client | blob_redirect | cold | warm | pulls/h cold | pulls/h warm "

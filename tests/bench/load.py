@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 import speed
-from benchlib import ROOT, RssSampler, harness, image, start_registry, tree_rss_kb
+from benchlib import ROOT, RssSampler, harness, image, start_registry, tree_rss_kb, runtime
 
 NAME = "bench/app"
 ACCEPT = ("application/vnd.oci.image.index.v1+json, "
@@ -148,7 +148,7 @@ def main() -> int:
                 s.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"runtime: {harness.runtime()}")
+    print(f"runtime: {runtime()}")
     print(f"{args.clients} concurrent clients ({args.clients // 4} per kind), {args.seconds} s "
           f"each way; blob_redirect=follow; upstream distribution 2.8 on loopback")
     hdr = ("kind", "proxy req/s", "direct req/s", "proxy/direct", "proxy errors", "direct errors")

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import MiB, RssSampler, harness, make_blob, rss_kb, start_registry
+from benchlib import MiB, RssSampler, harness, make_blob, rss_kb, start_registry, runtime
 
 
 def push(origin: str, name: str, path: Path, digest: str) -> float:
@@ -84,7 +84,7 @@ def main() -> int:
             proxy.stop()
     finally:
         registry.stop()
-    print(f"runtime: {harness.runtime()}; idle RSS {idle:.1f} MiB")
+    print(f"runtime: {runtime()}; idle RSS {idle:.1f} MiB")
     print("size | peak - idle RSS MiB | proxy s | direct s | proxy/direct time | registry has it")
     for size, delta, tp, td, head in rows:
         print(f"{size // MiB} MiB | {delta:+.1f} | {tp:.2f} | {td:.2f} | {tp / td:.2f} | {head}")

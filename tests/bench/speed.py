@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 
 from benchlib import (ROOT, MiB, RssSampler, curl_pulls, descendants, harness, image, make_blob,
-                      push_blob, start_registry, tree_rss_kb)
+                      push_blob, runtime, start_registry, tree_rss_kb)
 
 NAME = "bench/speed"
 SKOPEO_NAME = "bench/skopeo"
@@ -300,7 +300,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     med = statistics.median
-    print(f"runtime: {harness.runtime()}")
+    print(f"runtime: {runtime()}")
     print()
     if streams:
         print(f"blob GET of {args.size} MiB, medians of {args.rounds} rounds "

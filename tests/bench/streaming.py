@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from benchlib import (ROOT, MiB, RssSampler, curl_pulls, harness, make_blob, push_blob, rss_kb,
-                      start_registry)
+                      runtime, start_registry)
 
 NAME = "bench/blobs"
 CONCURRENCY = 4
@@ -159,7 +159,7 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     base = rows[0]["peak"]
-    print(f"runtime: {harness.runtime()}")
+    print(f"runtime: {runtime()}")
     print()
     print(f"{CONCURRENCY} concurrent GETs of one blob; RSS = VmHWM of spin-test-host (+children), MB = MiB;"
           f" blobs up to {HELD_BELOW // MiB} MiB also pulled at {HELD_RATE}/s so all {CONCURRENCY} overlap")

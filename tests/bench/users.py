@@ -31,7 +31,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from benchlib import harness, image, start_registry
+from benchlib import harness, image, start_registry, runtime
 from speed import ACCEPT, cpu_seconds, heads
 
 SECRET = "bench-token-secret-0123456789abcdef0123"
@@ -107,7 +107,7 @@ def main() -> int:
     finally:
         registry.stop()
     med = statistics.median
-    print(f"runtime: {harness.runtime()}")
+    print(f"runtime: {runtime()}")
     print(f"HEAD by digest from the store, hey -c 16, {args.heads} per round, "
           f"medians of {args.rounds} rounds")
     print(f"{'route':8} {'req/s':>9} {'CPU ms/HEAD':>12}")
