@@ -194,6 +194,9 @@ def main() -> int:
                          "`floor,proxy` sets the proxy against its floor with nothing between")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    named = args.blob_targets.split(",")
+    if not named or not set(named) <= {"direct", "floor", "proxy", "nginx"}:
+        sys.exit("--blob-targets: choose among direct,floor,proxy,nginx")
     for tool in ("curl", "hey", "nginx"):
         if not shutil.which(tool):
             sys.exit(f"{tool} not found")
@@ -226,13 +229,12 @@ def main() -> int:
         print(f"registry {registry.url}; blob {args.size} MiB; {args.rounds} rounds", flush=True)
 
         blob_path = f"/v2/{NAME}/blobs/{digest}"
-        blob_targets = {t: svc for t, svc in
-                        {"direct": registry, "floor": floor, "proxy": proxy, "nginx": nginx}.items()
-                        if t in args.blob_targets.split(",")}
+        every = {"direct": registry, "floor": floor, "proxy": proxy, "nginx": nginx}
+        blob_targets = {t: svc for t, svc in every.items() if t in named}
         # Ratios are per round against the first target named: direct, or else the floor.
         base = next(iter(blob_targets))
         streams = {}   # (target, n) -> [MiB/s per round]
-        ratios = {}    # (target, n) -> [÷ direct per round]
+        ratios = {}    # (target, n) -> [÷ base per round]
         rss = []
         blob_cpu = {}  # (target, n) -> [CPU seconds per GiB of the answering process]
         if "blobs" not in skip:
