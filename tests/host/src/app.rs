@@ -1,10 +1,12 @@
 //! Loads the manifest's components into wasmtime and makes a fresh store per request.
 
+use crate::instance_metrics::InstanceMetrics;
 use crate::kv::{KvView, SharedStores};
 use crate::manifest::Manifest;
 use crate::outbound::{Counters, OutboundPolicy, PolicyHooks};
 use crate::pool::Pool;
 use crate::routes::Route;
+use crate::spin_costs::{pays, Cost};
 use crate::variables::{self, AppVariables, ComponentVariables};
 use anyhow::{Context, Result};
 use std::collections::{BTreeMap, HashMap};
@@ -26,6 +28,8 @@ pub struct App {
 
 pub struct ComponentHandler {
     pub id: String,
+    /// The id again, shared with each instance's metrics.
+    metric_id: Arc<str>,
     pre: ProxyPre<RequestState>,
     policy: Arc<OutboundPolicy>,
     counters: Arc<Counters>,
@@ -49,6 +53,7 @@ pub struct RequestState {
     variables: ComponentVariables,
     stores: SharedStores,
     granted: Arc<Vec<String>>,
+    pub metrics: InstanceMetrics,
 }
 
 impl RequestState {
@@ -185,6 +190,7 @@ impl ComponentHandler {
 
         Ok(Self {
             id: id.to_string(),
+            metric_id: id.into(),
             pre,
             policy,
             counters: counters.clone(),
@@ -217,10 +223,14 @@ impl ComponentHandler {
             variables: ComponentVariables(self.variables.clone()),
             stores: self.stores.clone(),
             granted: self.granted.clone(),
+            metrics: InstanceMetrics::default(),
         };
         let mut store = Store::new(self.pre.engine(), state);
-        // Nothing advances the epoch: the checks cost what they cost under Spin, and no
-        // request is cut short by them.
+        if pays(Cost::InstanceMetrics) {
+            InstanceMetrics::install(&mut store, self.metric_id.clone(), |s| &mut s.metrics);
+        }
+        // spin-core's "practically forever": the checks and the ticker cost what they cost
+        // under Spin, and no request is cut short by them.
         store.set_epoch_deadline(u64::MAX / 2);
         store
     }

@@ -1,10 +1,12 @@
 //! The wasmtime engine, configured as Spin's `spin-core` configures it: the pooling instance
 //! allocator (slots reserved up front, the first 2 MiB of each linear memory kept resident
-//! between requests) and epoch interruption. Without them every request paid for mapping,
-//! faulting in and unmapping a fresh linear memory, which Spin does not, and the guest's code
-//! ran without the epoch checks Spin compiles into it; the test host's CPU per request would
-//! not stand for a real deployment's. Spin's environment variables tune it the same way.
+//! between requests), epoch interruption with its 10 ms ticker, and component-model
+//! concurrency. Without them every request paid for mapping, faulting in and unmapping a fresh
+//! linear memory, which Spin does not, and the guest's code ran without the epoch checks and
+//! the concurrent event loop Spin runs it in; the test host's CPU per request would not stand
+//! for a real deployment's. Spin's environment variables tune it the same way.
 
+use crate::spin_costs::{pays, Cost};
 use anyhow::Result;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -14,6 +16,11 @@ const GB: usize = 1 << 30;
 pub fn new() -> Result<Engine> {
     let mut config = Config::new();
     config.epoch_interruption(true);
+    if pays(Cost::Concurrency) {
+        config.wasm_component_model_async(true);
+    } else {
+        config.concurrency_support(false);
+    }
     // For `perf record`: names the guest's compiled functions in /tmp/perf-<pid>.map.
     if std::env::var_os("SPIN_TEST_HOST_PERFMAP").is_some() {
         config.profiler(wasmtime::ProfilingStrategy::PerfMap);
@@ -21,7 +28,19 @@ pub fn new() -> Result<Engine> {
     if pooling()? {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config()?));
     }
-    Ok(Engine::new(&config)?)
+    let engine = Engine::new(&config)?;
+    spawn_epoch_ticker(&engine);
+    Ok(engine)
+}
+
+/// spin-core's ticker: the epoch advances every 10 ms for as long as the engine lives.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        let Some(engine) = weak.upgrade() else { break };
+        engine.increment_epoch();
+    });
 }
 
 /// Spin's `SPIN_WASMTIME_POOLING` (1 or 0); otherwise on, as on any 64-bit Linux Spin probes.

@@ -5,6 +5,7 @@ mod app;
 mod bindings;
 mod cli;
 mod engine;
+mod instance_metrics;
 mod kv;
 mod logs;
 mod manifest;
@@ -13,6 +14,8 @@ mod pool;
 mod routes;
 mod server;
 mod spin_blocking;
+mod spin_costs;
+mod telemetry;
 mod variables;
 mod wasi_kv;
 
@@ -29,6 +32,10 @@ fn main() {
 }
 
 fn run() -> Result<()> {
+    spin_costs::init()?;
+    if spin_costs::pays(spin_costs::Cost::Tracing) {
+        telemetry::init()?;
+    }
     let Some(args) = cli::parse(std::env::args().skip(1))? else {
         println!("{}", cli::USAGE);
         return Ok(());

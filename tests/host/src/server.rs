@@ -13,6 +13,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -83,7 +84,15 @@ async fn handle(
             return text_response(StatusCode::BAD_REQUEST, "Bad Request\n");
         }
     };
-    match run_component(&handler, req).await {
+    // The spans Spin's trigger opens per request (`#[instrument]` on its handler and executor).
+    let span = tracing::info_span!(
+        "spin_trigger_http.handle_http_request",
+        otel.kind = "server",
+        url.path = %path,
+    );
+    let execute = tracing::info_span!(parent: &span, "spin_trigger_http.execute_wasm",
+        otel.name = %format_args!("execute_wasm_component {}", handler.id));
+    match run_component(&handler, req).instrument(execute).await {
         Ok(resp) => resp,
         Err(e) => {
             eprintln!("component {:?} failed on {path}: {e:#}", handler.id);
@@ -152,19 +161,23 @@ async fn run_component(
 
     // The guest keeps running after it has sent the response head, to stream the
     // body, so it runs in its own task and reports its own failure.
-    tokio::spawn(async move {
-        let result = async {
-            let proxy = pre.instantiate_async(&mut store).await?;
-            proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, req, out)
-                .await
+    tokio::spawn(
+        async move {
+            let result = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                store.data_mut().metrics.instantiated();
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+            }
+            .await;
+            if let Err(e) = result {
+                eprintln!("component {id:?} trapped: {e:?}");
+            }
         }
-        .await;
-        if let Err(e) = result {
-            eprintln!("component {id:?} trapped: {e:?}");
-        }
-    });
+        .in_current_span(),
+    );
 
     match receiver.await {
         Ok(Ok(resp)) => Ok(resp),
