@@ -27,9 +27,8 @@ pub struct App {
 }
 
 pub struct ComponentHandler {
-    pub id: String,
-    /// The id again, shared with each instance's metrics.
-    metric_id: Arc<str>,
+    /// Shared with each request's task and instance metrics.
+    pub id: Arc<str>,
     pre: ProxyPre<RequestState>,
     policy: Arc<OutboundPolicy>,
     counters: Arc<Counters>,
@@ -189,8 +188,7 @@ impl ComponentHandler {
         let pre = ProxyPre::new(linker.instantiate_pre(&component)?)?;
 
         Ok(Self {
-            id: id.to_string(),
-            metric_id: id.into(),
+            id: id.into(),
             pre,
             policy,
             counters: counters.clone(),
@@ -227,7 +225,7 @@ impl ComponentHandler {
         };
         let mut store = Store::new(self.pre.engine(), state);
         if pays(Cost::InstanceMetrics) {
-            InstanceMetrics::install(&mut store, self.metric_id.clone(), |s| &mut s.metrics);
+            InstanceMetrics::install(&mut store, self.id.clone(), |s| &mut s.metrics);
         }
         // spin-core's "practically forever": the checks and the ticker cost what they cost
         // under Spin, and no request is cut short by them.
