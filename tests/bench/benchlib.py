@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -31,6 +32,28 @@ def runtime() -> str:
     """The runtime the component runs on, and the environment it was given."""
     unset = f" ({', '.join(UNSET)} unset, as users run it)" if UNSET else ""
     return harness.runtime() + unset
+
+PROXY_WASM = ROOT / "target" / "wasm32-wasip2" / "release" / "spin_registry_proxy.wasm"
+
+
+def require_built(*paths) -> None:
+    """Exits naming the first of the runtime (the test host, or SPIN_BIN), the component and
+    `paths` that is missing."""
+    for path in (harness.SPIN_BIN or harness.HOST_BIN, PROXY_WASM, *paths):
+        if not Path(path).exists():
+            sys.exit(f"missing {path}: build it first (tests/run does)")
+
+
+def workdir_with_registry(name: str) -> tuple[Path, harness.Service]:
+    """A fresh work directory and a registry serving from it (the directory is gone again if
+    the registry does not start)."""
+    work = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    try:
+        return work, start_registry(work, name)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
 
 def start_registry(workdir: Path, name: str) -> harness.Service:
     exe = shutil.which("docker-registry") or shutil.which("registry")

@@ -39,7 +39,8 @@ import time
 from pathlib import Path
 
 import speed
-from benchlib import ROOT, RssSampler, harness, image, start_registry, tree_rss_kb, runtime
+from benchlib import (RssSampler, harness, image, require_built, runtime,
+                      start_registry, tree_rss_kb)
 
 NAME = "bench/app"
 ACCEPT = ("application/vnd.oci.image.index.v1+json, "
@@ -113,10 +114,7 @@ def main() -> int:
     args = ap.parse_args()
     if not shutil.which("hey"):
         sys.exit("hey not found (apt-get install hey)")
-    for exe in (harness.SPIN_BIN or harness.HOST_BIN,
-                ROOT / "target" / "wasm32-wasip2" / "release" / "spin_registry_proxy.wasm"):
-        if not Path(exe).exists():
-            sys.exit(f"missing {exe}: build it first (tests/run does)")
+    require_built()
     work = Path(tempfile.mkdtemp(prefix="load-bench-"))
     registry = proxy = floor = None
     floor_run = None

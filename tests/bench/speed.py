@@ -47,12 +47,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from benchlib import (ROOT, MiB, RssSampler, curl_pulls, descendants, harness, image, make_blob,
-                      push_blob, runtime, start_registry, tree_rss_kb)
+                      push_blob, require_built, runtime, tree_rss_kb, workdir_with_registry)
 
 NAME = "bench/speed"
 SKOPEO_NAME = "bench/skopeo"
@@ -200,17 +199,12 @@ def main() -> int:
     for tool in ("curl", "hey", "nginx"):
         if not shutil.which(tool):
             sys.exit(f"{tool} not found")
-    wasm = ROOT / "target" / "wasm32-wasip2" / "release" / "spin_registry_proxy.wasm"
-    for exe in (harness.SPIN_BIN or harness.HOST_BIN, wasm):
-        if not Path(exe).exists():
-            sys.exit(f"missing {exe}: build it first (tests/run does)")
+    require_built()
     build_floor()
 
-    work = Path(tempfile.mkdtemp(prefix="speed-bench-"))
-    services = []
+    work, registry = workdir_with_registry("speed-bench")
+    services = [registry]
     try:
-        registry = start_registry(work, "speed-bench")
-        services.append(registry)
         size = args.size * MiB
         path = work / "blob"
         digest = make_blob(path, size)

@@ -32,8 +32,8 @@ import threading
 import time
 from pathlib import Path
 
-from benchlib import (ROOT, MiB, RssSampler, curl_pulls, harness, make_blob, push_blob, rss_kb,
-                      runtime, start_registry)
+from benchlib import (MiB, RssSampler, curl_pulls, harness, make_blob, push_blob,
+                      require_built, rss_kb, runtime, start_registry)
 
 NAME = "bench/blobs"
 CONCURRENCY = 4
@@ -98,10 +98,7 @@ def main() -> int:
         sizes = [int(float(s) * MiB) for s in args.sizes.split(",")]
     else:
         sizes = [MiB, 32 * MiB] if args.quick else [MiB, 1024 * MiB]
-    for exe in (harness.SPIN_BIN or harness.HOST_BIN,
-                ROOT / "target" / "wasm32-wasip2" / "release" / "spin_registry_proxy.wasm"):
-        if not Path(exe).exists():
-            sys.exit(f"missing {exe}: build it first (tests/run does)")
+    require_built()
 
     work = Path(tempfile.mkdtemp(prefix="streaming-bench-"))
     registry = None

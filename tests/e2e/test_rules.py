@@ -123,6 +123,17 @@ def test_a_client_s_own_spin_headers_choose_nothing(make_target, needs_proxy):
     assert only_bearer(r)["realm"] == f"{target.url}/token", r
 
 
+def test_a_header_value_that_is_not_utf8_is_the_runtime_s_500(make_target, needs_proxy):
+    """Spin 4.0.2 copies every header value out as UTF-8 text before it runs the component,
+    and answers 500 with no body when one is not: the request never reaches the proxy. The
+    test host answers as Spin does; a value in UTF-8 beyond ASCII goes through."""
+    target = make_target("anon")
+    r = call(target.url, "GET", "/v2/", headers=[("X-Note", b"\xff\xfe")])
+    assert r.status == 500 and r.body == b"", r
+    r = call(target.url, "GET", "/v2/", headers=[("X-Note", "café".encode())])
+    assert r.status == 401 and r.header("WWW-Authenticate"), r  # the proxy's challenge
+
+
 def test_a_plain_http_dns_name_gets_an_https_realm(make_target, needs_proxy):
     """What Fermyon Cloud's TLS front hands Spin: plain HTTP, Host without a port."""
     target = make_target("token")

@@ -4,12 +4,13 @@
 //! `close`s each); the test host does the same, since that is part of what a request costs on
 //! the runtime users run.
 
+use crate::spin_costs::{pays, Cost};
 use hyper::body::Bytes;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
@@ -53,6 +54,8 @@ pub enum Terminal {
 pub struct Tee {
     file: Option<Arc<File>>,
     terminal: Terminal,
+    /// Spin's `PipedWriteStream` holds its writer behind one: every write and flush takes it.
+    lock: Arc<Mutex<()>>,
 }
 
 impl Tee {
@@ -65,10 +68,19 @@ impl Tee {
             .and_then(|f| f.try_clone().map(|_| f))
             .ok()
             .map(Arc::new);
-        Self { file, terminal }
+        Self {
+            file,
+            terminal,
+            lock: Arc::default(),
+        }
     }
 
     fn write_bytes(&self, bytes: &[u8]) -> std::io::Result<()> {
+        let _held = pays(Cost::AppLog).then(|| {
+            let held = self.lock.lock();
+            handle_app_log(bytes);
+            held
+        });
         if let Some(file) = &self.file {
             // A full disk loses the file's copy, never the terminal's.
             let _ = (&**file).write_all(bytes);
@@ -81,6 +93,29 @@ impl Tee {
             }
             Terminal::Stderr => std::io::stderr().lock().write_all(bytes),
         }
+    }
+
+    fn flush_terminal(&self) {
+        if pays(Cost::AppLog) {
+            let _held = self.lock.lock();
+            let _ = std::io::stderr().flush();
+        }
+    }
+}
+
+/// `spin_telemetry::logs::handle_app_log` without an OpenTelemetry logger: whether OTel logging
+/// is on is read from the environment at every write, then the line becomes an `app_log` event
+/// (which Spin's own filter drops, after checking it).
+fn handle_app_log(bytes: &[u8]) {
+    let _otel_logs = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+    ]
+    .iter()
+    .any(|key| std::env::var_os(key).is_some_and(|v| !v.is_empty()));
+    match std::str::from_utf8(bytes) {
+        Ok(text) => tracing::info!(app_log = text),
+        Err(_) => tracing::info!(app_log_non_utf8 = bytes.len()),
     }
 }
 
@@ -112,6 +147,7 @@ impl OutputStream for Tee {
     }
 
     fn flush(&mut self) -> StreamResult<()> {
+        self.flush_terminal();
         Ok(())
     }
 
@@ -130,6 +166,7 @@ impl tokio::io::AsyncWrite for Tee {
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.flush_terminal();
         Poll::Ready(Ok(()))
     }
 

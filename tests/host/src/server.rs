@@ -3,6 +3,7 @@
 
 use crate::app::{App, ComponentHandler};
 use crate::routes::{self, Match};
+use crate::spin_costs::{pays, Cost};
 use anyhow::{Context, Result};
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::{Request, Response, StatusCode, Uri};
@@ -72,11 +73,31 @@ async fn handle(
     local: SocketAddr,
 ) -> Response<HyperOutgoingBody> {
     let path = req.uri().path().to_string();
+    if pays(Cost::Trigger) {
+        tracing::info!("Processing request on path '{path}'");
+    }
     let Some((matched, handler)) = routes::best_match(&app.routes, &path)
         .and_then(|(i, m)| Some((m, app.handlers.get(i)?.clone())))
     else {
         return text_response(StatusCode::NOT_FOUND, "Not Found\n");
     };
+    if pays(Cost::Trigger) {
+        tracing::trace!(
+            counter.spin.request_count = 1,
+            trigger_type = "http",
+            component_id = &*handler.id
+        );
+    }
+    // Spin copies every header value out as UTF-8 text before it runs the component
+    // (`prepare_request_headers`), and answers 500 without running it when one is not.
+    if req
+        .headers()
+        .values()
+        .any(|v| std::str::from_utf8(v.as_bytes()).is_err())
+    {
+        eprintln!("Error processing request on {path}: a header value is not UTF-8");
+        return empty_response(StatusCode::INTERNAL_SERVER_ERROR);
+    }
     let req = match spin_request(req, &matched, client, local) {
         Ok(req) => req,
         Err(e) => {
@@ -96,7 +117,7 @@ async fn handle(
         Ok(resp) => resp,
         Err(e) => {
             eprintln!("component {:?} failed on {path}: {e:#}", handler.id);
-            text_response(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
+            empty_response(StatusCode::INTERNAL_SERVER_ERROR)
         }
     }
 }
@@ -142,7 +163,29 @@ fn spin_request(
         let value = HeaderValue::from_str(value).with_context(|| format!("invalid {name}"))?;
         parts.headers.append(HeaderName::from_static(name), value);
     }
+    if pays(Cost::Trigger) {
+        rebuild_headers(&mut parts.headers);
+    }
     Ok(Request::from_parts(parts, body))
+}
+
+/// Spin's trigger hands the guest a header map rebuilt from strings: every header copied out
+/// as a `String` pair, the map cleared, and each parsed back in order.
+fn rebuild_headers(headers: &mut http::HeaderMap) {
+    let pairs: Vec<(String, String)> = headers
+        .iter()
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            (name.to_string(), value)
+        })
+        .collect();
+    headers.clear();
+    headers.extend(pairs.into_iter().filter_map(|(name, value)| {
+        Some((
+            name.parse::<HeaderName>().ok()?,
+            HeaderValue::from_str(&value).ok()?,
+        ))
+    }));
 }
 
 async fn run_component(
@@ -161,7 +204,7 @@ async fn run_component(
 
     // The guest keeps running after it has sent the response head, to stream the
     // body, so it runs in its own task and reports its own failure.
-    tokio::spawn(
+    let guest = tokio::spawn(
         async move {
             let result = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
@@ -180,10 +223,29 @@ async fn run_component(
     );
 
     match receiver.await {
-        Ok(Ok(resp)) => Ok(resp),
+        Ok(Ok(resp)) => {
+            if pays(Cost::Trigger) {
+                // Spin's executor waits for the guest in a second task once the response is out.
+                tokio::spawn(async move {
+                    let _ = guest.await;
+                });
+            }
+            Ok(resp)
+        }
         Ok(Err(code)) => anyhow::bail!("component responded with error {code:?}"),
         Err(_) => anyhow::bail!("component returned without setting a response"),
     }
+}
+
+/// Spin's own error answers (a component that failed, a request it would not pass on) have no
+/// body.
+fn empty_response(status: StatusCode) -> Response<HyperOutgoingBody> {
+    let body = http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    resp
 }
 
 fn text_response(status: StatusCode, text: &'static str) -> Response<HyperOutgoingBody> {

@@ -8,6 +8,14 @@
 //! - `instance-metrics`: what Spin accounts per instance (spin-core, spin-factors-executor
 //!   with its default `cpu-time-metrics`): a call hook that reads the clock at every
 //!   guest/host transition, an async memory limiter, and three histogram events at drop.
+//! - `trigger`: what Spin's HTTP trigger does per request around the guest
+//!   (spin-trigger-http's `handle`, `prepare_request` and `WasiHttpExecutor::execute`): the
+//!   request's headers copied out as strings and parsed back into a cleared map, the
+//!   "Processing request" event and the request counter, and a second task that waits for the
+//!   guest to finish after its response has gone.
+//! - `app-log`: what each write to a component's stdout or stderr does beside the write
+//!   (`ComponentStdioWriter` under `PipedWriteStream`): a mutex, `handle_app_log`'s two
+//!   environment reads (is OpenTelemetry logging on?) and its `app_log` event.
 
 use anyhow::Result;
 use std::sync::OnceLock;
@@ -17,12 +25,16 @@ pub enum Cost {
     Concurrency,
     Tracing,
     InstanceMetrics,
+    Trigger,
+    AppLog,
 }
 
-const ALL: [(Cost, &str); 3] = [
+const ALL: [(Cost, &str); 5] = [
     (Cost::Concurrency, "concurrency"),
     (Cost::Tracing, "tracing"),
     (Cost::InstanceMetrics, "instance-metrics"),
+    (Cost::Trigger, "trigger"),
+    (Cost::AppLog, "app-log"),
 ];
 
 static WITHOUT: OnceLock<Vec<Cost>> = OnceLock::new();
@@ -69,6 +81,10 @@ mod tests {
         assert_eq!(
             parse(Some("tracing, instance-metrics")).unwrap(),
             [Cost::Tracing, Cost::InstanceMetrics]
+        );
+        assert_eq!(
+            parse(Some("trigger,app-log")).unwrap(),
+            [Cost::Trigger, Cost::AppLog]
         );
         assert!(parse(Some("gc")).is_err());
     }
