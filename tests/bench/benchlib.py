@@ -33,6 +33,7 @@ def runtime() -> str:
     unset = f" ({', '.join(UNSET)} unset, as users run it)" if UNSET else ""
     return harness.runtime() + unset
 
+
 PROXY_WASM = ROOT / "target" / "wasm32-wasip2" / "release" / "spin_registry_proxy.wasm"
 
 
