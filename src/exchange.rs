@@ -163,7 +163,7 @@ enum Waiting {
     /// The manifest a kept tag points at (`cached_tag_manifest_loaded`).
     CachedTagManifest {
         plan: cached::Plan,
-        digest: String,
+        identity: String,
     },
     /// A manifest's body, to keep and to answer with (`manifest_read`).
     ManifestBody {
@@ -506,8 +506,8 @@ impl Exchange {
             Waiting::OwnCredentials { scope } => self.credentials_loaded(values, scope),
             Waiting::CacheLookup(plan) => self.cache_loaded(plan, values),
             Waiting::TokenLookup(req) => self.token_looked_up(req, values),
-            Waiting::CachedTagManifest { plan, digest } => {
-                self.cached_tag_manifest_loaded(plan, digest, values)
+            Waiting::CachedTagManifest { plan, identity } => {
+                self.cached_tag_manifest_loaded(plan, identity, values)
             }
             Waiting::Stats => self.stats_loaded(values),
             _ => self.out_of_order("stored values"),

@@ -35,7 +35,7 @@ enum What {
         digest: String,
         identity: String,
     },
-    /// A manifest by tag: the tag's entry, then the manifest's. One entry per tag (whatever
+    /// A manifest by tag: the tag's entry, then for a GET the manifest's. One entry per tag (whatever
     /// the client's `Accept`: `accept` is the set it answers for), so a push drops it.
     Tag {
         name: String,
@@ -246,8 +246,8 @@ impl Exchange {
             Some(What::Digest { identity, .. }) => {
                 let found = cache::find::<cache::Manifest>(entry.as_deref(), identity, now)
                     .filter(|m| cache::accepts(&accepts, &m.media_type));
-                if let Some((meta, body)) = found.and_then(|m| self.kept_body(m)) {
-                    return self.reply_manifest(&meta, body);
+                if let Some((m, body)) = found.and_then(|m| self.kept_body(m)) {
+                    return self.reply_manifest(&m.media_type, &m.digest, body);
                 }
             }
             Some(What::Tag {
@@ -258,14 +258,19 @@ impl Exchange {
                 let tag = cache::find::<cache::Tag>(entry.as_deref(), identity, now)
                     .filter(|t| t.accept == *accept);
                 if let Some(tag) = tag.filter(|t| cache::accepts(&accepts, &t.media_type)) {
-                    let key = self
-                        .identity(Kind::Manifest, &[name, &tag.digest])
-                        .and_then(|id| self.bucket_key(Kind::Manifest, &id));
-                    if let Some(key) = key {
-                        self.waiting = Waiting::CachedTagManifest {
-                            plan,
-                            digest: tag.digest,
-                        };
+                    // A HEAD is told all it asks by the tag's entry. Should the manifest's
+                    // slot have gone to another, the GET by digest that follows goes upstream,
+                    // as this HEAD would have as a GET: one upstream request either way.
+                    if self.head_only {
+                        let body = DraftBody::StoredLength(tag.length);
+                        return self.reply_manifest(&tag.media_type, &tag.digest, body);
+                    }
+                    let identity = self.identity(Kind::Manifest, &[name, &tag.digest]);
+                    let key = identity
+                        .as_ref()
+                        .and_then(|id| self.bucket_key(Kind::Manifest, id));
+                    if let (Some(key), Some(identity)) = (key, identity) {
+                        self.waiting = Waiting::CachedTagManifest { plan, identity };
                         return Step::Load(vec![key]);
                     }
                 }
@@ -309,23 +314,21 @@ impl Exchange {
         self.authorize_and_send()
     }
 
+    /// `identity`: the manifest's, which chose the bucket read.
     pub(super) fn cached_tag_manifest_loaded(
         &mut self,
         plan: Plan,
-        digest: String,
+        identity: String,
         values: Vec<Option<Vec<u8>>>,
     ) -> Step {
-        let What::Tag { name, .. } = &plan.what else {
+        if !matches!(plan.what, What::Tag { .. }) {
             return self.out_of_order("a tag's manifest");
-        };
-        let identity = self
-            .identity(Kind::Manifest, &[name, &digest])
-            .unwrap_or_default();
+        }
         let bucket = values.into_iter().next().flatten();
         let found = cache::find::<cache::Manifest>(bucket.as_deref(), &identity, self.now)
             .and_then(|m| self.kept_body(m));
         match found {
-            Some((meta, body)) => self.reply_manifest(&meta, body),
+            Some((m, body)) => self.reply_manifest(&m.media_type, &m.digest, body),
             // The manifest's slot went to another: ask the upstream as if nothing were kept,
             // for the same client (whose token may be one the proxy handed out anonymously).
             None => self.not_kept(plan),
@@ -343,16 +346,13 @@ impl Exchange {
         Some((m, body))
     }
 
-    fn reply_manifest(&mut self, meta: &cache::Manifest, body: DraftBody) -> Step {
+    fn reply_manifest(&mut self, media_type: &str, digest: &str, body: DraftBody) -> Step {
         let mut headers = HeaderMap::new();
         // As registries answer (distribution's ETag is the quoted digest).
-        let etag = format!("\"{}\"", meta.digest);
+        let etag = format!("\"{digest}\"");
         for (name, value) in [
-            (header::CONTENT_TYPE, meta.media_type.as_str()),
-            (
-                HeaderName::from_static("docker-content-digest"),
-                meta.digest.as_str(),
-            ),
+            (header::CONTENT_TYPE, media_type),
+            (HeaderName::from_static("docker-content-digest"), digest),
             (header::ETAG, etag.as_str()),
             (
                 HeaderName::from_static("docker-distribution-api-version"),

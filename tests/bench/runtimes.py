@@ -12,6 +12,7 @@ connections, HEAD), medians over the rounds, and what Spin spends above the test
   kv1     + open the store, read one key
   kv3     + open the store, read three keys
   vars1   + read one variable (the proxy's `config`, whose template names eleven)
+  calls30 + thirty calls to the runtime's wall clock: what a call costs the runtime by itself
   all     log, two reads and the variable: what a kept answer by digest costs the runtime
 
 `--guest-time` instead starts both runtimes with their per-instance accounting printed (Spin's
@@ -45,6 +46,7 @@ OPERATIONS = {
     "kv1": "/-/answer?kv=1",
     "kv3": "/-/answer?kv=3",
     "vars1": "/-/answer?vars=1",
+    "calls30": "/-/answer?calls=30",
     "all": "/-/answer?log&kv=2&vars=1",
 }
 # Where each runtime's per-instance accounting events come from.

@@ -166,6 +166,44 @@ fn a_kept_tag_whose_manifest_gave_way_is_kept_again() {
     assert_eq!(docker_pull(&cfg, &mut store), 0);
 }
 
+/// A HEAD by a kept tag is answered from the tag's entry alone, the most frequent request of a
+/// pull (docker and containerd both ask it first): the manifest's entry is not read, so a HEAD
+/// answers as fully without it, and asks the upstream nothing.
+#[test]
+fn a_kept_head_by_tag_needs_only_the_tag() {
+    let cfg = config(&[]);
+    let mut store = std::collections::HashMap::new();
+    docker_pull(&cfg, &mut store);
+    store.retain(|k, _| !k.starts_with("spin-registry-proxy:manifest:"));
+    let count = std::rc::Rc::new(std::cell::Cell::new(0));
+    let token = drive_stored(
+        &cfg,
+        incoming(Method::GET, "/token?scope=repository:app:pull", &[]),
+        b"",
+        &mut store,
+        signed_upstream(count.clone()),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&token.body).unwrap();
+    let bearer: &'static str =
+        Box::leak(format!("Bearer {}", v["token"].as_str().unwrap()).into_boxed_str());
+    let auth = [("authorization", bearer), ("accept", OCI_INDEX)];
+    let before = count.get();
+    let req = incoming(Method::HEAD, "/v2/app/manifests/1", &auth);
+    let head = drive_stored(&cfg, req, b"", &mut store, signed_upstream(count.clone()));
+    assert_eq!(status(&head), 200, "{head:?}");
+    assert_eq!(
+        count.get(),
+        before,
+        "a HEAD by a kept tag asked the upstream"
+    );
+    let digest = crate::digest::sha256(INDEX.as_bytes());
+    assert_eq!(header(&head, "docker-content-digest"), digest);
+    assert_eq!(header(&head, "content-type"), OCI_INDEX);
+    assert_eq!(header(&head, "content-length"), INDEX.len().to_string());
+    assert_eq!(header(&head, "etag"), format!("\"{digest}\""));
+    assert!(head.body.is_empty());
+}
+
 #[test]
 fn a_tag_is_kept_for_each_route_as_long_as_it_says() {
     // Two routes to one upstream share a store: what the one keeping tags for a day saw is

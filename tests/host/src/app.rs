@@ -202,7 +202,7 @@ impl ComponentHandler {
         })
     }
 
-    pub fn new_store(&self) -> Store<RequestState> {
+    pub fn new_store(&self) -> Result<Store<RequestState>> {
         let mut wasi = WasiCtxBuilder::new();
         // Guest output goes to this process's stdout/stderr and the component's log files, as
         // in `spin up`; stdin stays empty, as Spin gives components none.
@@ -230,7 +230,10 @@ impl ComponentHandler {
         // spin-core's "practically forever": the checks and the ticker cost what they cost
         // under Spin, and no request is cut short by them.
         store.set_epoch_deadline(u64::MAX / 2);
-        store
+        if crate::engine::counts_fuel() {
+            store.set_fuel(u64::MAX)?;
+        }
+        Ok(store)
     }
 
     pub fn pre(&self) -> &ProxyPre<RequestState> {

@@ -25,12 +25,23 @@ pub fn new() -> Result<Engine> {
     if std::env::var_os("SPIN_TEST_HOST_PERFMAP").is_some() {
         config.profiler(wasmtime::ProfilingStrategy::PerfMap);
     }
+    if counts_fuel() {
+        config.consume_fuel(true);
+    }
     if pooling()? {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config()?));
     }
     let engine = Engine::new(&config)?;
     spawn_epoch_ticker(&engine);
     Ok(engine)
+}
+
+/// `SPIN_TEST_HOST_FUEL=1`: count the wasm instructions each request's instance runs and print
+/// them when it ends (`guest fuel …`). Not Spin's (fuel checks slow the guest down): a count
+/// that does not move with the machine's load, for telling whether a change to the guest's
+/// code made it do less.
+pub fn counts_fuel() -> bool {
+    std::env::var_os("SPIN_TEST_HOST_FUEL").is_some_and(|v| v == "1")
 }
 
 /// spin-core's ticker: the epoch advances every 10 ms for as long as the engine lives.

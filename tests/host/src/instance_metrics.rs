@@ -16,6 +16,8 @@ pub struct InstanceMetrics {
     memory_consumed: u64,
     memory_on_init: u64,
     enabled: bool,
+    /// Calls from the guest into the host.
+    pub host_calls: u64,
 }
 
 impl InstanceMetrics {
@@ -42,6 +44,7 @@ impl InstanceMetrics {
 
     fn on_call(&mut self, hook: CallHook) {
         if hook.entering_host() {
+            self.host_calls += 1;
             if let Some(entry) = self.last_entry.take() {
                 self.cpu_time += entry.elapsed();
             }

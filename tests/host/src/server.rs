@@ -192,7 +192,7 @@ async fn run_component(
     handler: &ComponentHandler,
     req: Request<Incoming>,
 ) -> Result<Response<HyperOutgoingBody>> {
-    let mut store = handler.new_store();
+    let mut store = handler.new_store()?;
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let req = store
         .data_mut()
@@ -217,6 +217,10 @@ async fn run_component(
             .await;
             if let Err(e) = result {
                 eprintln!("component {id:?} trapped: {e:?}");
+            }
+            if let Ok(used) = store.get_fuel().map(|f| u64::MAX - f) {
+                let calls = store.data().metrics.host_calls;
+                eprintln!("guest fuel {id}: {used} host calls: {calls}");
             }
         }
         .in_current_span(),

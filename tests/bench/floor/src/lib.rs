@@ -4,7 +4,8 @@
 //!
 //! Under `/-/answer` it answers by itself instead (a 200 with three headers, nothing upstream),
 //! doing only what the query names of what the proxy does to answer from its store: `log` (one
-//! stderr line), `kv=N` (open the store, read N keys), `vars=N` (read N variables). That is the
+//! stderr line), `kv=N` (open the store, read N keys), `vars=N` (read N variables), `calls=N`
+//! (N calls to the runtime's clock, the cheapest call there is). That is the
 //! runtime's own price for those operations: the floor for an answer from the store.
 //!
 //! A forwarded request with an `X-Floor-As-Proxy` header also reads the proxy's `config`
@@ -88,7 +89,12 @@ fn answer(query: &str, head: bool, out: ResponseOutparam) {
     let count = |name: &str| {
         query
             .split('&')
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse::<usize>().ok())
+            .find_map(|kv| {
+                kv.strip_prefix(name)?
+                    .strip_prefix('=')?
+                    .parse::<usize>()
+                    .ok()
+            })
             .unwrap_or(0)
     };
     let mut seen = 0;
@@ -101,6 +107,11 @@ fn answer(query: &str, head: bool, out: ResponseOutparam) {
     // template names, one by one).
     for name in query.split('&').filter_map(|kv| kv.strip_prefix("get=")) {
         seen += spin_sdk::variables::get(name).map_or(0, |v| v.len());
+    }
+    // `calls=N`: N of the cheapest calls into the runtime (the wall clock): what a call costs
+    // it beyond the guest's own work, to weigh how many the proxy makes.
+    for _ in 0..count("calls") {
+        seen += wasi::clocks::wall_clock::now().nanoseconds as usize & 1;
     }
     let keys = count("kv");
     if keys > 0 {
@@ -116,8 +127,14 @@ fn answer(query: &str, head: bool, out: ResponseOutparam) {
         write_log(&format!("HEAD /-/answer status=200 bytes=0 seen={seen}"));
     }
     let headers = Fields::new();
-    let _ = headers.append("content-type", b"application/vnd.oci.image.manifest.v1+json");
-    let _ = headers.append("docker-content-digest", b"sha256:0000000000000000000000000000000000000000000000000000000000000000");
+    let _ = headers.append(
+        "content-type",
+        b"application/vnd.oci.image.manifest.v1+json",
+    );
+    let _ = headers.append(
+        "docker-content-digest",
+        b"sha256:0000000000000000000000000000000000000000000000000000000000000000",
+    );
     // A HEAD tells the length of what a GET would send (here, nothing).
     let _ = headers.append("content-length", if head { b"1024" } else { b"0" });
     let answer = OutgoingResponse::new(headers);
