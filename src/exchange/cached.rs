@@ -35,8 +35,8 @@ enum What {
         digest: String,
         identity: String,
     },
-    /// A manifest by tag: the tag's entry, then for a GET the manifest's. One entry per tag (whatever
-    /// the client's `Accept`: `accept` is the set it answers for), so a push drops it.
+    /// A manifest by tag: the tag's entry, then for a GET the manifest's. One entry per tag
+    /// (whatever the client's `Accept`: `accept` is the set it answers for), so a push drops it.
     Tag {
         name: String,
         identity: String,

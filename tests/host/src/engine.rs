@@ -37,9 +37,9 @@ pub fn new() -> Result<Engine> {
 }
 
 /// `SPIN_TEST_HOST_FUEL=1`: count the wasm instructions each request's instance runs and print
-/// them when it ends (`guest fuel …`). Not Spin's (fuel checks slow the guest down): a count
-/// that does not move with the machine's load, for telling whether a change to the guest's
-/// code made it do less.
+/// them, with its calls into the host (counted by the instance metrics' hook), when it ends
+/// (`guest fuel …`). Not Spin's (fuel checks slow the guest down): counts that hardly move
+/// with the machine's load, for telling whether a change to the guest made it do less.
 pub fn counts_fuel() -> bool {
     std::env::var_os("SPIN_TEST_HOST_FUEL").is_some_and(|v| v == "1")
 }
