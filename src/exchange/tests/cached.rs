@@ -55,6 +55,19 @@ fn signed_upstream(
     }
 }
 
+/// The `Authorization` of a client holding the token the proxy's endpoint hands out
+/// anonymously for `app`.
+fn anonymous_bearer(
+    cfg: &Config,
+    store: &mut HashMap<String, Vec<u8>>,
+    count: &std::rc::Rc<std::cell::Cell<u32>>,
+) -> &'static str {
+    let req = incoming(Method::GET, "/token?scope=repository:app:pull", &[]);
+    let token = drive_stored(cfg, req, b"", store, signed_upstream(count.clone()));
+    let v: serde_json::Value = serde_json::from_slice(&token.body).unwrap();
+    Box::leak(format!("Bearer {}", v["token"].as_str().unwrap()).into_boxed_str())
+}
+
 /// What docker does for a pull of `app:1` with one layer, against `cfg` and `store`:
 /// returns the upstream requests it cost.
 fn docker_pull(cfg: &Config, store: &mut std::collections::HashMap<String, Vec<u8>>) -> u32 {
@@ -176,16 +189,7 @@ fn a_kept_head_by_tag_needs_only_the_tag() {
     docker_pull(&cfg, &mut store);
     store.retain(|k, _| !k.starts_with("spin-registry-proxy:manifest:"));
     let count = std::rc::Rc::new(std::cell::Cell::new(0));
-    let token = drive_stored(
-        &cfg,
-        incoming(Method::GET, "/token?scope=repository:app:pull", &[]),
-        b"",
-        &mut store,
-        signed_upstream(count.clone()),
-    );
-    let v: serde_json::Value = serde_json::from_slice(&token.body).unwrap();
-    let bearer: &'static str =
-        Box::leak(format!("Bearer {}", v["token"].as_str().unwrap()).into_boxed_str());
+    let bearer = anonymous_bearer(&cfg, &mut store, &count);
     let auth = [("authorization", bearer), ("accept", OCI_INDEX)];
     let before = count.get();
     let req = incoming(Method::HEAD, "/v2/app/manifests/1", &auth);
@@ -672,16 +676,7 @@ fn a_flood_of_anonymous_tokens_keeps_no_one_from_the_store() {
     let mut store = HashMap::new();
     let count = std::rc::Rc::new(std::cell::Cell::new(0));
     docker_pull(&cfg, &mut store);
-    let token = drive_stored(
-        &cfg,
-        incoming(Method::GET, "/token?scope=repository:app:pull", &[]),
-        b"",
-        &mut store,
-        signed_upstream(count.clone()),
-    );
-    let v: serde_json::Value = serde_json::from_slice(&token.body).unwrap();
-    let bearer: &'static str =
-        Box::leak(format!("Bearer {}", v["token"].as_str().unwrap()).into_boxed_str());
+    let bearer = anonymous_bearer(&cfg, &mut store, &count);
     for i in 0..1500 {
         let path = format!("/token?scope=repository:flood{i}:pull");
         let run = drive_stored(
