@@ -40,8 +40,12 @@ pub fn new() -> Result<Engine> {
 /// them, with its calls into the host (counted by the instance metrics' hook), when it ends
 /// (`guest fuel …`). Not Spin's (fuel checks slow the guest down): counts that hardly move
 /// with the machine's load, for telling whether a change to the guest made it do less.
+/// Read once: each request's store asks, and Spin reads no environment there.
 pub fn counts_fuel() -> bool {
-    std::env::var_os("SPIN_TEST_HOST_FUEL").is_some_and(|v| v == "1")
+    static FUEL: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        std::env::var_os("SPIN_TEST_HOST_FUEL").is_some_and(|v| v == "1")
+    });
+    *FUEL
 }
 
 /// spin-core's ticker: the epoch advances every 10 ms for as long as the engine lives.
