@@ -95,10 +95,20 @@ fn now_secs() -> u64 {
 }
 
 /// One line to stderr in one write: `eprintln!` writes the newline separately, and lines of
-/// concurrent requests then run into each other.
+/// concurrent requests then run into each other. Straight to the stream, in one call where the
+/// line fits the 4096 bytes a call may carry: std's stderr makes five calls into the runtime
+/// for a line (a pollable, check-write, write, flush, the pollable's drop), about 0.9 µs each
+/// on Spin.
 fn write_log(line: &str) {
-    use std::io::Write;
-    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+    let mut bytes = Vec::with_capacity(line.len() + 1);
+    bytes.extend_from_slice(line.as_bytes());
+    bytes.push(b'\n');
+    let stderr = wasi::cli::stderr::get_stderr();
+    for chunk in bytes.chunks(4096) {
+        if stderr.blocking_write_and_flush(chunk).is_err() {
+            return;
+        }
+    }
 }
 
 /// Drives the exchange; returns what was sent, the last upstream status, the error cause and

@@ -643,6 +643,18 @@ def test_concurrent_requests_log_whole_lines(fresh, env):
     assert not merged, f"lines run together: {merged[:3]}"
 
 
+def test_a_line_longer_than_one_write_is_logged_whole(fresh, env):
+    """A runtime takes at most 4096 bytes per write to stderr: a longer line goes in several,
+    and still arrives as one line, ended once."""
+    p = fresh(env.variables())
+    name = "/".join(f"part{i:02d}-" + "x" * 190 for i in range(30))
+    assert len(name) > 5000
+    call(p.url, "HEAD", f"/v2/{name}/manifests/long")
+    log = p.wait_log(lambda t: "/manifests/long" in t)
+    lines = [ln for ln in log.splitlines() if "/manifests/long" in ln]
+    assert len(lines) == 1 and name in lines[0], f"{len(lines)} lines: {log[-300:]}"
+
+
 def test_credentials_never_logged(fresh, env):
     basic = base64.b64encode(b"alice:s3cret").decode()
     bearer = "tok-" + os.urandom(8).hex()

@@ -148,8 +148,8 @@ fn fail(out: ResponseOutparam) {
     ResponseOutparam::set(out, answer);
 }
 
-/// One line to stderr in one write, as the proxy writes its log.
+/// One line to stderr in one call, as the proxy writes its log.
 fn write_log(line: &str) {
-    use std::io::Write;
-    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+    let stderr = wasi::cli::stderr::get_stderr();
+    let _ = stderr.blocking_write_and_flush(format!("{line}\n").as_bytes());
 }
