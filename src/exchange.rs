@@ -18,6 +18,7 @@ use crate::reply::{self, ClientResponse, Draft, DraftBody};
 use crate::routes::{BlobRedirect, Credentials, Logins, Route, RouteAccess};
 use crate::scope;
 use crate::store_secret::StoreSecret;
+use crate::target::Target;
 use crate::token::{self, TokenRequest};
 use crate::upstream_error::{self, MAX_ERROR_BODY};
 use crate::upstream_failure::{Failure, Role};
@@ -195,7 +196,7 @@ enum Waiting {
 #[derive(Debug, Clone)]
 struct Pending {
     method: Method,
-    url: url::Url,
+    target: Target,
     headers: HeaderMap,
 }
 
@@ -215,7 +216,7 @@ pub struct Exchange {
     client_headers: HeaderMap,
     waiting: Waiting,
     /// The URL of the upstream request in flight.
-    current: Option<url::Url>,
+    current: Option<Target>,
     role: Role,
     hops: u8,
     /// The status of the last upstream response, for the log.
@@ -595,7 +596,7 @@ impl Exchange {
             )),
             Waiting::Health { index, found } => self.health_answered(index, found, None),
             _ => {
-                let origin = self.current.as_ref().and_then(Origin::of_url);
+                let origin = self.current.as_ref().and_then(Target::origin);
                 let timeout = self.route().map(|r| r.timeout).unwrap_or_default();
                 let e = failure.to_error(self.role, origin.as_ref(), timeout);
                 self.error(e)
@@ -610,11 +611,12 @@ impl Exchange {
         &mut self,
         role: Role,
         method: Method,
-        url: url::Url,
+        target: Target,
         mut headers: HeaderMap,
         auth: Option<HeaderValue>,
     ) -> Result<Request<()>, OciError> {
-        let allowed = Origin::of_url(&url)
+        let allowed = target
+            .origin()
             .is_some_and(|o| self.route().is_some_and(|r| r.allows_destination(&o)));
         if !allowed {
             return Err(OciError::internal("destination outside configuration"));
@@ -622,14 +624,14 @@ impl Exchange {
         if let Some(a) = auth {
             headers.insert(header::AUTHORIZATION, a);
         }
-        let Ok(uri) = url.as_str().parse() else {
+        let Some(uri) = target.uri() else {
             return Err(OciError::internal("unrepresentable upstream URL"));
         };
         let mut req = Request::new(());
         *req.method_mut() = method;
         *req.headers_mut() = headers;
         *req.uri_mut() = uri;
-        self.current = Some(url);
+        self.current = Some(target);
         self.role = role;
         Ok(req)
     }
@@ -638,7 +640,7 @@ impl Exchange {
         &mut self,
         role: Role,
         method: Method,
-        url: url::Url,
+        target: impl Into<Target>,
         mut headers: HeaderMap,
         auth: Option<HeaderValue>,
         body: Vec<u8>,
@@ -647,7 +649,7 @@ impl Exchange {
         if !body.is_empty() || !matches!(method, Method::GET | Method::HEAD) {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         }
-        let head = match self.request_head(role, method, url, headers, auth) {
+        let head = match self.request_head(role, method, target.into(), headers, auth) {
             Ok(h) => h,
             Err(e) => return self.error(e),
         };
@@ -662,11 +664,11 @@ impl Exchange {
     fn send_stream(
         &mut self,
         method: Method,
-        url: url::Url,
+        target: Target,
         headers: HeaderMap,
         auth: Option<HeaderValue>,
     ) -> Step {
-        match self.request_head(Role::Registry, method, url, headers, auth) {
+        match self.request_head(Role::Registry, method, target, headers, auth) {
             Ok(head) => {
                 self.in_flight = None;
                 Step::Stream(head)

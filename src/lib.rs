@@ -33,6 +33,7 @@ pub mod scope;
 #[cfg(any(test, feature = "simulate"))]
 pub mod simulate;
 pub mod store_secret;
+pub mod target;
 pub mod token;
 pub mod upstream_error;
 pub mod upstream_failure;

@@ -387,7 +387,7 @@ impl Exchange {
         }
         self.hop = Some(Pending {
             method: self.upstream_method(),
-            url,
+            target: url.into(),
             headers: headers::cdn_request(&self.client_headers),
         });
         self.send_hop(None)
@@ -556,7 +556,7 @@ impl Exchange {
         if self.head_only {
             return self.reply(Draft::upstream(head));
         }
-        let origin = self.current.as_ref().and_then(Origin::of_url);
+        let origin = self.current.as_ref().and_then(Target::origin);
         let e = failure.to_error(self.role, origin.as_ref(), self.timeout());
         self.error(e)
     }

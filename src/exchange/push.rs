@@ -93,7 +93,7 @@ impl Exchange {
             (&Method::PUT, Endpoint::Manifest { .. }) => {
                 self.pending = Some(Pending {
                     method: req.method.clone(),
-                    url,
+                    target: url,
                     headers,
                 });
                 self.waiting = Waiting::ManifestPut;
@@ -136,13 +136,13 @@ impl Exchange {
     fn start_write(
         &mut self,
         method: Method,
-        url: url::Url,
+        target: Target,
         headers: HeaderMap,
         body: WriteBody,
     ) -> Step {
         self.pending = Some(Pending {
             method,
-            url,
+            target,
             headers,
         });
         self.write = Some(body);
@@ -201,14 +201,14 @@ impl Exchange {
             WriteBody::Held(bytes) => self.send(
                 Role::Registry,
                 p.method,
-                p.url,
+                p.target,
                 p.headers,
                 authorization,
                 bytes,
             ),
             WriteBody::Client => {
                 self.write = Some(WriteBody::Spent);
-                self.send_stream(p.method, p.url, p.headers, authorization)
+                self.send_stream(p.method, p.target, p.headers, authorization)
             }
             WriteBody::Spent => self.error(
                 OciError::unavailable(
@@ -266,7 +266,12 @@ impl Exchange {
     /// client: the same path in client names, on the public origin. `None` for anything else
     /// (another host, a path the API does not have, a name outside the route).
     fn client_location(&self, location: &HeaderValue) -> Option<url::Url> {
-        let target = self.current.as_ref()?.join(location.to_str().ok()?).ok()?;
+        let target = self
+            .current
+            .as_ref()?
+            .url()?
+            .join(location.to_str().ok()?)
+            .ok()?;
         let route = self.route()?;
         if Origin::of_url(&target)? != route.upstream {
             return None;

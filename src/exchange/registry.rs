@@ -84,7 +84,7 @@ impl Exchange {
         self.send(
             Role::Registry,
             p.method,
-            p.url,
+            p.target,
             p.headers,
             authorization,
             Vec::new(),
@@ -187,6 +187,7 @@ impl Exchange {
         let target = self
             .current
             .as_ref()
+            .and_then(Target::url)
             .zip(location.to_str().ok())
             .and_then(|(base, l)| base.join(l).ok());
         let Some(target) = target else {
@@ -241,7 +242,7 @@ impl Exchange {
         };
         self.hop = Some(Pending {
             method,
-            url: target,
+            target: target.into(),
             headers: hop_headers,
         });
         self.headers_for_redirects = headers;
@@ -261,7 +262,7 @@ impl Exchange {
         self.send(
             Role::BlobStorage,
             h.method,
-            h.url,
+            h.target,
             h.headers,
             authorization,
             Vec::new(),
@@ -423,16 +424,14 @@ impl Exchange {
         };
         self.pending = self
             .upstream_url(&path, query.as_deref())
-            .map(|url| Pending {
+            .map(|target| Pending {
                 method: self.upstream_method(),
-                url,
+                target,
                 headers: headers::registry_request(&self.client_headers),
             });
     }
 
-    pub(super) fn upstream_url(&self, path: &str, query: Option<&str>) -> Option<url::Url> {
-        let mut url = self.route()?.upstream.url_with_path(path)?;
-        url.set_query(query);
-        Some(url)
+    pub(super) fn upstream_url(&self, path: &str, query: Option<&str>) -> Option<Target> {
+        Target::registry(&self.route()?.upstream, path, query)
     }
 }

@@ -319,6 +319,7 @@ impl Exchange {
         let target = self
             .current
             .as_ref()
+            .and_then(Target::url)
             .zip(
                 head.headers()
                     .get(header::LOCATION)
