@@ -1,9 +1,9 @@
 //! Where an upstream request goes. A registry request's target is the route's origin and a path
 //! the proxy made itself; where url's parser would give that text back unchanged, it is kept as
 //! text and never parsed. url's parser is the largest code a forwarded request runs once, and
-//! a new instance runs it cold: about a tenth of the guest's time for a HEAD sent upstream
-//! (perf, test host). A target from anywhere else (a redirect's Location, a token realm) is the
-//! URL it was parsed as.
+//! a new instance runs it cold: without it a HEAD sent upstream spends 18 of 148 µs less inside
+//! the guest on Spin 4.0.2 (README). A target from anywhere else (a redirect's Location, a token
+//! realm) is the URL it was parsed as.
 
 use crate::origin::Origin;
 use std::fmt;
@@ -11,6 +11,7 @@ use std::net::Ipv4Addr;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
+    /// As url parsed or built it.
     Url(url::Url),
     /// `path_and_query` exactly as url would serialise it after `origin`.
     Plain {
