@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchlib import harness, image, runtime, workdir_with_registry
+from benchlib import harness, image, runtime, stop_all, workdir_with_registry
 from speed import ACCEPT, heads
 
 NAME = "bench/ab"
@@ -117,9 +116,7 @@ def main() -> int:
                                                                 svc.pid)[1])
             print(f"round {r + 1} done", flush=True)
     finally:
-        for s in reversed(services):
-            s.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all(services, work)
 
     med = statistics.median
     print(f"runtime: {runtime()}")

@@ -56,6 +56,13 @@ def workdir_with_registry(name: str) -> tuple[Path, harness.Service]:
         raise
 
 
+def stop_all(services: list, work: Path) -> None:
+    """Stops `services`, the last started first, and removes the work directory."""
+    for s in reversed(services):
+        s.stop()
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def start_registry(workdir: Path, name: str) -> harness.Service:
     exe = shutil.which("docker-registry") or shutil.which("registry")
     if not exe:

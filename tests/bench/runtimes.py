@@ -30,14 +30,13 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchlib import harness, image, require_built, runtime, workdir_with_registry
+from benchlib import harness, image, require_built, runtime, stop_all, workdir_with_registry
 from speed import ACCEPT, build_floor, heads, start_floor
 
 OPERATIONS = {
@@ -125,9 +124,7 @@ def main() -> int:
                     cpu.setdefault((name, op), []).append(c)
             print(f"round {r + 1} done", flush=True)
     finally:
-        for s in reversed(services):
-            s.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all(services, work)
 
     med = statistics.median
     harness.SPIN_BIN = spin

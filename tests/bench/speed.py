@@ -50,7 +50,8 @@ import time
 from pathlib import Path
 
 from benchlib import (ROOT, MiB, RssSampler, curl_pulls, descendants, harness, image, make_blob,
-                      push_blob, require_built, runtime, tree_rss_kb, workdir_with_registry)
+                      push_blob, require_built, runtime, stop_all, tree_rss_kb,
+                      workdir_with_registry)
 
 NAME = "bench/speed"
 SKOPEO_NAME = "bench/skopeo"
@@ -302,9 +303,7 @@ def main() -> int:
                 print(f"round {r + 1}: skopeo copy " + ", ".join(
                     f"{t} {copies[t][-1]:.2f}s" for t in targets), flush=True)
     finally:
-        for s in reversed(services):
-            s.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all(services, work)
 
     med = statistics.median
     print(f"runtime: {runtime()}")
