@@ -686,8 +686,9 @@ def test_credentials_never_logged(fresh, env):
 def test_listings_nested_deeper_than_any_registry_sends_cost_no_trap(fresh, env, depth, status):
     """A hostile upstream (no registry sends this) nests a tags listing that the proxy must
     parse to map its names: as deep as serde_json parses (128 levels) it is rewritten within
-    the component's 256 KiB stack (.cargo/config.toml); deeper is refused in plain words. The
-    guest never traps, which would end the request without an OCI error."""
+    the component's 128 KiB stack (.cargo/config.toml; it passes with 48 KiB); deeper is
+    refused in plain words. The guest never traps, which would end the request without an OCI
+    error."""
     p = fresh(env.variables(repository_prefix="org"))
     arrays = "[" * depth + "]" * depth
     objects = '{"o":' * depth + "1" + "}" * depth
