@@ -80,7 +80,7 @@ impl Exchange {
         self.client_authorization = self.clients_authorization();
         let path = endpoint.with_name(upstream_name).path();
         let query = self.write_query(endpoint, req.query.as_deref());
-        let Some(url) = self.upstream_url(&path, query.as_deref()) else {
+        let Some(target) = self.upstream_target(&path, query.as_deref()) else {
             return self.error(OciError::internal("no route"));
         };
         let mut headers = headers::write_request(&self.client_headers);
@@ -93,7 +93,7 @@ impl Exchange {
             (&Method::PUT, Endpoint::Manifest { .. }) => {
                 self.pending = Some(Pending {
                     method: req.method.clone(),
-                    target: url,
+                    target,
                     headers,
                 });
                 self.waiting = Waiting::ManifestPut;
@@ -119,7 +119,7 @@ impl Exchange {
                 WriteBody::Client
             }
         };
-        self.start_write(req.method, url, headers, body)
+        self.start_write(req.method, target, headers, body)
     }
 
     /// The client's manifest, read whole: kept to send again if the route's token needs

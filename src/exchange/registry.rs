@@ -423,7 +423,7 @@ impl Exchange {
             return;
         };
         self.pending = self
-            .upstream_url(&path, query.as_deref())
+            .upstream_target(&path, query.as_deref())
             .map(|target| Pending {
                 method: self.upstream_method(),
                 target,
@@ -431,7 +431,7 @@ impl Exchange {
             });
     }
 
-    pub(super) fn upstream_url(&self, path: &str, query: Option<&str>) -> Option<Target> {
+    pub(super) fn upstream_target(&self, path: &str, query: Option<&str>) -> Option<Target> {
         Target::registry(&self.route()?.upstream, path, query)
     }
 }

@@ -116,7 +116,7 @@ impl Exchange {
 
     /// An anonymous GET to the registry, to learn how it authenticates.
     pub(super) fn probe(&mut self, path: &str, query: Option<&str>, waiting: Waiting) -> Step {
-        let Some(url) = self.upstream_url(path, query) else {
+        let Some(target) = self.upstream_target(path, query) else {
             return self.error(OciError::internal("no route"));
         };
         self.waiting = waiting;
@@ -124,7 +124,7 @@ impl Exchange {
         self.send(
             Role::Registry,
             Method::GET,
-            url,
+            target,
             no_headers,
             None,
             Vec::new(),

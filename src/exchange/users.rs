@@ -244,11 +244,11 @@ impl Exchange {
         found.insert(route.name.clone(), serde_json::Value::Null);
         self.use_route(route);
         self.waiting = Waiting::Health { index, found };
-        match self.upstream_url("/v2/", None) {
-            Some(url) => self.send(
+        match self.upstream_target("/v2/", None) {
+            Some(target) => self.send(
                 Role::Registry,
                 Method::GET,
-                url,
+                target,
                 HeaderMap::new(),
                 None,
                 Vec::new(),
