@@ -686,9 +686,9 @@ def test_credentials_never_logged(fresh, env):
 def test_listings_nested_deeper_than_any_registry_sends_cost_no_trap(fresh, env, depth, status):
     """A hostile upstream (no registry sends this) nests a tags listing that the proxy must
     parse to map its names: as deep as serde_json parses (128 levels) it is rewritten within
-    the component's 128 KiB stack (.cargo/config.toml; it passes with 48 KiB); deeper is
-    refused in plain words. The guest never traps, which would end the request without an OCI
-    error."""
+    the component's 128 KiB stack (.cargo/config.toml; it passes with 48 KiB, not 40); deeper
+    is refused in plain words. The guest never traps, which would end the request without an
+    OCI error."""
     p = fresh(env.variables(repository_prefix="org"))
     arrays = "[" * depth + "]" * depth
     objects = '{"o":' * depth + "1" + "}" * depth
@@ -700,4 +700,37 @@ def test_listings_nested_deeper_than_any_registry_sends_cost_no_trap(fresh, env,
         assert r.json()["name"] == NAME and r.json()["tags"] == ["a"], r.describe()
     else:
         assert oci_error_of(r), r.describe()
+    assert "trapped" not in p.log(), p.log()[-2000:]
+
+
+@pytest.mark.parametrize("depth", [126, 400])
+@pytest.mark.parametrize("body", ["error", "token"])
+def test_other_upstream_json_nested_deep_costs_no_trap(fresh, env, body, depth):
+    """The other upstream bodies the proxy parses as JSON, nested as deep as serde_json parses
+    and deeper: an error body (read for its code) and the token a route's own account fetches.
+    Neither traps the guest on its 128 KiB stack; each ends in an answer or an OCI error."""
+    nested = '{"o":' * depth + "1" + "}" * depth
+    path = f"/v2/{NAME}/manifests/v1"
+    if body == "error":
+        p = fresh(env.variables())
+        errors = f'{{"errors":[{{"code":"MANIFEST_UNKNOWN","message":"m","detail":{nested}}}]}}'
+        env.up.route(path, Response(404, [("Content-Type", "application/json")], errors.encode()))
+        r = call(p.url, "GET", path)
+        assert r.status == 404 and oci_error_of(r), r.describe()
+    else:
+        own = {"name": "own", "upstream": env.up.url, "auth": env.auth.url,
+               "username": "alice", "password": "s3cret", "access": "public"}
+        p = fresh(env.variables(routes=json.dumps([own])))
+        env.up.route("/v2/", bearer_challenge(env.auth.url + "/token", "registry.test"))
+        answer = f'{{"x":{nested},"token":"deep-token","expires_in":300}}'.encode()
+        env.auth.route("/token", Response(200, [("Content-Type", "application/json")], answer))
+        challenge = bearer_challenge(env.auth.url + "/token", "registry.test")
+        env.up.route(path, lambda q: manifest(MANIFEST)
+                     if q.header("Authorization") == "Bearer deep-token" else challenge)
+        r = call(p.url, "GET", path)
+        if depth == 126:
+            assert r.status == 200, r.describe()
+        else:
+            assert r.status >= 400 and oci_error_of(r), r.describe()
+            assert "configuration" not in r.body.decode(errors="replace"), r.describe()
     assert "trapped" not in p.log(), p.log()[-2000:]
