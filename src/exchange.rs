@@ -215,7 +215,7 @@ pub struct Exchange {
     head_only: bool,
     client_headers: HeaderMap,
     waiting: Waiting,
-    /// The URL of the upstream request in flight.
+    /// The upstream request in flight: where it went, for its errors and its redirects.
     current: Option<Target>,
     role: Role,
     hops: u8,
@@ -604,9 +604,18 @@ impl Exchange {
         }
     }
 
-    /// The head of a request to `url`, with `auth`; an error where `url` is outside what
-    /// configuration names: the last guard of "no request reaches a host configuration did
-    /// not name".
+    /// A redirect's `Location`, resolved against the upstream request in flight.
+    fn resolve_location(&self, location: &HeaderValue) -> Option<url::Url> {
+        self.current
+            .as_ref()?
+            .url()?
+            .join(location.to_str().ok()?)
+            .ok()
+    }
+
+    /// The head of a request to `target`, with `auth`; an error where `target` is outside
+    /// what configuration names: the last guard of "no request reaches a host configuration
+    /// did not name".
     fn request_head(
         &mut self,
         role: Role,

@@ -266,12 +266,7 @@ impl Exchange {
     /// client: the same path in client names, on the public origin. `None` for anything else
     /// (another host, a path the API does not have, a name outside the route).
     fn client_location(&self, location: &HeaderValue) -> Option<url::Url> {
-        let target = self
-            .current
-            .as_ref()?
-            .url()?
-            .join(location.to_str().ok()?)
-            .ok()?;
+        let target = self.resolve_location(location)?;
         let route = self.route()?;
         if Origin::of_url(&target)? != route.upstream {
             return None;

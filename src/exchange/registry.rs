@@ -184,13 +184,7 @@ impl Exchange {
             )
             .because(why.to_string())
         };
-        let target = self
-            .current
-            .as_ref()
-            .and_then(Target::url)
-            .zip(location.to_str().ok())
-            .and_then(|(base, l)| base.join(l).ok());
-        let Some(target) = target else {
+        let Some(target) = self.resolve_location(&location) else {
             return self.error(bad("invalid Location"));
         };
         let origin = Origin::of_url(&target);

@@ -316,16 +316,10 @@ impl Exchange {
         head: &Response<()>,
         request: Request<Vec<u8>>,
     ) -> Step {
-        let target = self
-            .current
-            .as_ref()
-            .and_then(Target::url)
-            .zip(
-                head.headers()
-                    .get(header::LOCATION)
-                    .and_then(|l| l.to_str().ok()),
-            )
-            .and_then(|(base, l)| base.join(l).ok())
+        let target = head
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|l| self.resolve_location(l))
             .filter(|t| t.username().is_empty() && t.password().is_none());
         let allowed = target
             .as_ref()
