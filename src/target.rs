@@ -85,9 +85,8 @@ fn plain_host(host: &str) -> bool {
     if let Ok(ip) = host.parse::<Ipv4Addr>() {
         return ip.to_string() == host;
     }
-    let labels: Vec<&str> = host.split('.').collect();
-    let last = labels.last().copied().unwrap_or("");
-    labels.iter().all(|l| {
+    let last = host.rsplit('.').next().unwrap_or("");
+    host.split('.').all(|l| {
         !l.is_empty()
             && !l.starts_with("xn--")
             && l.bytes()
