@@ -98,10 +98,16 @@ impl Endpoint {
         match kind {
             "manifests" => {
                 if !valid_tag(last) && !valid_digest(last) {
+                    // A tag has no `:`: this was meant as a digest.
+                    let (code, what) = if last.contains(':') {
+                        (crate::error::ErrorCode::DigestInvalid, "digest")
+                    } else {
+                        (crate::error::ErrorCode::ManifestInvalid, "reference")
+                    };
                     return Err(OciError::new(
                         StatusCode::BAD_REQUEST,
-                        crate::error::ErrorCode::ManifestInvalid,
-                        format!("invalid reference: {last}"),
+                        code,
+                        format!("invalid {what}: {last}"),
                     ));
                 }
                 Ok(Endpoint::Manifest {
@@ -220,22 +226,22 @@ pub fn valid_tag(tag: &str) -> bool {
             .all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'.' | b'_' | b'-'))
 }
 
-/// `algorithm:encoded` with the spec's character sets.
+/// A digest of an algorithm registries take (distribution's go-digest, and the image spec's
+/// registered ones), in its one encoding: lower-case hex of the hash's length. Anything else
+/// (`md5:…`, `sha256:` with 63 digits or upper-case ones) is a 400 here, as distribution
+/// answers it, rather than an upstream request and a `Docker-Content-Digest` the proxy would
+/// have to take from the path.
 pub fn valid_digest(digest: &str) -> bool {
     let Some((alg, enc)) = digest.split_once(':') else {
         return false;
     };
-    let alg_ok = !alg.is_empty()
-        && alg.split(['+', '.', '_', '-']).all(|p| {
-            !p.is_empty()
-                && p.bytes()
-                    .all(|x| x.is_ascii_lowercase() || x.is_ascii_digit())
-        });
-    let enc_ok = !enc.is_empty()
-        && enc
-            .bytes()
-            .all(|x| x.is_ascii_alphanumeric() || matches!(x, b'=' | b'_' | b'-'));
-    alg_ok && enc_ok
+    let len = match alg {
+        "sha256" | "blake3" => 64,
+        "sha384" => 96,
+        "sha512" => 128,
+        _ => return false,
+    };
+    enc.len() == len && enc.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 #[cfg(test)]
@@ -369,7 +375,18 @@ mod tests {
     fn tag_and_digest_grammar() {
         assert!(valid_tag("v1.0_rc-2") && valid_tag("_x") && !valid_tag(".x"));
         assert!(!valid_tag(&"a".repeat(129)));
-        assert!(valid_digest(D) && valid_digest("sha256+b64u:abc=") && !valid_digest("sha256:"));
-        assert!(!valid_digest("SHA256:abc") && !valid_digest("abc"));
+        assert!(valid_digest(D) && !valid_digest("sha256:") && !valid_digest("abc"));
+        assert!(valid_digest(&format!("sha512:{}", "0a".repeat(64))));
+        for bad in [
+            "sha256+b64u:abc=",
+            "md5:abc",
+            "SHA256:abc",
+            &D[..D.len() - 1],
+            &format!("{D}0"),
+            &D.to_uppercase().replace("SHA256", "sha256"),
+            &format!("sha512:{}", &D[7..]),
+        ] {
+            assert!(!valid_digest(bad), "{bad}");
+        }
     }
 }

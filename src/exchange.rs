@@ -186,8 +186,8 @@ enum Waiting {
     },
     /// The day slots of the pull counts (`stats_loaded`).
     Stats,
-    /// An anonymous token's body, to keep and to answer with (`anonymous_token_read`).
-    AnonymousTokenBody {
+    /// The realm's token, to check, and to keep when anonymous (`token_read`).
+    TokenBody {
         head: Response<()>,
     },
 }
@@ -532,6 +532,12 @@ impl Exchange {
 
     pub fn on_response(&mut self, head: Response<()>) -> Step {
         self.upstream_status = Some(head.status());
+        // `http` takes 100-999; hyper hands on a 101 (its 1xx informational answers it skips).
+        // Neither is an answer a client could take, nor one to repeat the request for.
+        let status = head.status().as_u16();
+        if !(200..=599).contains(&status) {
+            return self.on_failure(Failure::Malformed(format!("status {status}")));
+        }
         self.in_flight = None;
         match std::mem::replace(&mut self.waiting, Waiting::Nothing) {
             Waiting::RegistryAnswer {
@@ -560,7 +566,7 @@ impl Exchange {
             Waiting::OwnTokenBody { scope } => self.own_token_read(body, scope),
             Waiting::HopTokenBody => self.hop_token_read(body),
             Waiting::ManifestBody { head, plan } => self.manifest_read(head, plan, body),
-            Waiting::AnonymousTokenBody { head } => self.anonymous_token_read(head, body),
+            Waiting::TokenBody { head } => self.token_read(head, body),
             _ => self.out_of_order("a body"),
         }
     }
@@ -604,13 +610,16 @@ impl Exchange {
         }
     }
 
-    /// A redirect's `Location`, resolved against the upstream request in flight.
+    /// A redirect's `Location`, resolved against the upstream request in flight; `None` for
+    /// a backslash or a control character, which no URI has. url reads a `\` as `/`, as
+    /// browsers do, so `/\other/x` (a path on the upstream to RFC 3986 and Go's clients) would
+    /// become another host.
     fn resolve_location(&self, location: &HeaderValue) -> Option<url::Url> {
-        self.current
-            .as_ref()?
-            .url()?
-            .join(location.to_str().ok()?)
-            .ok()
+        let text = location.to_str().ok()?;
+        if text.bytes().any(|b| b == b'\\' || b < b' ' || b == 0x7f) {
+            return None;
+        }
+        self.current.as_ref()?.url()?.join(text).ok()
     }
 
     /// The head of a request to `target`, with `auth`; an error where `target` is outside
@@ -634,7 +643,20 @@ impl Exchange {
             headers.insert(header::AUTHORIZATION, a);
         }
         let Some(uri) = target.uri() else {
-            return Err(OciError::internal("unrepresentable upstream URL"));
+            // Too long for a URI (`http` takes 64 KiB): a client's own (thousands of token
+            // scopes, each given the prefix), or an upstream's redirect.
+            return Err(if self.hops == 0 {
+                OciError::unsupported(
+                    StatusCode::URI_TOO_LONG,
+                    "the request is too long to send to the upstream",
+                )
+            } else {
+                OciError::unavailable(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream redirected to a URL too long to follow",
+                )
+            }
+            .because("unrepresentable upstream URL"));
         };
         let mut req = Request::new(());
         *req.method_mut() = method;

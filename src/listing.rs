@@ -106,13 +106,18 @@ pub fn client_link_target(
     Some(format!("{origin}{}{q}", endpoint.path()))
 }
 
-/// A tags/list body with its `name` in client terms; `None` if it is not the expected JSON.
-pub fn client_tags_body(body: &[u8], names: &NameMap) -> Option<Vec<u8>> {
-    let mut v: Value = serde_json::from_slice(body).ok()?;
-    let name = v.get("name")?.as_str()?;
-    let client = names.to_client(name)?;
-    v["name"] = Value::String(client);
-    serde_json::to_vec(&v).ok()
+/// A tags/list body for the client: the repository it asked for (`asked`, in its names) and
+/// the upstream's tags, nothing else: a registry's own fields may name its hosts and projects.
+/// `None` unless the upstream named a repository the route serves and listed tags.
+pub fn client_tags_body(body: &[u8], names: &NameMap, asked: &str) -> Option<Vec<u8>> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    names.to_client(v.get("name")?.as_str()?)?;
+    let tags = match v.get("tags")? {
+        Value::Array(tags) if tags.iter().all(Value::is_string) => Value::Array(tags.clone()),
+        Value::Null => Value::Null,
+        _ => return None,
+    };
+    serde_json::to_vec(&serde_json::json!({ "name": asked, "tags": tags })).ok()
 }
 
 /// A catalog page filtered to the prefix, names stripped. The flag says whether the page
@@ -122,7 +127,7 @@ pub fn client_catalog_body(
     names: &NameMap,
     visible: impl Fn(&str) -> bool,
 ) -> Option<(Vec<u8>, bool)> {
-    let mut v: Value = serde_json::from_slice(body).ok()?;
+    let v: Value = serde_json::from_slice(body).ok()?;
     let repos = v.get("repositories")?.as_array()?;
     let mut past_end = false;
     let mut kept = Vec::new();
@@ -134,8 +139,9 @@ pub fn client_catalog_body(
             None => {}
         }
     }
-    v["repositories"] = Value::Array(kept);
-    Some((serde_json::to_vec(&v).ok()?, past_end))
+    // Only the list, as for tags: nothing else of the registry's.
+    let page = serde_json::json!({ "repositories": kept });
+    Some((serde_json::to_vec(&page).ok()?, past_end))
 }
 
 #[cfg(test)]
@@ -225,17 +231,27 @@ mod tests {
     #[test]
     fn tags_body_name() {
         let m = NameMap::new("", "", true);
-        let out =
-            client_tags_body(br#"{"name":"library/alpine","tags":["3.20","latest"]}"#, &m).unwrap();
-        assert_eq!(out, br#"{"name":"alpine","tags":["3.20","latest"]}"#);
-        assert_eq!(client_tags_body(b"not json", &m), None);
+        let out = |body: &[u8]| client_tags_body(body, &m, "alpine");
+        let tags = out(br#"{"name":"library/alpine","tags":["3.20","latest"]}"#);
+        assert_eq!(
+            tags.unwrap(),
+            br#"{"name":"alpine","tags":["3.20","latest"]}"#
+        );
+        assert_eq!(out(b"not json"), None);
+        // The registry's own fields stay with it; the name is the one asked for.
+        let tags = out(br#"{"name":"library/other","tags":["a"],"registry":"10.0.0.7"}"#);
+        assert_eq!(tags.unwrap(), br#"{"name":"alpine","tags":["a"]}"#);
+        let tags = out(br#"{"name":"library/alpine","tags":null}"#);
+        assert_eq!(tags.unwrap(), br#"{"name":"alpine","tags":null}"#);
+        assert_eq!(out(br#"{"name":"library/alpine","tags":[1]}"#), None);
+        assert_eq!(out(br#"{"name":"library/alpine"}"#), None);
     }
 
     #[test]
     fn catalog_filtered_to_prefix() {
         let m = NameMap::new("", "team/app", false);
         let (body, past) = client_catalog_body(
-            br#"{"repositories":["team/app/a","team/app/b/c"]}"#,
+            br#"{"repositories":["team/app/a","team/app/b/c"],"host":"10.0.0.7"}"#,
             &m,
             |_| true,
         )

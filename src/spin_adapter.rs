@@ -754,7 +754,12 @@ fn write(out: ResponseOutparam, r: ClientResponse, upstream: Option<Upstream>) -
                 .map_err(|(n, e)| (n as u64, format!("client went away: {e:?}"))),
             upstream,
         ),
-        ClientBody::Upstream => (copy_upstream(upstream.map(|u| u.response), &output), None),
+        ClientBody::Upstream => {
+            // A 304's `Content-Length` may be its 200's; neither it nor a 204 has a body.
+            let declared = expected.filter(|_| !matches!(status, 204 | 304));
+            let response = upstream.map(|u| u.response);
+            (copy_upstream(response, &output, declared), None)
+        }
         ClientBody::None => (Ok(0), upstream),
     };
     match copied {
@@ -774,9 +779,15 @@ fn write(out: ResponseOutparam, r: ClientResponse, upstream: Option<Upstream>) -
 }
 
 /// Copies the upstream body to the client; on failure, the bytes the client got and why.
+///
+/// With a declared length the last byte waits until the upstream's body has ended right after
+/// it. A body that runs on past the length it declared (an upstream sending `Content-Length`
+/// beside chunked framing, which wins) would otherwise reach the client as whole: the runtime
+/// refuses the bytes beyond the length only after the declared ones have left.
 fn copy_upstream(
     upstream: Option<IncomingResponse>,
     output: &OutputStream,
+    declared: Option<u64>,
 ) -> Result<u64, (u64, String)> {
     let Some(body) = upstream.and_then(|u| u.consume().ok()) else {
         return Ok(0);
@@ -784,12 +795,17 @@ fn copy_upstream(
     let input: InputStream = body
         .stream()
         .map_err(|()| (0, "upstream body unavailable".to_string()))?;
+    let held = declared.map_or(0, |n| n.min(1));
     let mut moved = 0u64;
     loop {
+        let left = declared.map_or(COPY_BYTES, |n| (n - held - moved).min(COPY_BYTES));
+        if left == 0 {
+            break;
+        }
         // The runtime moves the bytes from one stream to the other without copying them
         // through guest memory, waiting for room on the client's side, then for the upstream's
         // next chunk (its between-bytes timeout applies), in one call.
-        match output.blocking_splice(&input, COPY_BYTES) {
+        match output.blocking_splice(&input, left) {
             Ok(n) => moved += n,
             // Either side: the client's stream answers for itself.
             Err(e) => match output.check_write() {
@@ -802,12 +818,41 @@ fn copy_upstream(
             },
         }
     }
+    if let Some(n) = declared {
+        let tail = read_to_end(&input, held + 1)
+            .map_err(|f| (moved, format!("upstream body interrupted: {f:?}")))?;
+        if moved + tail.len() as u64 != n {
+            let got = moved + tail.len() as u64;
+            let how = if got > n { "more" } else { "fewer" };
+            return Err((
+                moved,
+                format!("upstream body has {how} bytes than its length {n}"),
+            ));
+        }
+        write_unflushed(output, &tail)
+            .map_err(|(_, e)| (moved, format!("client went away: {e:?}")))?;
+        moved = n;
+    }
     output
         .blocking_flush()
         .map_err(|e| (moved, format!("client went away: {e:?}")))?;
     drop(input);
     drop(body);
     Ok(moved)
+}
+
+/// What is left of a stream, up to `most` bytes (more is not read: the caller only needs to
+/// know there is more).
+fn read_to_end(input: &InputStream, most: u64) -> Result<Vec<u8>, Failure> {
+    let mut out = Vec::new();
+    while (out.len() as u64) < most {
+        match input.blocking_read(most - out.len() as u64) {
+            Ok(chunk) => out.extend_from_slice(&chunk),
+            Err(StreamError::Closed) => break,
+            Err(e) => return Err(stream_failure(e)),
+        }
+    }
+    Ok(out)
 }
 
 /// Writes and flushes all of `bytes`, waiting for the reader to take them as needed; on

@@ -21,6 +21,9 @@ pub enum Failure {
     Reset,
     /// A body the proxy reads was larger than it reads.
     TooLarge,
+    /// An answer no HTTP client takes as final (a status outside 200-599, a protocol switch
+    /// nobody asked for), in the proxy's words (for the log).
+    Malformed(String),
     /// Anything else, in the runtime's words (for the log).
     Other(String),
 }
@@ -86,6 +89,11 @@ impl Failure {
                 gateway,
                 format!("{who} sent a larger body than the proxy reads"),
                 format!("body from {at} too large"),
+            ),
+            Failure::Malformed(words) => (
+                gateway,
+                format!("{who} sent a malformed answer"),
+                format!("{at}: {words}"),
             ),
             Failure::Other(words) => (
                 gateway,

@@ -8,8 +8,9 @@
 //! the old one. Values hold no credential, only the realm's token.
 
 use crate::challenge::Challenge;
+use crate::error::OciError;
 use crate::routes::{Credentials, Route};
-use http::HeaderValue;
+use http::{HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 
 /// A token is no longer used this many seconds before it expires.
@@ -20,6 +21,12 @@ pub const DEFAULT_EXPIRES_IN: u64 = 60;
 const MAX_LIFETIME: u64 = 86_400;
 /// Largest realm answer the proxy reads.
 pub const MAX_TOKEN_BODY: usize = 64 << 10;
+
+/// A realm's answer without a token (a login page, a captive portal, `{}`): the token service
+/// failing, in the proxy's words, never its own.
+pub fn missing(who: &str, cause: &str) -> OciError {
+    OciError::unavailable(StatusCode::BAD_GATEWAY, format!("{who} sent no token")).because(cause)
+}
 
 /// Where the route's upstream asks its account for credentials.
 pub fn realm_key(route: &Route) -> String {

@@ -648,22 +648,14 @@ impl Exchange {
         self.reply(Draft::made(StatusCode::OK, bytes, "application/json"))
     }
 
-    /// A realm's token for a client without credentials: read, kept for anonymous clients to
-    /// come, and handed out marked as anonymous (requests with it may fill the store).
-    pub(super) fn keep_anonymous_token(&mut self, head: &Response<()>) -> Option<Step> {
-        self.anonymous_identity.as_ref()?;
-        self.waiting = Waiting::AnonymousTokenBody { head: head.clone() };
-        Some(Step::ReadResponse {
-            limit: upstream_token::MAX_TOKEN_BODY,
-        })
-    }
-
-    pub(super) fn anonymous_token_read(&mut self, head: Response<()>, body: Vec<u8>) -> Step {
+    /// A realm's token for a client without credentials: kept for anonymous clients to come,
+    /// and handed out marked as anonymous (requests with it may fill the store).
+    pub(super) fn keep_anonymous_token(
+        &mut self,
+        t: upstream_token::Token,
+        identity: String,
+    ) -> Step {
         let now = self.now;
-        let token = upstream_token::Token::from_response(&body, now);
-        let (Some(t), Some(id)) = (token, self.anonymous_identity.clone()) else {
-            return self.reply_stored(head, body);
-        };
         let expires_at = t.until.saturating_add(upstream_token::MARGIN_SECONDS);
         // Handed out again while at least half its life is left, with what is left, and never
         // with under a minute: docker and containerd take a shorter `expires_in` for 60 s.
@@ -676,7 +668,7 @@ impl Exchange {
         };
         if until > now {
             let entry = Entry {
-                identity: id,
+                identity,
                 until,
                 value: kept.clone(),
             };
@@ -686,7 +678,7 @@ impl Exchange {
     }
 
     /// The upstream's answer with the body the proxy read (and may have kept).
-    fn reply_stored(&mut self, head: Response<()>, body: Vec<u8>) -> Step {
+    pub(super) fn reply_stored(&mut self, head: Response<()>, body: Vec<u8>) -> Step {
         let (parts, ()) = head.into_parts();
         self.reply(Draft {
             status: parts.status,

@@ -178,13 +178,11 @@ impl Exchange {
 
     pub(super) fn own_token_read(&mut self, body: Vec<u8>, scope: Option<String>) -> Step {
         let Some(token) = upstream_token::Token::from_response(&body, self.now) else {
-            return self.error(
-                OciError::unavailable(
-                    StatusCode::BAD_GATEWAY,
-                    "the upstream token service sent no token",
-                )
-                .because("token realm answer without a token"),
-            );
+            let who = "the upstream token service";
+            return self.error(upstream_token::missing(
+                who,
+                "token realm answer without a token",
+            ));
         };
         let bearer = upstream_token::bearer(&token.token);
         self.keep_own_token(scope.as_deref(), token);

@@ -316,13 +316,10 @@ impl Exchange {
     pub(super) fn hop_token_read(&mut self, body: Vec<u8>) -> Step {
         match upstream_token::Token::from_response(&body, self.now) {
             Some(t) => self.send_hop(upstream_token::bearer(&t.token)),
-            None => self.error(
-                OciError::unavailable(
-                    StatusCode::BAD_GATEWAY,
-                    "the upstream's storage sent no token",
-                )
-                .because("redirect target's realm answer without a token"),
-            ),
+            None => self.error(upstream_token::missing(
+                "the upstream's storage",
+                "redirect target's realm answer without a token",
+            )),
         }
     }
 
@@ -331,7 +328,10 @@ impl Exchange {
             Some(Endpoint::Catalog) => {
                 listing::client_catalog_body(&body, &self.names, |n| self.catalog_shows(n))
             }
-            _ => listing::client_tags_body(&body, &self.names).map(|b| (b, false)),
+            Some(Endpoint::Tags { ref name }) => {
+                listing::client_tags_body(&body, &self.names, name).map(|b| (b, false))
+            }
+            _ => None,
         };
         let Some((bytes, past_end)) = rewritten else {
             // A page the proxy cannot read may name repositories outside the prefix.

@@ -289,10 +289,10 @@ impl Exchange {
     pub(super) fn token_issued(&mut self, head: Response<()>, request: Request<Vec<u8>>) -> Step {
         let status = head.status();
         if status.is_success() {
-            if let Some(step) = self.keep_anonymous_token(&head) {
-                return step;
-            }
-            return self.reply(Draft::upstream(head));
+            self.waiting = Waiting::TokenBody { head };
+            return Step::ReadResponse {
+                limit: upstream_token::MAX_TOKEN_BODY,
+            };
         }
         if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
             return self.token_redirect(&head, request);
@@ -308,6 +308,22 @@ impl Exchange {
             return self.upstream_error(e, head);
         }
         self.error(self.unexpected(status))
+    }
+
+    /// The realm's token. Anything else with a 2xx (a login page, a captive portal) is the
+    /// token service failing, and its words are not passed on.
+    pub(super) fn token_read(&mut self, head: Response<()>, body: Vec<u8>) -> Step {
+        let Some(token) = upstream_token::Token::from_response(&body, self.now) else {
+            let who = "the upstream token service";
+            return self.error(upstream_token::missing(
+                who,
+                "token realm's 2xx without a token",
+            ));
+        };
+        match self.anonymous_identity.clone() {
+            Some(identity) => self.keep_anonymous_token(token, identity),
+            None => self.reply_stored(head, body),
+        }
     }
 
     /// A realm that redirects is followed, only to a realm origin configuration allows.

@@ -254,8 +254,9 @@ pub fn incoming(src: &mut Source) -> (Incoming, Vec<u8>) {
 }
 
 fn location(src: &mut Source) -> Vec<u8> {
-    let choices: [&[u8]; 9] = [
+    let choices: [&[u8]; 10] = [
         b"/artifacts-downloads/x?token=1",
+        b"/\\127.0.0.4:6666/x",
         b"http://127.0.0.1:5000/v2/team/web/blobs/x",
         b"http://127.0.0.3:5002/blob?sig=1",
         b"http://127.0.0.4:6666/steal",
@@ -297,6 +298,7 @@ pub fn canned(src: &mut Source) -> Result<Canned, Failure> {
     }
     let status = src.pick(&[
         200u16, 200, 200, 206, 301, 302, 307, 304, 400, 401, 401, 403, 404, 416, 429, 500, 503,
+        101, 600, 999,
     ]);
     let mut c = Canned::new(status);
     if status.to_string().starts_with('3') && src.chance(230) {

@@ -278,9 +278,12 @@ impl<'a> Checked<'a> {
         Ok(())
     }
 
-    /// R6: errors are OCI error JSON.
+    /// R6: errors are OCI error JSON, and every status is one a client takes as final.
     fn errors(&self) -> Result<(), String> {
         let status = self.status;
+        if !(200..=599).contains(&status.as_u16()) {
+            return fail("R6_ERRORS", format!("{status} is no final HTTP status"));
+        }
         if !status.is_client_error() && !status.is_server_error() {
             return Ok(());
         }

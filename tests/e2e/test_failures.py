@@ -567,6 +567,131 @@ def test_a_body_cut_short_is_never_served_as_complete(proxy, env, where):
         assert env.cdn.requests_to("/blob"), "the CDN was never asked"
 
 
+@pytest.mark.parametrize("what", ["manifest", "blob"])
+def test_a_body_longer_than_its_length_is_never_served_as_complete(proxy, env, what):
+    """A broken upstream sends `Content-Length` beside chunked framing, which wins (RFC 9112
+    6.3), so the body runs on past the length the proxy passes on. The runtime refuses the
+    bytes beyond it only after the declared ones have left: the client must not take those
+    first bytes for the whole (a manifest GET without `Accept` and a blob are streamed)."""
+    body, path = ((MANIFEST, f"/v2/{NAME}/manifests/longer") if what == "manifest"
+                  else (BLOB, f"/v2/{NAME}/blobs/{BLOB_DIGEST}"))
+    chunked = b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+    env.up.route(path, Response(200, [("Content-Type", "application/octet-stream"),
+                                      ("Content-Length", "5"), ("Transfer-Encoding", "chunked")],
+                                chunked))
+    # No `Accept` (curl's `*/*` has the proxy read a manifest whole, and refuse it).
+    got = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+                          "-H", "Accept:", "--max-time", "20", proxy.url + path],
+                         capture_output=True, text=True)
+    assert got.returncode != 0, f"curl saw a complete response: {got.stdout}"
+    assert env.up.requests_to(path), "the upstream was never asked"
+
+
+def test_a_304_with_its_200_s_length_is_whole(fresh, env):
+    """A 304 may carry the `Content-Length` its 200 would have, and has no body: the check
+    that a streamed body ends at its declared length does not take it for a short one."""
+    p = fresh(env.variables())
+    digest = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+    path = f"/v2/{NAME}/manifests/cond"
+    env.up.route(path, Response(304, [("ETag", f'"{digest}"'),
+                                      ("Content-Length", str(len(MANIFEST)))], b""))
+    got = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+                          "-H", "Accept:", "-H", f'If-None-Match: "{digest}"', "--max-time", "20",
+                          p.url + path], capture_output=True, text=True)
+    assert got.returncode == 0 and got.stdout == "304 0", got
+    log = p.wait_log(lambda t: f"{path} status=304" in t)
+    (line,) = [ln for ln in log.splitlines() if f"{path} status=304" in ln]
+    assert "error=" not in line, line
+
+
+@pytest.mark.parametrize("status", [101, 600, 999])
+def test_an_upstream_status_no_client_takes_is_a_502(proxy, env, status):
+    """`http` takes any status from 100 to 999, and hyper hands a 101 on as an answer: none is
+    one a client could take, and the body beside it is the upstream's own words."""
+    words = b"internal host db7.corp project acme-secret"
+    path = f"/v2/{NAME}/blobs/{BLOB_DIGEST}"
+    env.up.route(path, Response(status, [("Content-Type", "text/plain")], words))
+    r = call(proxy.url, "GET", path)
+    assert r.status == 502, r.describe()
+    assert oci_error_of(r)["code"] == "UNAVAILABLE", r.describe()
+    assert b"acme-secret" not in r.body and "db7" not in r.describe(), r.describe()
+
+
+@pytest.mark.parametrize("credentials", [False, True])
+def test_a_realm_s_page_is_no_token(fresh, env, credentials):
+    """A token realm answering 200 with something else than a token (a login page, a captive
+    portal): the token service failed, and its page (naming its hosts and projects) is not
+    passed on, with or without the client's credentials."""
+    p = fresh(env.variables())
+    env.up.route("/v2/", bearer_challenge(env.auth.url + "/token", "registry"))
+    env.auth.route("/token", Response(200, [("Content-Type", "text/html")],
+                                      b"<html>Sign in to sso.acme-secret.example</html>"))
+    headers = [("Authorization", "Basic " + base64.b64encode(b"alice:pw").decode())] if credentials else []
+    r = call(p.url, "GET", f"/token?scope=repository:{NAME}:pull&service=x", headers=headers)
+    assert r.status == 502, r.describe()
+    assert oci_error_of(r)["code"] == "UNAVAILABLE", r.describe()
+    assert b"acme-secret" not in r.body, r.describe()
+    assert env.auth.requests_to("/token"), "the realm was never asked"
+
+
+def test_listings_carry_only_the_api_s_fields(fresh, env):
+    """Through a prefix the proxy rewrites listings: a registry's own fields beside the
+    API's (its host, its project) stay with it, and a tags list names the repository asked
+    for."""
+    p = fresh(env.variables(repository_prefix="org"))
+    env.up.route(f"/v2/org/{NAME}/tags/list", Response(
+        200, [("Content-Type", "application/json")],
+        json.dumps({"name": "org/other", "tags": ["a"], "registry": "db7.acme-secret"}).encode()))
+    r = call(p.url, "GET", f"/v2/{NAME}/tags/list")
+    assert r.status == 200 and r.json() == {"name": NAME, "tags": ["a"]}, r.describe()
+    env.up.route("/v2/_catalog", Response(
+        200, [("Content-Type", "application/json")],
+        json.dumps({"repositories": [f"org/{NAME}"], "project": "acme-secret"}).encode()))
+    r = call(p.url, "GET", "/v2/_catalog")
+    assert r.status == 200 and r.json() == {"repositories": [NAME]}, r.describe()
+
+
+@pytest.mark.parametrize("ref", [
+    "blobs/md5:abc", "blobs/sha256:abc", "blobs/" + BLOB_DIGEST[:-1],
+    "blobs/" + BLOB_DIGEST.upper().replace("SHA256", "sha256"),
+    "manifests/sha256:abc", "manifests/sha512:" + BLOB_DIGEST[7:],
+], ids=["md5", "short", "63-digits", "upper-case", "manifest-short", "sha512-of-64-digits"])
+def test_a_malformed_digest_is_400_and_never_sent(proxy, env, ref):
+    """A digest that is not lower-case hex of its algorithm's length, or of an algorithm no
+    registry takes, is refused as distribution refuses it, before an upstream request (and
+    without a `Docker-Content-Digest` taken from the path)."""
+    r = call(proxy.url, "GET", f"/v2/{NAME}/{ref}")
+    assert r.status == 400, r.describe()
+    assert oci_error_of(r)["code"] == "DIGEST_INVALID", r.describe()
+    assert r.header("Docker-Content-Digest") is None, r.describe()
+    assert not [q for q in env.up.requests if NAME in q.path], [q.path for q in env.up.requests]
+
+
+def test_a_request_too_long_to_forward_is_the_client_s_414(fresh, env):
+    """Thousands of token scopes, each given the prefix, make a realm URL longer than a URI
+    can be: the client's doing, so a 4xx, not the proxy's internal error."""
+    p = fresh(env.variables(repository_prefix="org"))
+    env.up.route("/v2/", bearer_challenge(env.auth.url + "/token", "registry"))
+    query = "&".join(f"scope=repository:t{i}/app:pull" for i in range(2000))
+    r = call(p.url, "GET", "/token?" + query)
+    assert r.status == 414, r.describe()
+    assert oci_error_of(r)["code"] == "UNSUPPORTED", r.describe()
+    assert not env.auth.requests_to("/token")
+
+
+def test_a_backslash_location_is_no_other_host(shared, env):
+    """url reads `/\\host/x` as `//host/x`, as browsers do; RFC 3986 and Go's clients read
+    a path on the registry. Such a redirect is refused, never handed on or followed to a
+    host configuration does not name."""
+    path = f"/v2/{NAME}/blobs/{BLOB_DIGEST}"
+    env.up.route(path, Response(307, [("Location", "/\\" + env.evil.url.split("//")[1] + "/x")]))
+    for mode in ("pass", "follow"):
+        r = call(shared(mode).url, "GET", path)
+        assert r.status == 502, (mode, r.describe())
+        assert r.header("Location") is None, (mode, r.describe())
+    assert not env.evil.requests, env.evil.requests
+
+
 def test_referrers_through_a_prefix(fresh, env):
     """distribution 2.8 has no referrers API; distribution 3, GHCR and Docker Hub answer
     `GET /v2/<name>/referrers/<digest>[?artifactType=]` with an OCI index, `OCI-Filters-Applied`

@@ -42,6 +42,17 @@ fn redirects_outside_configuration_are_refused() {
 }
 
 #[test]
+fn a_backslash_in_a_location_is_no_other_host() {
+    // url reads `/\\host/x` as `//host/x`; RFC 3986 and Go's clients do not.
+    for policy in ["pass", "follow"] {
+        let (_, run) = blob_redirect(policy, "/\\127.0.0.4:6666/x");
+        assert_eq!(status(&run), 502, "{policy}");
+        assert_eq!(header(&run, "location"), "", "{policy}");
+        assert_eq!(run.sent.len(), 1, "{policy}");
+    }
+}
+
+#[test]
 fn relative_redirect_is_followed_on_the_upstream_with_credentials() {
     let cfg = config(&[]);
     let req = incoming(

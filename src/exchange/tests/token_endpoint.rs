@@ -88,7 +88,7 @@ fn token_realm_redirects_are_followed_only_within_configuration() {
             ),
             (
                 "http://127.0.0.2:5001/v2/token",
-                Canned::new(200).body("{}"),
+                Canned::new(200).body(r#"{"token":"t"}"#),
             ),
         ]),
     );
@@ -105,6 +105,34 @@ fn token_realm_redirects_are_followed_only_within_configuration() {
     });
     assert_eq!(status(&run), 502);
     assert_eq!(header(&run, "location"), "");
+}
+
+#[test]
+fn a_realm_s_2xx_without_a_token_is_its_failure_not_its_words() {
+    let cfg = config(&[]);
+    let realm = format!("{AUTH}/token");
+    let page = "<html>Log in to auth.127.0.0.2 for team-secret</html>";
+    for credentials in [true, false] {
+        let req = if credentials {
+            token_get("scope=repository:web:pull")
+        } else {
+            incoming(Method::GET, "/token?scope=repository:web:pull", &[])
+        };
+        let run = drive(&cfg, req, b"", |r| {
+            Ok(match r.uri().path() {
+                "/v2/" => bearer(&realm, ""),
+                _ => Canned::new(200)
+                    .header("content-type", "text/html")
+                    .body(page),
+            })
+        });
+        assert_eq!(status(&run), 502, "credentials: {credentials}");
+        let body = String::from_utf8_lossy(&run.body);
+        assert!(
+            body.contains("UNAVAILABLE") && !body.contains("secret"),
+            "{body}"
+        );
+    }
 }
 
 #[test]
