@@ -59,7 +59,7 @@ impl Exchange {
                 let auth = self.own_credentials();
                 self.send_pending(auth)
             }
-            Some(realm) => self.fetch_own_token(&realm, scope.as_deref(), scope.clone()),
+            Some(realm) => self.fetch_own_token(&realm, scope),
             // Unknown yet: a pushed blob's body goes once, so `/v2/`'s challenge says first.
             None if self.write == Some(push::WriteBody::Client) => {
                 self.probe("/v2/", None, Waiting::OwnRealm { scope })
@@ -84,7 +84,7 @@ impl Exchange {
                     let auth = self.own_credentials();
                     return self.send_pending(auth);
                 }
-                self.fetch_own_token(&realm, scope.as_deref(), scope.clone())
+                self.fetch_own_token(&realm, scope)
             }
             None => self.send_pending(None),
         }
@@ -114,16 +114,11 @@ impl Exchange {
         upstream_token::authorization(creds)
     }
 
-    /// Asks the realm for a token for `scope` with the route's credentials; it is stored
-    /// under `key_scope` (the request's own scope, which the next request will look for).
-    pub(super) fn fetch_own_token(
-        &mut self,
-        realm: &Realm,
-        scope: Option<&str>,
-        key_scope: Option<String>,
-    ) -> Step {
+    /// Asks the realm for a token for `scope` with the route's credentials; it is kept under
+    /// that scope, the one it grants.
+    pub(super) fn fetch_own_token(&mut self, realm: &Realm, scope: Option<String>) -> Step {
         self.own_fresh = true;
-        let url = realm.token_url(scope);
+        let url = realm.token_url(scope.as_deref());
         let allowed = url
             .as_ref()
             .and_then(Origin::of_url)
@@ -138,7 +133,7 @@ impl Exchange {
             );
         };
         let auth = self.own_credentials();
-        self.waiting = Waiting::OwnToken { scope: key_scope };
+        self.waiting = Waiting::OwnToken { scope };
         self.send(
             Role::TokenService,
             Method::GET,
@@ -221,13 +216,16 @@ impl Exchange {
             let auth = self.own_credentials();
             return Some(self.send_pending(auth));
         }
-        // Harbor's challenges carry no scope: then the request's own.
+        // Harbor's challenges carry no scope: then the request's own. The token is kept under
+        // the scope asked for, which is what it grants: a challenge asking for less than the
+        // request's own (distribution's for an upload's status: `pull`) must not leave a
+        // token a later push would take for its own and meet a 401 with a streamed body.
         let asked = challenges
             .iter()
             .find(|c| c.scheme == "bearer")
             .and_then(|c| c.param("scope"))
             .map(String::from)
-            .or_else(|| scope.clone());
-        Some(self.fetch_own_token(&realm, asked.as_deref(), scope))
+            .or(scope);
+        Some(self.fetch_own_token(&realm, asked))
     }
 }

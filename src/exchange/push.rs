@@ -140,12 +140,18 @@ impl Exchange {
         headers: HeaderMap,
         body: WriteBody,
     ) -> Step {
+        // A manifest deleted leaves the store, whose keys need its secret.
+        let forgets =
+            method == Method::DELETE && matches!(self.endpoint, Some(Endpoint::Manifest { .. }));
         self.pending = Some(Pending {
             method,
             target,
             headers,
         });
         self.write = Some(body);
+        if forgets {
+            return self.with_secret(cached::Then::Write);
+        }
         self.authorize_and_send()
     }
 
@@ -255,7 +261,7 @@ impl Exchange {
             },
         };
         if status.is_success() {
-            self.forget_pushed_tag();
+            self.forget_written_manifest();
         }
         let mut draft = Draft::upstream(head);
         draft.location = location;
@@ -279,19 +285,34 @@ impl Exchange {
         Some(url)
     }
 
-    /// A manifest pushed by tag: the store's entry for the tag goes (the next pull asks).
-    fn forget_pushed_tag(&mut self) {
+    /// What a manifest write changed leaves the store: a tag's entry (the next pull asks), or
+    /// a deleted digest's manifest.
+    fn forget_written_manifest(&mut self) {
         let (Some(Endpoint::Manifest { name, reference }), Some(route)) =
             (self.endpoint.clone(), self.route().cloned())
         else {
             return;
         };
-        if crate::endpoint::valid_digest(&reference) {
-            return;
-        }
         let Some(name) = self.names.to_upstream(&name) else {
             return;
         };
+        if crate::endpoint::valid_digest(&reference) {
+            // Only a delete changes what a digest names: every route to this upstream kept
+            // the manifest under its own viewer, and none may serve it again. (A tag that
+            // pointed there is asked about again within `tag_ttl`.)
+            if self.method == Method::DELETE {
+                let kind = crate::cache::Kind::Manifest;
+                let same = self.config.routes.0.iter();
+                let identities: Vec<String> = same
+                    .filter(|r| r.upstream == route.upstream)
+                    .map(|r| crate::cache::identity(r, kind, &[&name, &reference]))
+                    .collect();
+                for identity in identities {
+                    self.forget(kind, &identity);
+                }
+            }
+            return;
+        }
         let ttl = route.tag_ttl.to_string();
         let identity =
             crate::cache::identity(&route, crate::cache::Kind::Tag, &[&name, &reference, &ttl]);

@@ -141,6 +141,40 @@ def test_an_htpasswd_registry_takes_a_push_with_basic_credentials(pushy, ups, bu
     assert digest_proxied(pushy, repo, "1", creds=ALICE, host=host) == img["digest"]
 
 
+def test_a_manifest_deleted_through_the_proxy_is_gone_from_it(ups, built):
+    """A manifest the proxy keeps (pulled by digest, anonymously) and then deletes through
+    a route that takes deletes: no route to that registry serves it from the store again."""
+    table = [{"name": "open", "host": "127.0.0.1", "path": "open", "upstream": ups.anon.url,
+              "push": True, "delete": True},
+             {"name": "openro", "host": "127.0.0.1", "path": "openro", "upstream": ups.anon.url}]
+    pushy = harness.start_proxy({"routes": json.dumps(table)}, allowed_hosts=[ups.anon.url],
+                                name="delete-proxy")
+    try:
+        deleted_is_gone(pushy, built["small"])
+    finally:
+        pushy.stop()
+
+
+def deleted_is_gone(pushy, img):
+    repo = fresh("deleted")
+    clients.skopeo_push(clients.Path(img["dir"]), f"127.0.0.1:{pushy.port}/open/{repo}:1")
+    accept = [("Accept", clients.MANIFEST_ACCEPT)]
+    for route in ("open", "openro", "open"):
+        r = call(pushy.url, "GET", f"/v2/{route}/{repo}/manifests/{img['digest']}", headers=accept)
+        assert r.status == 200 and clients.sha256_bytes(r.body) == img["digest"], r.describe()
+    if not harness.SPIN_BIN:
+        before = harness.outbound(pushy)
+        r = call(pushy.url, "GET", f"/v2/openro/{repo}/manifests/{img['digest']}", headers=accept)
+        assert r.status == 200 and harness.outbound(pushy) == before, "not kept: the test tests nothing"
+    r = call(pushy.url, "DELETE", f"/v2/open/{repo}/manifests/{img['digest']}",
+             headers=[("Content-Length", "0")])
+    assert r.status == 202, r.describe()
+    for route in ("open", "openro"):
+        r = call(pushy.url, "GET", f"/v2/{route}/{repo}/manifests/{img['digest']}", headers=accept)
+        assert r.status == 404, (route, r.describe())
+        assert oci_error_of(r)["code"] == "MANIFEST_UNKNOWN", r.describe()
+
+
 def test_refusals_are_clean_and_reach_no_upstream(pushy, ups, built):
     """A route that takes no pushes refuses before anything is sent; an upload session of
     another repository is the registry's to refuse (its state names the repository)."""

@@ -259,3 +259,45 @@ def test_health_asks_no_upstream_and_stats_are_an_admin_s(vendor):
              headers=[("Authorization", clients.basic_header(CUSTOMER))])
     assert r.status == 200, r.describe()
     assert r.json()["routes"]["vendor"]["status"] == "ok"
+
+
+def test_a_chunked_upload_after_a_status_check_goes_through(ups, seeded):
+    """distribution challenges an upload's status GET for `pull` only. The route's token for
+    that must not stand in for the push token the next chunk needs: a streamed chunk cannot be
+    sent again after a 401. POST, status GET, PATCH, PUT, as a user who may push."""
+    from upstreams import SEEDER
+    route = {"name": "vendor", "upstream": ups.token.url, "auth": ups.token_server.url,
+             "cdn": ups.token.cdn.url, "username": SEEDER[0], "password": SEEDER[1],
+             "access": "users", "push": True}
+    pusher = ("pusher", "pusher-Secret-4")
+    user = {"name": pusher[0], "password": htpasswd(*pusher),
+            "access": [{"repositories": ["pushed/**"], "actions": ["pull", "push"]}]}
+    variables = {"routes": json.dumps([route]), "users": json.dumps([user]),
+                 "token_secret": SECRET}
+    allowed = [ups.token.url, ups.token_server.url, ups.token.cdn.url]
+    p = harness.start_proxy(variables, allowed_hosts=allowed, name="push-users-proxy")
+    try:
+        repo = f"pushed/status-{int(time.time() * 1000)}"
+        c = clients.RegistryHTTP(p.url, pusher)
+        scope = f"repository:{repo}:pull,push"
+        r = c.request("POST", f"/v2/{repo}/blobs/uploads/", {"Content-Length": "0"}, scope=scope)
+        assert r.status == 202, r
+        session = r.header("Location")
+        # The route's tokens forgotten (they expire; another store): the status GET is the
+        # first request to need one.
+        harness.forget(p)
+        r = c.request("GET", session, scope=scope, absolute=True)
+        assert r.status == 204, r
+        blob = b"a chunk after a status check"
+        r = c.request("PATCH", session, {"Content-Type": "application/octet-stream",
+                                         "Content-Length": str(len(blob))}, blob,
+                      scope=scope, absolute=True)
+        assert r.status == 202, r
+        digest = clients.sha256_bytes(blob)
+        end = r.header("Location") + ("&" if "?" in r.header("Location") else "?") + f"digest={digest}"
+        r = c.request("PUT", end, {"Content-Length": "0"}, scope=scope, absolute=True)
+        assert r.status == 201, r
+        r = c.request("HEAD", f"/v2/{repo}/blobs/{digest}", scope=scope)
+        assert r.status in (200, 307), r  # 307: the registry's redirect to its storage
+    finally:
+        p.stop()

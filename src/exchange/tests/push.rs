@@ -167,6 +167,46 @@ fn a_manifest_push_keeps_its_bytes_and_drops_the_kept_tag() {
 }
 
 #[test]
+fn a_manifest_deleted_through_the_proxy_is_served_from_the_store_no_more() {
+    let cfg = cfg();
+    let mut store = HashMap::new();
+    let deleted = std::cell::Cell::new(false);
+    let by_digest = |host: &'static str, store: &mut HashMap<String, Vec<u8>>| {
+        let path = format!("/v2/app/manifests/{D}");
+        let mut req = at(host, Method::GET, &path);
+        req.headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"),
+        );
+        let run = drive_stored(&cfg, req, b"", store, |_| {
+            Ok(if deleted.get() {
+                Canned::new(404)
+            } else {
+                Canned::new(200)
+                    .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+                    .header("content-length", "4")
+                    .header("docker-content-digest", D)
+                    .body("test")
+            })
+        });
+        (status(&run), run.sent.len())
+    };
+    assert_eq!(by_digest("rw.example.com", &mut store), (200, 1));
+    assert_eq!(by_digest("rw.example.com", &mut store), (200, 0), "kept");
+    let mut req = at(
+        "rw.example.com",
+        Method::DELETE,
+        &format!("/v2/app/manifests/{D}"),
+    );
+    req.headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    let run = drive_stored(&cfg, req, b"", &mut store, registry);
+    assert_eq!(status(&run), 202, "{run:?}");
+    deleted.set(true);
+    assert_eq!(by_digest("rw.example.com", &mut store), (404, 1));
+}
+
+#[test]
 fn an_upload_location_on_another_host_is_refused() {
     let run = drive(
         &cfg(),

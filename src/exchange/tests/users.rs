@@ -510,3 +510,71 @@ fn a_streamed_chunk_goes_once_with_the_route_s_token() {
     assert_eq!(chunk.body(), b"bytes");
     assert_eq!(chunk.headers()[header::AUTHORIZATION], "Bearer route-token");
 }
+
+/// The route's token is kept under the scope the realm was asked for: a challenge that asks
+/// for less than the request's own scope (distribution challenges an upload's status GET for
+/// `pull`) leaves nothing a later chunk would take for a push token. The chunk, streamed,
+/// goes once, with a token for pull and push.
+#[test]
+fn a_route_token_is_kept_under_the_scope_it_was_asked_for() {
+    let alice = token_of(&login("alice", "s3cret", "repository:team/web:pull,push"));
+    let session = "/v2/team/web/blobs/uploads/6d1c3f0e-0000-4000-8000-000000000001?_state=x";
+    // As distribution and its token server: the token names its scope, each request wants
+    // its own actions.
+    let upstream = |r: &Request<Vec<u8>>| -> Result<Canned, Failure> {
+        let auth = r.headers().get(header::AUTHORIZATION);
+        let auth = auth.map(|v| v.to_str().unwrap().to_string());
+        let wants = if r.method() == Method::GET {
+            "pull"
+        } else {
+            "pull,push"
+        };
+        Ok(match (r.uri().port_u16(), auth.as_deref()) {
+            (Some(5001), Some("Basic cm9ib3Q6czNjcmV0")) => {
+                let query = r.uri().query().unwrap_or("");
+                let push = query.contains("push");
+                let token = if push { "pull-push" } else { "pull-only" };
+                Canned::new(200).body(format!(r#"{{"token":"{token}","expires_in":300}}"#))
+            }
+            (Some(5000), Some("Bearer pull-push")) => Canned::new(204),
+            (Some(5000), Some("Bearer pull-only")) if wants == "pull" => Canned::new(204),
+            (Some(5000), _) => bearer(
+                "http://127.0.0.2:5001/token",
+                &format!("repository:team/web:{wants}"),
+            ),
+            _ => Canned::new(404),
+        })
+    };
+    let mut store = HashMap::new();
+    let mut run = |method: Method, body: &[u8]| {
+        let mut req = at("priv.example.com", method, session);
+        req.headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let req = with_auth(req, &format!("Bearer {alice}"));
+        let run = simulate::run_full(
+            cfg(""),
+            req.clone(),
+            body,
+            &mut store,
+            |n| (n == "users").then(|| USERS.to_string()),
+            upstream,
+        );
+        if let Err(e) = simulate::check(&cfg(""), &req, &run) {
+            panic!("invariant broken: {e}\n{run:?}");
+        }
+        run
+    };
+    assert_eq!(status(&run(Method::GET, b"")), 204);
+    let chunk = run(Method::PATCH, b"bytes");
+    assert_eq!(status(&chunk), 204, "{chunk:?}");
+    let patches: Vec<_> = chunk
+        .sent
+        .iter()
+        .filter(|r| r.method() == Method::PATCH)
+        .collect();
+    assert_eq!(patches.len(), 1, "{chunk:?}");
+    assert_eq!(
+        patches[0].headers()[header::AUTHORIZATION],
+        "Bearer pull-push"
+    );
+}
