@@ -160,14 +160,15 @@ pub fn merge(bucket: Option<&[u8]>, entry: &[u8], now: u64, ways: usize) -> Opti
     serde_json::to_vec(&entries).ok()
 }
 
-/// Whether a stored bucket holds `entry` (its identity, until the same moment).
+/// Whether a stored bucket holds `entry`, as it is: an entry of the same identity and end
+/// that says something else (damaged, or a tag that moved within the second) is replaced.
 pub fn holds(bucket: Option<&[u8]>, entry: &[u8]) -> bool {
     let parse = |b: &[u8]| serde_json::from_slice::<Entry<serde_json::Value>>(b).ok();
     let stored = |b: &[u8]| serde_json::from_slice::<Vec<Entry<serde_json::Value>>>(b).ok();
     match (parse(entry), bucket.and_then(stored)) {
         (Some(new), Some(entries)) => entries
             .iter()
-            .any(|e| e.identity == new.identity && e.until == new.until),
+            .any(|e| e.identity == new.identity && e.until == new.until && e.value == new.value),
         _ => false,
     }
 }
@@ -253,6 +254,10 @@ pub struct Manifest {
     pub digest: String,
     /// The bytes, in base64 (the entry is JSON).
     pub bytes: String,
+    /// How many there are: a HEAD, which neither decodes nor hashes them, tells this only
+    /// while the text still holds as many (entries kept before it was written have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<u64>,
 }
 
 impl Manifest {
@@ -261,6 +266,7 @@ impl Manifest {
             media_type,
             digest: sha256(bytes),
             bytes: crate::base64::encode(bytes),
+            length: Some(bytes.len() as u64),
         }
     }
 
@@ -273,7 +279,10 @@ impl Manifest {
     /// How many bytes there are, without decoding or hashing them: what a HEAD tells. The GET
     /// that follows checks them, and goes upstream if they no longer hash to the digest.
     pub fn length(&self) -> Option<u64> {
-        crate::base64::decoded_len(&self.bytes).map(|n| n as u64)
+        crate::base64::decoded_len(&self.bytes)
+            .filter(|&n| n <= MAX_MANIFEST)
+            .map(|n| n as u64)
+            .filter(|&n| self.length.is_none_or(|l| l == n))
     }
 }
 
@@ -334,6 +343,22 @@ pub fn signed_until(url: &url::Url) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_manifest_tells_its_length_only_while_its_text_holds_as_many() {
+        let m = Manifest::new("t".into(), b"0123456789");
+        assert_eq!(m.length(), Some(10));
+        let cut = Manifest {
+            bytes: m.bytes[..m.bytes.len() - 4].to_string(),
+            ..m.clone()
+        };
+        assert_eq!(cut.length(), None);
+        // Kept before lengths were written: the text alone.
+        let old: Manifest =
+            serde_json::from_str(r#"{"media_type":"t","digest":"d","bytes":"MDEyMzQ1Njc4OQ=="}"#)
+                .unwrap();
+        assert_eq!(old.length(), Some(10));
+    }
 
     #[test]
     fn signed_urls_say_when_they_end() {
@@ -481,6 +506,13 @@ mod tests {
         assert!(!holds(Some(&bucket), &entry("a", 200)));
         assert!(!holds(Some(&bucket), &entry("b", 100)));
         assert!(!holds(None, &a));
+        // The same identity and end saying something else: damaged, or a tag moved.
+        let other = Entry {
+            identity: "a".to_string(),
+            until: 100,
+            value: 2,
+        };
+        assert!(!holds(Some(&bucket), &other.encode()));
         // Another instance's write in between: the merge again keeps both.
         let theirs = merge(None, &entry("b", 100), 0, 8).unwrap();
         assert!(!holds(Some(&theirs), &a));

@@ -243,7 +243,7 @@ fn single_route<F: Fn(&str) -> Option<String>>(v: &Variables<F>) -> Result<Route
             .parse::<f64>()
             .ok()
             .and_then(routes::parse_timeout)
-            .ok_or_else(|| error("upstream_timeout", "expected seconds (0 < s <= 3600)"))?,
+            .ok_or_else(|| error("upstream_timeout", "expected seconds (0.1 to 3600)"))?,
     };
     let tag_ttl = match v.get("tag_ttl")?.as_str() {
         "" => DEFAULT_TAG_TTL,
@@ -304,6 +304,15 @@ impl Config {
         let routes = if table.is_empty() {
             Routes(vec![single_route(&v)?])
         } else {
+            // Still spin.toml's allowed_outbound_hosts, where an empty entry denies every
+            // request: the route table's upstreams too.
+            for (name, pattern) in [
+                ("upstream", false),
+                ("upstream_auth", false),
+                ("upstream_cdn", true),
+            ] {
+                listed(&v, name, pattern)?;
+            }
             let defaults = Defaults {
                 blob_redirect: BlobRedirect::Pass,
                 timeout: DEFAULT_TIMEOUT,
@@ -566,12 +575,21 @@ mod tests {
     fn a_request_reads_one_variable_with_a_route_table_or_without() {
         let table = r#"[{"preset": "ghcr",
             "name": "multi-line"}]"#;
-        let (c, read) = reads(&[("routes", table)], true);
+        // spin.toml's defaults for the three it lists in allowed_outbound_hosts.
+        let listed = [
+            ("upstream", "https://registry-1.docker.io"),
+            ("upstream_auth", "https://auth.docker.io"),
+            ("upstream_cdn", "https://production.cloudflare.docker.com"),
+        ];
+        let (c, read) = reads(&[("routes", table), listed[0], listed[1], listed[2]], true);
         assert_eq!(
             c.unwrap().routes.0[0].upstream.to_string(),
             "https://ghcr.io"
         );
         assert_eq!(read, ["config"]);
+        // Empty, one of them denies every request the route table's upstreams need.
+        let (c, _) = reads(&[("routes", table), listed[0], listed[1]], true);
+        assert!(c.unwrap_err().0.contains("upstream_cdn"));
         let vars = [
             ("upstream", "http://127.0.0.1:5000"),
             ("upstream_auth", "http://127.0.0.1:5000"),

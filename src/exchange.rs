@@ -165,6 +165,7 @@ enum Waiting {
     CachedTagManifest {
         plan: cached::Plan,
         identity: String,
+        digest: String,
     },
     /// A manifest's body, to keep and to answer with (`manifest_read`).
     ManifestBody {
@@ -244,8 +245,6 @@ pub struct Exchange {
     client_authorization: Option<HeaderValue>,
     /// What the store is asked for and told about this request.
     cache: Option<cached::Plan>,
-    /// The upstream must send a body (a HEAD the proxy answers from a GET it keeps).
-    fetch_body: bool,
     /// Whether what the upstream answers may be kept: the request is one any client of the
     /// route could make (anonymous, or with the route's own credentials).
     storable: bool,
@@ -329,7 +328,6 @@ impl Exchange {
             hop_token_tried: false,
             client_authorization: None,
             cache: None,
-            fetch_body: false,
             storable: false,
             anonymous_identity: None,
             secret: None,
@@ -507,9 +505,11 @@ impl Exchange {
             Waiting::OwnCredentials { scope } => self.credentials_loaded(values, scope),
             Waiting::CacheLookup(plan) => self.cache_loaded(plan, values),
             Waiting::TokenLookup(req) => self.token_looked_up(req, values),
-            Waiting::CachedTagManifest { plan, identity } => {
-                self.cached_tag_manifest_loaded(plan, identity, values)
-            }
+            Waiting::CachedTagManifest {
+                plan,
+                identity,
+                digest,
+            } => self.cached_tag_manifest_loaded(plan, identity, &digest, values),
             Waiting::Stats => self.stats_loaded(values),
             _ => self.out_of_order("stored values"),
         }

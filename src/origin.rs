@@ -60,8 +60,16 @@ impl fmt::Display for OriginError {
     }
 }
 
-/// A DNS name (labels of letters, digits, `-` and `_`) or a dotted IPv4 address.
+/// A DNS name (labels of letters, digits, `-` and `_`) or a dotted IPv4 address. A name whose
+/// last label is a number is an IPv4 address to URL parsers (WHATWG: `2130706433`, `0x7f.1`,
+/// `999.1.1.1`), so it must be one, dotted: the runtime would reach (or refuse) another host
+/// than the one configuration names.
 fn valid_name(host: &str) -> bool {
+    let last = host.rsplit('.').next().unwrap_or("");
+    let numeric = !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit());
+    if numeric || last.starts_with("0x") {
+        return host.parse::<std::net::Ipv4Addr>().is_ok();
+    }
     host.len() <= 253
         && host.split('.').all(|label| {
             let b = label.as_bytes();
@@ -208,14 +216,28 @@ mod tests {
     }
 
     #[test]
+    fn a_name_ending_in_a_number_is_a_dotted_ipv4_address_or_nothing() {
+        for bad in [
+            "http://2130706433:5000",
+            "http://0x7f.0.0.1",
+            "http://999.1.1.1",
+            "http://1.2.3",
+            "http://0x7f.1",
+            "http://registry.1",
+        ] {
+            assert_eq!(Origin::parse(bad), Err(OriginError::Host), "{bad}");
+        }
+        assert!(Origin::parse("http://127.0.0.1:5000").is_ok());
+        assert!(Origin::parse("http://registry1.example:5000").is_ok());
+    }
+
+    #[test]
     fn every_origin_is_a_url_with_any_path() {
         for text in [
             "https://registry-1.docker.io",
             "http://127.0.0.1:5000",
             "http://[::1]:8080",
             "http://my_registry:5000",
-            "http://1.2.3",
-            "http://0x7f.1",
             "https://xn--bcher-kva.example",
         ] {
             let o = Origin::parse(text).unwrap();

@@ -369,8 +369,12 @@ pub fn parse_blob_redirect(value: &str) -> Option<BlobRedirect> {
     }
 }
 
+/// Seconds to wait for an upstream, from a tenth of a second (less waits for no answer: every
+/// request a 504) to an hour.
 pub fn parse_timeout(seconds: f64) -> Option<Duration> {
-    (seconds > 0.0 && seconds <= 3600.0).then(|| Duration::from_secs_f64(seconds))
+    (0.1..=3600.0)
+        .contains(&seconds)
+        .then(|| Duration::from_secs_f64(seconds))
 }
 
 /// Errors of one route's fields: they name the route and the field, never a value.
@@ -464,7 +468,7 @@ fn build(raw: RawRoute, index: usize, defaults: Defaults) -> Result<Route, Confi
     let timeout = match raw.timeout {
         None => defaults.timeout,
         Some(t) => {
-            parse_timeout(t).ok_or_else(|| f.err("timeout", "expected seconds (0 < s <= 3600)"))?
+            parse_timeout(t).ok_or_else(|| f.err("timeout", "expected seconds (0.1 to 3600)"))?
         }
     };
     let tag_ttl = match raw.tag_ttl {

@@ -243,10 +243,12 @@ impl Exchange {
             None
         };
         match what {
-            Some(What::Digest { identity, .. }) => {
+            Some(What::Digest {
+                identity, digest, ..
+            }) => {
                 let found = cache::find::<cache::Manifest>(entry.as_deref(), identity, now)
                     .filter(|m| cache::accepts(&accepts, &m.media_type));
-                if let Some((m, body)) = found.and_then(|m| self.kept_body(m)) {
+                if let Some((m, body)) = found.and_then(|m| self.kept_body(m, digest)) {
                     return self.reply_manifest(&m.media_type, &m.digest, body);
                 }
             }
@@ -255,12 +257,15 @@ impl Exchange {
                 identity,
                 accept,
             }) => {
+                // What the proxy wrote is sane whatever the store did to it since: a digest,
+                // and a length no kept manifest exceeds.
                 let tag = cache::find::<cache::Tag>(entry.as_deref(), identity, now)
-                    .filter(|t| t.accept == *accept);
+                    .filter(|t| t.accept == *accept && valid_digest(&t.digest))
+                    .filter(|t| t.length <= cache::MAX_MANIFEST as u64);
                 if let Some(tag) = tag.filter(|t| cache::accepts(&accepts, &t.media_type)) {
                     // A HEAD is told all it asks by the tag's entry. Should the manifest's
-                    // slot have gone to another, the GET by digest that follows goes upstream,
-                    // as this HEAD would have as a GET: one upstream request either way.
+                    // slot have gone to another (or a HEAD have made the entry), the GET by
+                    // digest that follows goes upstream, as a pull without the proxy does.
                     if self.head_only {
                         let body = DraftBody::StoredLength(tag.length);
                         return self.reply_manifest(&tag.media_type, &tag.digest, body);
@@ -270,7 +275,11 @@ impl Exchange {
                         .as_ref()
                         .and_then(|id| self.bucket_key(Kind::Manifest, id));
                     if let (Some(key), Some(identity)) = (key, identity) {
-                        self.waiting = Waiting::CachedTagManifest { plan, identity };
+                        self.waiting = Waiting::CachedTagManifest {
+                            plan,
+                            identity,
+                            digest: tag.digest,
+                        };
                         return Step::Load(vec![key]);
                     }
                 }
@@ -300,16 +309,10 @@ impl Exchange {
         self.not_kept(plan)
     }
 
-    /// Nothing kept answers: the upstream is asked, and what it says may be kept.
+    /// Nothing kept answers: the upstream is asked, and what it says may be kept. A HEAD stays
+    /// a HEAD: Docker Hub counts GETs against its pull limit and HEADs not, and clients that
+    /// only poll a tag (watchtower, diun, renovate) would pay a pull for each.
     fn not_kept(&mut self, plan: Plan) -> Step {
-        // A HEAD by tag the proxy will keep goes upstream as a GET: the GET by digest that
-        // follows it is then answered from the store.
-        if matches!(plan.what, What::Tag { .. }) && self.storable && self.head_only {
-            self.fetch_body = true;
-            if let Some(p) = self.pending.as_mut() {
-                p.method = Method::GET;
-            }
-        }
         self.cache = Some(plan);
         self.authorize_and_send()
     }
@@ -319,6 +322,7 @@ impl Exchange {
         &mut self,
         plan: Plan,
         identity: String,
+        digest: &str,
         values: Vec<Option<Vec<u8>>>,
     ) -> Step {
         if !matches!(plan.what, What::Tag { .. }) {
@@ -326,7 +330,7 @@ impl Exchange {
         }
         let bucket = values.into_iter().next().flatten();
         let found = cache::find::<cache::Manifest>(bucket.as_deref(), &identity, self.now)
-            .and_then(|m| self.kept_body(m));
+            .and_then(|m| self.kept_body(m, digest));
         match found {
             Some((m, body)) => self.reply_manifest(&m.media_type, &m.digest, body),
             // The manifest's slot went to another: ask the upstream as if nothing were kept,
@@ -335,9 +339,13 @@ impl Exchange {
         }
     }
 
-    /// A kept manifest's body for this client: its bytes, or for a HEAD their length alone
-    /// (decoding and hashing them was a fifth of a kept HEAD's own work).
-    fn kept_body(&self, m: cache::Manifest) -> Option<(cache::Manifest, DraftBody)> {
+    /// A kept manifest's body for this client, if it is the one asked for (`digest`): its
+    /// bytes, or for a HEAD their length alone (decoding and hashing them was a fifth of a kept
+    /// HEAD's own work).
+    fn kept_body(&self, m: cache::Manifest, digest: &str) -> Option<(cache::Manifest, DraftBody)> {
+        if m.digest != digest {
+            return None;
+        }
         let body = if self.head_only {
             DraftBody::StoredLength(m.length()?)
         } else {
@@ -459,14 +467,11 @@ impl Exchange {
             .push(Write::Set(cache::base_key(&id), entry.encode()));
     }
 
-    /// A manifest answer the proxy may keep: its body is read first.
+    /// A manifest answer the proxy may keep: its body is read first. A HEAD's by tag keeps
+    /// the tag's entry from its head alone.
     pub(super) fn keep_manifest(&mut self, head: &Response<()>) -> Option<Step> {
         let plan = self.cache.clone()?;
-        let bodiless = self.head_only && !self.fetch_body;
-        if !matches!(plan.what, What::Digest { .. } | What::Tag { .. })
-            || !self.storable
-            || bodiless
-        {
+        if !matches!(plan.what, What::Digest { .. } | What::Tag { .. }) || !self.storable {
             return None;
         }
         let length = head
@@ -479,12 +484,56 @@ impl Exchange {
         if head.status() != StatusCode::OK || length > cache::MAX_MANIFEST || !typed || !identity {
             return None;
         }
+        if self.head_only {
+            self.keep_tag_of_head(head, &plan, length);
+            return None;
+        }
         self.waiting = Waiting::ManifestBody {
             head: head.clone(),
             plan,
         };
         Some(Step::ReadResponse {
             limit: cache::MAX_MANIFEST,
+        })
+    }
+
+    /// A tag's entry from a HEAD's answer: the digest the registry says it names (the GET by
+    /// digest that follows checks the bytes against it), its media type and its length.
+    fn keep_tag_of_head(&mut self, head: &Response<()>, plan: &Plan, length: usize) {
+        let header = |name| head.headers().get(name).and_then(|v| v.to_str().ok());
+        let digest = header("docker-content-digest").filter(|d| valid_digest(d));
+        let (Some(digest), Some(media_type)) = (digest, header("content-type")) else {
+            return;
+        };
+        let entry = self.tag_entry(plan, media_type.to_string(), digest.to_string(), length);
+        if let Some(entry) = entry {
+            self.keep(Kind::Tag, entry);
+        }
+    }
+
+    /// A tag's entry for `plan`, a lookup by tag, until `tag_ttl` from now.
+    fn tag_entry(
+        &self,
+        plan: &Plan,
+        media_type: String,
+        digest: String,
+        length: usize,
+    ) -> Option<Entry<cache::Tag>> {
+        let What::Tag {
+            identity, accept, ..
+        } = &plan.what
+        else {
+            return None;
+        };
+        Some(Entry {
+            identity: identity.clone(),
+            until: self.now + self.route()?.tag_ttl,
+            value: cache::Tag {
+                media_type,
+                digest,
+                length: length as u64,
+                accept: accept.clone(),
+            },
         })
     }
 
@@ -528,23 +577,7 @@ impl Exchange {
                 };
                 self.keep(Kind::Manifest, entry);
             }
-            if let (
-                What::Tag {
-                    identity, accept, ..
-                },
-                Some(ttl),
-            ) = (&plan.what, self.route().map(|r| r.tag_ttl))
-            {
-                let entry = Entry {
-                    identity: identity.clone(),
-                    until: self.now + ttl,
-                    value: cache::Tag {
-                        media_type,
-                        digest,
-                        length: body.len() as u64,
-                        accept: accept.clone(),
-                    },
-                };
+            if let Some(entry) = self.tag_entry(&plan, media_type, digest, body.len()) {
                 self.keep(Kind::Tag, entry);
             }
         }

@@ -302,8 +302,8 @@ impl Exchange {
             // pointed there is asked about again within `tag_ttl`.)
             if self.method == Method::DELETE {
                 let kind = crate::cache::Kind::Manifest;
-                let same = self.config.routes.0.iter();
-                let identities: Vec<String> = same
+                let routes = self.config.routes.0.iter();
+                let identities: Vec<String> = routes
                     .filter(|r| r.upstream == route.upstream)
                     .map(|r| crate::cache::identity(r, kind, &[&name, &reference]))
                     .collect();

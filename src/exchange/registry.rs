@@ -389,7 +389,7 @@ impl Exchange {
     /// HEAD stays HEAD upstream (Docker Hub does not count it against the pull limit), except
     /// for a rewritten listing: its HEAD announces the rewritten length, so it needs the body.
     pub(super) fn upstream_method(&self) -> Method {
-        if self.head_only && !self.rewrites_listing() && !self.fetch_body {
+        if self.head_only && !self.rewrites_listing() {
             Method::HEAD
         } else {
             Method::GET

@@ -127,8 +127,9 @@ fn docker_pull(cfg: &Config, store: &mut std::collections::HashMap<String, Vec<u
 fn a_warm_pull_costs_the_upstream_nothing() {
     let cfg = config(&[]);
     let mut store = std::collections::HashMap::new();
-    // Learn the realm, get a token, GET the manifest (for the HEAD by tag), the blob.
-    assert_eq!(docker_pull(&cfg, &mut store), 4);
+    // Learn the realm, get a token, HEAD the tag (a HEAD upstream too: Docker Hub counts
+    // none), GET the manifest by digest, the blob.
+    assert_eq!(docker_pull(&cfg, &mut store), 5);
     assert_eq!(docker_pull(&cfg, &mut store), 0);
     assert!(!format!("{store:?}").contains("s3cret"));
     // With tags not kept, the tag goes upstream each time (a HEAD), the rest stays warm.
@@ -171,7 +172,7 @@ fn anonymous_tokens_are_handed_out_again_only_with_a_minute_left() {
 fn a_kept_tag_whose_manifest_gave_way_is_kept_again() {
     let cfg = config(&[]);
     let mut store = std::collections::HashMap::new();
-    assert_eq!(docker_pull(&cfg, &mut store), 4);
+    assert_eq!(docker_pull(&cfg, &mut store), 5);
     // Another manifest took its slot; the tag is still kept, and the client's token is one the
     // proxy handed out anonymously: what the upstream says now is kept again.
     store.retain(|k, _| !k.starts_with("spin-registry-proxy:manifest:"));
@@ -188,18 +189,9 @@ fn a_kept_head_by_tag_needs_only_the_tag() {
     let mut store = std::collections::HashMap::new();
     docker_pull(&cfg, &mut store);
     store.retain(|k, _| !k.starts_with("spin-registry-proxy:manifest:"));
-    let count = std::rc::Rc::new(std::cell::Cell::new(0));
-    let bearer = anonymous_bearer(&cfg, &mut store, &count);
-    let auth = [("authorization", bearer), ("accept", OCI_INDEX)];
-    let before = count.get();
-    let req = incoming(Method::HEAD, "/v2/app/manifests/1", &auth);
-    let head = drive_stored(&cfg, req, b"", &mut store, signed_upstream(count.clone()));
+    let (head, asked) = head_by_tag(&cfg, &mut store);
     assert_eq!(status(&head), 200, "{head:?}");
-    assert_eq!(
-        count.get(),
-        before,
-        "a HEAD by a kept tag asked the upstream"
-    );
+    assert_eq!(asked, 0, "a HEAD by a kept tag asked the upstream");
     let digest = crate::digest::sha256(INDEX.as_bytes());
     assert_eq!(header(&head, "docker-content-digest"), digest);
     assert_eq!(header(&head, "content-type"), OCI_INDEX);
@@ -208,13 +200,40 @@ fn a_kept_head_by_tag_needs_only_the_tag() {
     assert!(head.body.is_empty());
 }
 
+/// Clients that only poll a tag (watchtower, diun, renovate) HEAD it: the proxy asks the
+/// upstream with a HEAD too (Docker Hub counts GETs against its pull limit, HEADs not), keeps
+/// the tag's entry from that head, and answers the next polls within `tag_ttl` by itself.
+#[test]
+fn a_head_by_tag_stays_a_head_and_polls_are_answered_from_its_entry() {
+    let cfg = config(&[]);
+    let mut store = std::collections::HashMap::new();
+    let count = std::rc::Rc::new(std::cell::Cell::new(0));
+    let bearer = anonymous_bearer(&cfg, &mut store, &count);
+    let auth = [("authorization", bearer), ("accept", OCI_INDEX)];
+    let digest = crate::digest::sha256(INDEX.as_bytes());
+    for poll in 0..3 {
+        let req = incoming(Method::HEAD, "/v2/app/manifests/1", &auth);
+        let run = drive_stored(&cfg, req, b"", &mut store, signed_upstream(count.clone()));
+        assert_eq!(status(&run), 200, "{run:?}");
+        assert_eq!(header(&run, "docker-content-digest"), digest);
+        assert_eq!(header(&run, "content-length"), INDEX.len().to_string());
+        let methods: Vec<_> = run.sent.iter().map(|r| r.method().clone()).collect();
+        let want = if poll == 0 {
+            vec![Method::HEAD]
+        } else {
+            vec![]
+        };
+        assert_eq!(methods, want, "poll {poll}");
+    }
+}
+
 #[test]
 fn a_tag_is_kept_for_each_route_as_long_as_it_says() {
     // Two routes to one upstream share a store: what the one keeping tags for a day saw is
     // not served by the one that keeps them for a minute.
     let mut store = std::collections::HashMap::new();
     let day = config(&[("tag_ttl", "86400")]);
-    assert_eq!(docker_pull(&day, &mut store), 4);
+    assert_eq!(docker_pull(&day, &mut store), 5);
     assert_eq!(docker_pull(&day, &mut store), 0);
     let minute = config(&[("tag_ttl", "60")]);
     assert_eq!(docker_pull(&minute, &mut store), 1, "the tag went upstream");
@@ -738,4 +757,109 @@ fn a_request_that_wrote_a_secret_goes_on_with_the_one_kept() {
     let (own, _) = after_secret(None, None);
     assert_ne!(own, kept);
     assert!(own.starts_with("Load("), "{own}");
+}
+
+/// Rewrites every stored entry of `kind` (its bucket's JSON) with `change`.
+fn tamper(
+    store: &mut HashMap<String, Vec<u8>>,
+    kind: &str,
+    change: impl Fn(&mut serde_json::Value),
+) {
+    for (key, value) in store.iter_mut() {
+        if key.starts_with(&format!("spin-registry-proxy:{kind}:")) {
+            let mut bucket: serde_json::Value = serde_json::from_slice(value).unwrap();
+            for entry in bucket.as_array_mut().unwrap() {
+                change(&mut entry["value"]);
+            }
+            *value = serde_json::to_vec(&bucket).unwrap();
+        }
+    }
+}
+
+/// An anonymous HEAD of `app:1`, and the upstream requests it cost.
+fn head_by_tag(cfg: &Config, store: &mut HashMap<String, Vec<u8>>) -> (Run, u32) {
+    let count = std::rc::Rc::new(std::cell::Cell::new(0));
+    let bearer = anonymous_bearer(cfg, store, &count);
+    let auth = [("authorization", bearer), ("accept", OCI_INDEX)];
+    let before = count.get();
+    let req = incoming(Method::HEAD, "/v2/app/manifests/1", &auth);
+    let head = drive_stored(cfg, req, b"", store, signed_upstream(count.clone()));
+    (head, count.get() - before)
+}
+
+/// A HEAD then a GET by digest, as docker pulls: their statuses, the HEAD's length and the
+/// upstream requests both cost.
+fn head_and_get(cfg: &Config, store: &mut HashMap<String, Vec<u8>>) -> (String, u32) {
+    let count = std::rc::Rc::new(std::cell::Cell::new(0));
+    let bearer = anonymous_bearer(cfg, store, &count);
+    let auth = [("authorization", bearer), ("accept", OCI_INDEX)];
+    let before = count.get();
+    let digest = crate::digest::sha256(INDEX.as_bytes());
+    let path = format!("/v2/app/manifests/{digest}");
+    let mut ask = |method: Method| {
+        let req = incoming(method, &path, &auth);
+        drive_stored(cfg, req, b"", store, signed_upstream(count.clone()))
+    };
+    let head = ask(Method::HEAD);
+    let get = ask(Method::GET);
+    assert_eq!((status(&head), status(&get)), (200, 200));
+    assert_eq!(get.body, INDEX.as_bytes());
+    assert_eq!(header(&get, "docker-content-digest"), digest);
+    (
+        header(&head, "content-length").to_string(),
+        count.get() - before,
+    )
+}
+
+/// The store is the operator's: whatever happens to what the proxy wrote there costs upstream
+/// requests, never a wrong answer, and the next answer from the upstream mends it.
+#[test]
+fn a_damaged_store_answers_nothing_wrong_and_is_mended() {
+    let cfg = config(&[]);
+    let length = INDEX.len().to_string();
+    for (kind, damage) in [
+        // Bytes cut short (still base64): the HEAD's length would be wrong.
+        (
+            "manifest",
+            Box::new(|v: &mut serde_json::Value| {
+                let b = v["bytes"].as_str().unwrap().to_string();
+                v["bytes"] = b[..b.len() - 8].into();
+            }) as Box<dyn Fn(&mut serde_json::Value)>,
+        ),
+        // Another manifest under this one's identity.
+        (
+            "manifest",
+            Box::new(|v: &mut serde_json::Value| {
+                v["bytes"] = crate::base64::encode(b"{}").into();
+                v["digest"] = crate::digest::sha256(b"{}").into();
+            }),
+        ),
+        // A tag's length no manifest has, and a digest that is none.
+        (
+            "tag",
+            Box::new(|v: &mut serde_json::Value| v["length"] = u64::MAX.into()),
+        ),
+        (
+            "tag",
+            Box::new(|v: &mut serde_json::Value| v["digest"] = "sha256:x".into()),
+        ),
+    ] {
+        let mut store = HashMap::new();
+        docker_pull(&cfg, &mut store);
+        assert_eq!(head_and_get(&cfg, &mut store), (length.clone(), 0), "kept");
+        tamper(&mut store, kind, damage);
+        if kind == "manifest" {
+            let (told, asked) = head_and_get(&cfg, &mut store);
+            assert!(asked > 0 && told == length, "{kind}: {told}, {asked}");
+            assert_eq!(
+                head_and_get(&cfg, &mut store),
+                (length.clone(), 0),
+                "mended"
+            );
+        } else {
+            let (head, asked) = head_by_tag(&cfg, &mut store);
+            assert_eq!(header(&head, "content-length"), length, "{kind}");
+            assert_eq!(asked, 1, "{kind}: the tag went upstream");
+        }
+    }
 }

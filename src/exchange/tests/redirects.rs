@@ -39,6 +39,19 @@ fn redirects_outside_configuration_are_refused() {
         assert_eq!(run.sent.len(), 1, "{target}");
         assert!(!String::from_utf8_lossy(&run.body).contains("127.0.0."));
     }
+    // Handed to the client, only a plain http(s) URL without credentials.
+    for target in [
+        "ftp://127.0.0.3/x",
+        "javascript:alert(1)",
+        "file:///etc/passwd",
+    ] {
+        let (_, run) = blob_redirect("pass", target);
+        assert_eq!(
+            (status(&run), header(&run, "location")),
+            (502, ""),
+            "{target}"
+        );
+    }
 }
 
 #[test]

@@ -32,7 +32,7 @@ fn descriptions() -> Vec<String> {
             "expected \"pass\" or \"follow\"",
             "not a repository name",
             "expected \"true\" or \"false\"",
-            "expected seconds (0 < s <= 3600)",
+            "expected seconds (0.1 to 3600)",
             "expected seconds (0 to 86400)",
             "expected an http(s) URL without user",
             "is missing from spin.toml, which bundles the variables as an older version did: \

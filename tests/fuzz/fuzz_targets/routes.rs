@@ -37,7 +37,7 @@ const WORDS: [&str; 16] = [
     "expected registry host names (docker.io, host:port)",
     "not a repository name",
     "expected \"pass\" or \"follow\"",
-    "expected seconds (0 < s <= 3600)",
+    "expected seconds (0.1 to 3600)",
     "expected seconds (0 to 86400)",
     "give username and password, or token alone",
     "a route with credentials serves every client with them: say \"public\": true",
