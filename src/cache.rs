@@ -185,10 +185,12 @@ const MANIFEST_TYPES: [&str; 7] = [
     "application/vnd.oci.artifact.manifest.v1+json",
 ];
 
-/// `Accept` as a cache key part: which manifest types it admits, the one thing in it that
+/// `Accept` as a cache key part: which manifest types it names, the one thing in it that
 /// decides a registry's answer. So the client's other text (order, parameters, other types)
 /// makes no new key, and one tag has a handful of entries at most, whatever clients send.
-/// `None`: it admits none (such a client is never served from the store).
+/// `None`: it names none (such a client is never served from the store). A wildcard admits
+/// no type here: registries answer `*/*` alone each their own way (distribution 2.8: a
+/// schema 2 image as schema 1, an OCI one not at all), so only the upstream can.
 pub fn accept_key(accepts: &[String]) -> Option<String> {
     let mut admitted = [false; MANIFEST_TYPES.len()];
     for t in accepts
@@ -196,9 +198,6 @@ pub fn accept_key(accepts: &[String]) -> Option<String> {
         .flat_map(|a| a.split(','))
         .map(|t| t.split(';').next().unwrap_or("").trim())
     {
-        if t == "*/*" || t.eq_ignore_ascii_case("application/*") {
-            admitted = [true; MANIFEST_TYPES.len()];
-        }
         if let Some(i) = MANIFEST_TYPES
             .iter()
             .position(|m| t.eq_ignore_ascii_case(m))
@@ -214,14 +213,15 @@ pub fn accept_key(accepts: &[String]) -> Option<String> {
     })
 }
 
-/// Whether a client that sent these `Accept` values takes `media_type` (with no `Accept`,
-/// registries choose differently: such a client is never served from the store).
+/// Whether a client that sent these `Accept` values names `media_type` (with no `Accept`, or
+/// a wildcard alone, registries choose differently: such a client is never served from the
+/// store).
 pub fn accepts(accepts: &[String], media_type: &str) -> bool {
     accepts
         .iter()
         .flat_map(|a| a.split(','))
         .map(|t| t.split(';').next().unwrap_or("").trim())
-        .any(|t| t.eq_ignore_ascii_case(media_type) || t == "*/*")
+        .any(|t| t.eq_ignore_ascii_case(media_type))
 }
 
 /// One kept answer: its identity, until when it is good, and what it holds.
@@ -480,14 +480,14 @@ mod tests {
         assert_ne!(a, accept_key(&[OCI.into()]));
         assert_eq!(accept_key(&["text/html".into()]), None);
         assert_eq!(accept_key(&[]), None);
-        assert_eq!(
-            accept_key(&["*/*".into()]),
-            accept_key(&["application/*".into()])
-        );
+        // Wildcards name no type: containerd's list keys as its types do, `*/*` alone not.
+        assert_eq!(accept_key(&["*/*".into()]), None);
+        assert_eq!(accept_key(&["application/*".into()]), None);
+        assert_eq!(a, accept_key(&[format!("{INDEX}, {OCI}, */*")]));
         assert!(accepts(&["a/y;q=0.5, b/x".into()], "a/y"));
         assert!(!accepts(&["a/y".into()], "b/x"));
         assert!(!accepts(&[], "b/x"));
-        assert!(accepts(&["*/*".into()], "b/x"));
+        assert!(!accepts(&["*/*".into()], "b/x"));
     }
 
     #[test]

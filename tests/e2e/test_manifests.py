@@ -9,6 +9,14 @@ from upstreams import ALICE
 
 ACCEPTS = {
     "all": clients.MANIFEST_ACCEPT,
+    # After "all" has filled the store: containerd names the types and adds */*; generic HTTP
+    # clients send */* alone, which registries answer each their own way (distribution 2.8: a
+    # schema 2 image as schema 1, an OCI one not at all), so never from the store.
+    "containerd": "application/vnd.docker.distribution.manifest.v2+json, "
+                  "application/vnd.docker.distribution.manifest.list.v2+json, "
+                  "application/vnd.oci.image.manifest.v1+json, "
+                  "application/vnd.oci.image.index.v1+json, */*",
+    "wildcard-only": "*/*",
     "docker-v2s2-only": "application/vnd.docker.distribution.manifest.v2+json",
     "oci-manifest-only": "application/vnd.oci.image.manifest.v1+json",
     "lists-only": "application/vnd.docker.distribution.manifest.list.v2+json, "

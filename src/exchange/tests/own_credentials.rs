@@ -130,8 +130,10 @@ fn what_a_route_s_own_credentials_fetched_is_kept_for_that_route_alone() {
     // With a slash: the hub route does not add `library/`.
     let path = format!("/v2/team/app/manifests/{digest}");
     let mut req = at("own.example.com", Method::GET, &path);
-    req.headers
-        .insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+    req.headers.insert(
+        header::ACCEPT,
+        HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"),
+    );
     for round in 0..2 {
         let run = simulate::run_with_store(
             cfg.clone(),
