@@ -363,6 +363,7 @@ impl Exchange {
             shared_host: false,
             write: false,
             cors: None,
+            cors_listed: false,
         };
         reply::finish(&ctx, Draft::error(&OciError::config(e.to_string())))
     }
@@ -428,7 +429,7 @@ impl Exchange {
             Endpoint::Health => {
                 let query = req.query.as_deref().unwrap_or("");
                 let deep = url::form_urlencoded::parse(query.as_bytes())
-                    .any(|(k, v)| k == "deep" && v != "0");
+                    .any(|(k, v)| k == "deep" && matches!(&*v, "1" | "true"));
                 self.health(deep)
             }
             Endpoint::Home => match self.public.clone() {
@@ -785,6 +786,7 @@ impl Exchange {
                 origin,
                 preflight: methods,
             }),
+            cors_listed: self.cors_routes(|r| !r.cors.is_empty()),
         };
         let response = reply::finish(&ctx, draft);
         self.record_pull(response.status());

@@ -47,6 +47,9 @@ pub struct Context<'a> {
     /// The web page origin the route lets read its answers (CORS), if the request came from
     /// one; for a preflight, the methods it may use too.
     pub cors: Option<Cors<'a>>,
+    /// Whether the route (or, with none yet, a route of the host) lets any page read it: its
+    /// answers then vary by `Origin`, whoever asks.
+    pub cors_listed: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -291,7 +294,17 @@ pub fn finish(ctx: &Context, draft: Draft) -> ClientResponse {
     };
     // R2
     if let (StatusCode::UNAUTHORIZED, Some(public)) = (status, ctx.public) {
-        let upstream = challenge::from_headers(&offered);
+        // An admin's endpoint takes Basic credentials alone: a Bearer challenge would send a
+        // client for a token it refuses, and a browser would never ask for a login.
+        let admin = matches!(ctx.endpoint, Some(Endpoint::Stats | Endpoint::Health));
+        let upstream = if admin {
+            vec![challenge::Challenge {
+                scheme: "basic".into(),
+                params: Vec::new(),
+            }]
+        } else {
+            challenge::from_headers(&offered)
+        };
         let realm = match ctx.ns {
             Some(ns) => format!("{public}{}?ns={ns}", crate::endpoint::TOKEN_PATH),
             None => format!("{public}{}", crate::endpoint::TOKEN_PATH),
@@ -324,6 +337,10 @@ pub fn finish(ctx: &Context, draft: Draft) -> ClientResponse {
     // R8
     if let Some(cors) = ctx.cors {
         cors_headers(cors, &mut h);
+    } else if ctx.cors_listed {
+        // The answer differs by `Origin`: a shared cache must not give this one to a page
+        // the route lets read.
+        h.append(header::VARY, HeaderValue::from_static("Origin"));
     }
     // R7
     let body = match (ctx.head_only, bytes) {
@@ -353,6 +370,7 @@ mod tests {
             shared_host: false,
             write: false,
             cors: None,
+            cors_listed: false,
         }
     }
 

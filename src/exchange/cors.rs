@@ -40,12 +40,22 @@ impl Exchange {
     pub(super) fn cors_origin(&self) -> Option<HeaderValue> {
         let origin = self.client_headers.get(header::ORIGIN)?;
         let page = Origin::parse(origin.to_str().ok()?).ok()?;
-        let host = self.public.as_ref()?.host.as_str();
-        let lists = |r: &Route| r.cors.contains(&page);
-        let allowed = match &self.route {
+        self.cors_routes(|r| r.cors.contains(&page))
+            .then(|| origin.clone())
+    }
+
+    /// Whether the route serving the request, or where none does yet a route of its host, is
+    /// one `lists` says of. The admin's endpoints are no route's: no page reads them.
+    pub(super) fn cors_routes(&self, lists: impl Fn(&Route) -> bool) -> bool {
+        if matches!(self.endpoint, Some(Endpoint::Stats | Endpoint::Health)) {
+            return false;
+        }
+        let Some(host) = self.public.as_ref().map(|p| p.host.as_str()) else {
+            return false;
+        };
+        match &self.route {
             Some(r) => lists(r),
             None => self.config.routes.serving(host).any(lists),
-        };
-        allowed.then(|| origin.clone())
+        }
     }
 }

@@ -251,8 +251,11 @@ def test_pull_events_are_logged_and_counted_exactly_by_two_instances(ups, seeded
 def test_health_asks_no_upstream_and_stats_are_an_admin_s(vendor):
     before = upstream_requests(vendor)
     r = call(vendor.url, "GET", "/-/health")
-    assert r.status == 200 and r.json()["status"] == "ok", r.describe()
+    assert r.status == 200 and r.json() == {"status": "ok"}, r.describe()
     assert upstream_requests(vendor) == before
+    # Basic, the one login the admin's endpoints take (a browser then asks for it).
+    r = call(vendor.url, "GET", "/-/stats")
+    assert r.status == 401 and r.header("WWW-Authenticate").startswith("Basic "), r.describe()
     r = call(vendor.url, "GET", "/-/stats", headers=[("Authorization", clients.basic_header(STRANGER))])
     assert r.status == 403, r.describe()
     r = call(vendor.url, "GET", "/-/health?deep=1",

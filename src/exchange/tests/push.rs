@@ -266,6 +266,14 @@ fn pages_of_listed_origins_read_and_no_other_does() {
     let run = preflight("https://evil.example.com");
     assert_eq!(status(&run), 403);
     assert!(header(&run, "access-control-allow-origin").is_empty());
+    // Its answers vary by Origin whoever asks: a shared cache keeps them apart.
+    let run = drive(
+        &cfg(),
+        at("rw.example.com", Method::GET, "/v2/app/manifests/1.0"),
+        b"",
+        |_| Ok(manifest_ok()),
+    );
+    assert_eq!(header(&run, "vary"), "Origin");
     // An answer to a listed origin's page exposes what a registry UI reads.
     let mut req = at("rw.example.com", Method::GET, "/v2/app/manifests/1.0");
     req.headers.insert(
@@ -286,4 +294,18 @@ fn pages_of_listed_origins_read_and_no_other_does() {
     );
     let run = drive(&cfg(), req, b"", |_| Ok(manifest_ok()));
     assert!(header(&run, "access-control-allow-origin").is_empty());
+    assert!(header(&run, "vary").is_empty());
+    // The admin's endpoints are no route's: no page reads them, on any host.
+    for path in ["/-/stats", "/-/health"] {
+        let mut req = at("rw.example.com", Method::GET, path);
+        req.headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://ui.example.com"),
+        );
+        let run = drive(&cfg(), req, b"", |_| panic!("nothing upstream"));
+        assert!(
+            header(&run, "access-control-allow-origin").is_empty(),
+            "{path}"
+        );
+    }
 }

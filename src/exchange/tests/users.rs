@@ -433,9 +433,21 @@ fn health_asks_no_upstream_unless_an_admin_asks_it_to() {
         &mut HashMap::new(),
     );
     assert_eq!((status(&run), run.sent.len()), (200, 0));
+    assert_eq!(
+        run.body, br#"{"status":"ok"}"#,
+        "nothing of the configuration"
+    );
     let deep = at("priv.example.com", Method::GET, "/-/health?deep=1");
     let run = drive_users(&cfg(""), deep.clone(), b"", &mut HashMap::new());
     assert_eq!((status(&run), run.sent.len()), (401, 0));
+    // Basic, the one login it takes: a browser asks for it, a client gets no token for it.
+    assert_eq!(
+        header(&run, "www-authenticate"),
+        "Basic realm=\"priv.example.com\""
+    );
+    let shallow = at("priv.example.com", Method::GET, "/-/health?deep=false");
+    let run = drive_users(&cfg(""), shallow, b"", &mut HashMap::new());
+    assert_eq!((status(&run), run.sent.len()), (200, 0));
     let run = drive_users(
         &cfg(""),
         with_auth(deep, &basic("alice", "s3cret")),
