@@ -822,6 +822,9 @@ fn copy_upstream(
         let tail = read_to_end(&input, held + 1)
             .map_err(|f| (moved, format!("upstream body interrupted: {f:?}")))?;
         if moved + tail.len() as u64 != n {
+            // What did come goes out first: the client reads a status and a transfer cut
+            // short, not an empty reply.
+            let _ = output.blocking_flush();
             let got = moved + tail.len() as u64;
             let how = if got > n { "more" } else { "fewer" };
             return Err((
