@@ -204,6 +204,14 @@ pub fn name_scope_in_realm(c: &mut Challenge) {
     }
 }
 
+/// The proxy's Basic challenge: its own host is the realm.
+pub fn basic(public: &Origin) -> Challenge {
+    Challenge {
+        scheme: "basic".into(),
+        params: vec![("realm".into(), public.authority())],
+    }
+}
+
 /// The only challenge a client ever sees: the proxy's, for a response whose upstream
 /// challenges were `upstream`. A Bearer challenge names the proxy's token endpoint and carries
 /// the upstream Bearer challenge's scope in client names (`fallback_scope` when it has none
@@ -216,10 +224,7 @@ pub fn proxy_challenge(
     fallback_scope: Option<String>,
 ) -> Challenge {
     if proxy_scheme(upstream) == ProxyScheme::Basic {
-        return Challenge {
-            scheme: "basic".into(),
-            params: vec![("realm".into(), public.authority())],
-        };
+        return basic(public);
     }
     let bearer = upstream.iter().find(|c| c.scheme == "bearer");
     let mut params = vec![

@@ -134,6 +134,11 @@ impl Endpoint {
         }
     }
 
+    /// The admin's endpoints: Basic credentials alone, and no route's (no page reads them).
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Endpoint::Stats | Endpoint::Health)
+    }
+
     /// The repository the endpoint addresses, in client names.
     pub fn name(&self) -> Option<&str> {
         match self {

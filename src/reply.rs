@@ -296,26 +296,21 @@ pub fn finish(ctx: &Context, draft: Draft) -> ClientResponse {
     if let (StatusCode::UNAUTHORIZED, Some(public)) = (status, ctx.public) {
         // An admin's endpoint takes Basic credentials alone: a Bearer challenge would send a
         // client for a token it refuses, and a browser would never ask for a login.
-        let admin = matches!(ctx.endpoint, Some(Endpoint::Stats | Endpoint::Health));
-        let upstream = if admin {
-            vec![challenge::Challenge {
-                scheme: "basic".into(),
-                params: Vec::new(),
-            }]
+        let mut c = if ctx.endpoint.is_some_and(Endpoint::is_admin) {
+            challenge::basic(public)
         } else {
-            challenge::from_headers(&offered)
+            let realm = match ctx.ns {
+                Some(ns) => format!("{public}{}?ns={ns}", crate::endpoint::TOKEN_PATH),
+                None => format!("{public}{}", crate::endpoint::TOKEN_PATH),
+            };
+            challenge::proxy_challenge(
+                &challenge::from_headers(&offered),
+                &realm,
+                public,
+                ctx.names,
+                endpoint_scope(ctx.endpoint),
+            )
         };
-        let realm = match ctx.ns {
-            Some(ns) => format!("{public}{}?ns={ns}", crate::endpoint::TOKEN_PATH),
-            None => format!("{public}{}", crate::endpoint::TOKEN_PATH),
-        };
-        let mut c = challenge::proxy_challenge(
-            &upstream,
-            &realm,
-            public,
-            ctx.names,
-            endpoint_scope(ctx.endpoint),
-        );
         if ctx.shared_host {
             challenge::name_scope_in_realm(&mut c);
         }

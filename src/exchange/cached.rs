@@ -467,7 +467,7 @@ impl Exchange {
             .push(Write::Set(cache::base_key(&id), entry.encode()));
     }
 
-    /// A manifest answer the proxy may keep: its body is read first. A HEAD's by tag keeps
+    /// A manifest answer the proxy may keep: its body is read first. A HEAD by tag keeps
     /// the tag's entry from its head alone.
     pub(super) fn keep_manifest(&mut self, head: &Response<()>) -> Option<Step> {
         let plan = self.cache.clone()?;
@@ -485,7 +485,9 @@ impl Exchange {
             return None;
         }
         if self.head_only {
-            self.keep_tag_of_head(head, &plan, length);
+            if matches!(plan.what, What::Tag { .. }) {
+                self.keep_tag_of_head(head, &plan, length);
+            }
             return None;
         }
         self.waiting = Waiting::ManifestBody {

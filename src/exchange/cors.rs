@@ -47,7 +47,7 @@ impl Exchange {
     /// Whether the route serving the request, or where none does yet a route of its host, is
     /// one `lists` says of. The admin's endpoints are no route's: no page reads them.
     pub(super) fn cors_routes(&self, lists: impl Fn(&Route) -> bool) -> bool {
-        if matches!(self.endpoint, Some(Endpoint::Stats | Endpoint::Health)) {
+        if self.endpoint.as_ref().is_some_and(Endpoint::is_admin) {
             return false;
         }
         let Some(host) = self.public.as_ref().map(|p| p.host.as_str()) else {
