@@ -415,11 +415,7 @@ impl Exchange {
             }
             Endpoint::Token if read_only => {
                 let query = req.query.unwrap_or_default();
-                self.token_request(TokenRequest::new(
-                    false,
-                    query.as_bytes(),
-                    self.client_headers.get(header::AUTHORIZATION),
-                ))
+                self.token_request_from(false, query.as_bytes())
             }
             Endpoint::Token => self.method_not_allowed(&req.method),
             Endpoint::Stats | Endpoint::Health | Endpoint::Home if !read_only => {

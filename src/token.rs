@@ -218,6 +218,13 @@ pub fn repositories<'a>(scopes: impl Iterator<Item = &'a str>) -> Vec<String> {
     out
 }
 
+/// Whether a query or form decodes to UTF-8: `form_urlencoded` replaces what does not, and a
+/// password sent on with its bytes replaced would fail upstream as a wrong one.
+pub fn decodes_to_utf8(encoded: &[u8]) -> bool {
+    let plain: Vec<u8> = percent_encoding::percent_decode(encoded).collect();
+    std::str::from_utf8(&plain).is_ok()
+}
+
 pub fn is_basic(value: &HeaderValue) -> bool {
     is_scheme(value, "basic")
 }
@@ -306,6 +313,16 @@ mod tests {
         assert!(r.offers_credentials());
         let refresh = TokenRequest::new(true, b"grant_type=refresh_token&refresh_token=x", None);
         assert!(refresh.offers_credentials());
+    }
+
+    #[test]
+    fn only_forms_that_decode_to_utf8() {
+        assert!(decodes_to_utf8(b"username=b%C3%B6b&password=p%2Bw+x"));
+        assert!(decodes_to_utf8("password=b\u{f6}b".as_bytes()));
+        assert!(decodes_to_utf8(b"password=100%"));
+        assert!(!decodes_to_utf8(b"username=bob&password=b%F6b"));
+        assert!(!decodes_to_utf8(b"password=b\xf6b"));
+        assert!(!decodes_to_utf8(b"p%C3=x"));
     }
 
     #[test]

@@ -132,8 +132,19 @@ impl Exchange {
     }
 
     pub(super) fn form_read(&mut self, body: Vec<u8>) -> Step {
+        self.token_request_from(true, &body)
+    }
+
+    /// A token request from its query (a GET) or form (a POST).
+    pub(super) fn token_request_from(&mut self, form: bool, encoded: &[u8]) -> Step {
+        if !token::decodes_to_utf8(encoded) {
+            return self.error(OciError::unsupported(
+                StatusCode::BAD_REQUEST,
+                "the token request's parameters are not UTF-8",
+            ));
+        }
         let auth = self.client_headers.get(header::AUTHORIZATION).cloned();
-        self.token_request(TokenRequest::new(true, &body, auth.as_ref()))
+        self.token_request(TokenRequest::new(form, encoded, auth.as_ref()))
     }
 
     pub(super) fn realm_discovered(&mut self, head: Response<()>, req: TokenRequest) -> Step {

@@ -294,6 +294,22 @@ def test_post_token_is_forwarded_not_405(proxy, env):
     assert env.up.requests_to("/v2/auth"), "POST /token did not reach the Bearer realm"
 
 
+def test_a_token_request_not_in_utf8_is_refused_never_sent_altered(proxy, env):
+    """A form's bytes that are not UTF-8 (a Latin-1 password) would reach the realm replaced
+    by U+FFFD and fail there as a wrong password: the client is told instead."""
+    env.up.route("/v2/", quay_challenge(env.up.url + "/v2/auth", scope=f"repository:{NAME}:pull"))
+    env.up.route("/v2/auth", token_response("posted-token"))
+    for form in (b"grant_type=password&username=alice&password=b%F6b",
+                 b"grant_type=password&username=alice&password=b\xf6b"):
+        t = call(proxy.url, "POST", "/token", body=form,
+                 headers=[("Content-Type", "application/x-www-form-urlencoded")])
+        assert t.status == 400 and "not UTF-8" in t.body.decode(), t.describe()
+        assert t.json()["errors"][0]["code"] == "UNSUPPORTED", t.describe()
+    t = call(proxy.url, "GET", "/token?scope=repository:x:pull&account=b%F6b")
+    assert t.status == 400, t.describe()
+    assert not env.up.requests, env.up.requests
+
+
 @pytest.mark.parametrize("what", ["containerd's POST /token", "manifest GET"])
 def test_a_request_that_meets_a_closing_connection_goes_once_more(proxy, env, what):
     """Registries and token services close idle keep-alive connections (load balancers after

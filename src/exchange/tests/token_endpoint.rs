@@ -56,6 +56,30 @@ fn token_post_form_goes_to_the_realm_as_a_form() {
 }
 
 #[test]
+fn a_token_request_not_in_utf8_is_refused_never_sent_altered() {
+    let cfg = config(&[]);
+    let post = || incoming(Method::POST, "/token", &[]);
+    let form: &[u8] =
+        b"grant_type=password&username=alice&password=b%F6b&scope=repository%3Aweb%3Apull";
+    let raw: &[u8] = b"grant_type=password&username=alice&password=b\xf6b";
+    for (req, body) in [
+        (post(), form),
+        (post(), raw),
+        (
+            token_get("scope=repository:web:pull&account=b%F6b"),
+            b"".as_slice(),
+        ),
+    ] {
+        let run = drive(&cfg, req, body, |_| {
+            Ok(bearer(&format!("{AUTH}/token"), ""))
+        });
+        assert_eq!(status(&run), 400);
+        assert!(String::from_utf8_lossy(&run.body).contains("not UTF-8"));
+        assert!(run.sent.is_empty());
+    }
+}
+
+#[test]
 fn token_never_contacts_an_unconfigured_realm() {
     let cfg = config(&[]);
     for realm in [
