@@ -185,8 +185,11 @@ mod tests {
             100
         }
 
+        // As long as the component's: with a bare yield, 200 tries pass in microseconds, and
+        // a maker the scheduler holds back between counting and writing meets takers that
+        // already gave up on it (a busy machine made this test fail).
         fn pause(&self) {
-            std::thread::yield_now();
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 
@@ -234,7 +237,7 @@ mod tests {
 
     #[test]
     fn concurrent_takers_hold_it_one_at_a_time() {
-        for _ in 0..20 {
+        for _ in 0..10 {
             assert_eq!(holders_at_once(&Shared::default(), 8), 1);
         }
     }

@@ -716,12 +716,18 @@ impl Exchange {
             },
         );
         self.cause = Some(e.message.clone());
-        let allow = if self.endpoint == Some(Endpoint::Token) {
-            "GET, HEAD, POST"
-        } else {
-            "GET, HEAD"
-        };
-        let draft = Draft::error(&e).with_header(header::ALLOW, HeaderValue::from_static(allow));
+        let mut allow = vec!["GET", "HEAD"];
+        let writes = [Method::POST, Method::PUT, Method::PATCH, Method::DELETE];
+        if let Some(endpoint) = self.endpoint.clone() {
+            let taken = writes.iter().filter(|m| {
+                endpoint == Endpoint::Token && **m == Method::POST
+                    || self.write_action(m, &endpoint).is_some()
+            });
+            allow.extend(taken.map(Method::as_str));
+        }
+        let allow = HeaderValue::from_str(&allow.join(", "))
+            .unwrap_or(HeaderValue::from_static("GET, HEAD"));
+        let draft = Draft::error(&e).with_header(header::ALLOW, allow);
         self.reply(draft)
     }
 

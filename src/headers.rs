@@ -136,6 +136,21 @@ pub fn is_client_response_header(name: &HeaderName) -> bool {
         || name.as_str().starts_with("access-control-")
 }
 
+/// Whether the client's `If-None-Match` names `etag` (quoted), or any with `*`: an answer the
+/// proxy gives itself is then a 304, as the registry's own would be. Weak tags compare as
+/// strong ones (RFC 9110's weak comparison), and an unquoted digest matches as distribution
+/// lets it.
+pub fn none_match(client: &HeaderMap, etag: &str) -> bool {
+    let bare = etag.trim_matches('"');
+    client
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t).trim_matches('"') == bare)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,5 +248,25 @@ mod tests {
         let out = client_response(&h);
         assert_eq!(out.len(), 6);
         assert_eq!(out["content-length"], "527");
+    }
+
+    #[test]
+    fn none_match_compares_weakly_and_takes_any() {
+        let with = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::IF_NONE_MATCH, HeaderValue::from_static(v));
+            }
+            none_match(&h, "\"sha256:ab\"")
+        };
+        assert!(with(&["\"sha256:ab\""]));
+        assert!(with(&["W/\"sha256:ab\""]));
+        assert!(with(&["sha256:ab"]));
+        assert!(with(&["\"x\", \"sha256:ab\""]));
+        assert!(with(&["\"x\"", "\"sha256:ab\""]));
+        assert!(with(&["*"]));
+        assert!(!with(&[]));
+        assert!(!with(&["\"sha256:abc\""]));
+        assert!(!with(&["\"sha256:a\""]));
     }
 }

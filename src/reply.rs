@@ -261,6 +261,11 @@ pub fn finish(ctx: &Context, draft: Draft) -> ClientResponse {
     let mut stored = false;
     let bytes = match body {
         DraftBody::Upstream => None,
+        // A 304 of the proxy's own has no body, nor a length to tell.
+        DraftBody::Stored(_) | DraftBody::StoredLength(_) if status == StatusCode::NOT_MODIFIED => {
+            stored = true;
+            Some(Vec::new())
+        }
         DraftBody::Stored(bytes) => {
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             stored = true;
@@ -338,7 +343,8 @@ pub fn finish(ctx: &Context, draft: Draft) -> ClientResponse {
         h.append(header::VARY, HeaderValue::from_static("Origin"));
     }
     // R7
-    let body = match (ctx.head_only, bytes) {
+    let bodiless = ctx.head_only || (stored && status == StatusCode::NOT_MODIFIED);
+    let body = match (bodiless, bytes) {
         (true, _) => ClientBody::None,
         (false, Some(b)) if stored => ClientBody::Stored(b),
         (false, Some(b)) => ClientBody::Bytes(b),

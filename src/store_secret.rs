@@ -1,6 +1,10 @@
 //! The store's own secret: 32 random bytes the first request that needs them writes into the
 //! key-value store, shared by every instance on that store, never shown to a client.
 //!
+//! Beside it, when a manifest was last deleted through the proxy: tags kept before then are
+//! not used (one may name the deleted digest, and no index says which). Every lookup reads the
+//! secret anyway, so this costs a lookup nothing.
+//!
 //! Clients can neither compute where an entry is kept (buckets are chosen by a MAC under it,
 //! so no one can aim requests at another's bucket) nor forge the mark on the anonymous tokens
 //! the proxy hands out (see `anonymous_token`).
@@ -18,6 +22,8 @@ pub struct StoreSecret {
     /// The MAC with its key taken in once (two SHA-256 blocks), not again for each MAC: a
     /// kept answer to a client holding an anonymous token makes two.
     keyed: Option<Hmac<Sha256>>,
+    /// Unix seconds of the last manifest deleted through the proxy; 0: none.
+    pub deleted_at: u64,
 }
 
 impl PartialEq for StoreSecret {
@@ -37,18 +43,42 @@ impl std::fmt::Debug for StoreSecret {
 impl StoreSecret {
     pub fn new(bytes: [u8; 32]) -> Self {
         let keyed = Hmac::<Sha256>::new_from_slice(&bytes).ok();
-        Self { bytes, keyed }
+        Self {
+            bytes,
+            keyed,
+            deleted_at: 0,
+        }
     }
 
-    /// As kept in the store: 64 hexadecimal digits.
+    /// The same secret, with a manifest deleted at `now`.
+    pub fn deleted(&self, now: u64) -> Self {
+        Self {
+            deleted_at: self.deleted_at.max(now),
+            ..self.clone()
+        }
+    }
+
+    /// As kept in the store: 64 hexadecimal digits, then the time of the last deletion.
     pub fn encode(&self) -> Vec<u8> {
-        hex(&self.bytes).into_bytes()
+        let hex = hex(&self.bytes);
+        match self.deleted_at {
+            0 => hex.into_bytes(),
+            t => format!("{hex} {t}").into_bytes(),
+        }
     }
 
     /// A kept value, if it is one this proxy wrote.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         let text = std::str::from_utf8(bytes).ok()?.trim();
-        unhex(text)?.try_into().ok().map(Self::new)
+        let (hex, deleted_at) = match text.split_once(' ') {
+            Some((hex, t)) => (hex, t.parse().ok()?),
+            None => (text, 0),
+        };
+        let secret = Self::new(unhex(hex)?.try_into().ok()?);
+        Some(Self {
+            deleted_at,
+            ..secret
+        })
     }
 
     /// HMAC-SHA256 of the parts, each followed by a NUL (so no two lists of parts collide).
@@ -80,6 +110,13 @@ mod tests {
         assert_eq!(StoreSecret::decode(&s.encode()), Some(s.clone()));
         assert_eq!(StoreSecret::decode(b"short"), None);
         assert_eq!(StoreSecret::decode(&[b'z'; 64]), None);
+        let d = s.deleted(1_700_000_000);
+        let read = StoreSecret::decode(&d.encode()).unwrap();
+        assert_eq!((read.bytes, read.deleted_at), ([7; 32], 1_700_000_000));
+        assert_eq!(read.deleted(5).deleted_at, 1_700_000_000);
+        let mut junk = s.encode();
+        junk.extend(b" soon");
+        assert_eq!(StoreSecret::decode(&junk), None);
         assert!(!format!("{s:?}").contains('7'));
     }
 

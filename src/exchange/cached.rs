@@ -259,7 +259,11 @@ impl Exchange {
             }) => {
                 // What the proxy wrote is sane whatever the store did to it since: a digest,
                 // and a length no kept manifest exceeds.
-                let tag = cache::find::<cache::Tag>(entry.as_deref(), identity, now)
+                // A tag kept before a manifest was deleted through the proxy may name it.
+                let deleted = self.secret.as_ref().map_or(0, |s| s.deleted_at);
+                let ttl = self.route().map_or(0, |r| r.tag_ttl);
+                let fresh_after = now.max(deleted.saturating_add(ttl));
+                let tag = cache::find::<cache::Tag>(entry.as_deref(), identity, fresh_after)
                     .filter(|t| t.accept == *accept && valid_digest(&t.digest))
                     .filter(|t| t.length <= cache::MAX_MANIFEST as u64);
                 if let Some(tag) = tag.filter(|t| cache::accepts(&accepts, &t.media_type)) {
@@ -371,8 +375,13 @@ impl Exchange {
                 headers.insert(name, v);
             }
         }
+        let status = if crate::headers::none_match(&self.client_headers, &etag) {
+            StatusCode::NOT_MODIFIED
+        } else {
+            StatusCode::OK
+        };
         self.reply(Draft {
-            status: StatusCode::OK,
+            status,
             headers,
             body,
             location: None,

@@ -23,7 +23,7 @@ pub(in crate::exchange) enum WriteBody {
 
 impl Exchange {
     /// The action a write asks for, and whether the route takes it: `None` when it does not.
-    fn write_action(&self, method: &Method, endpoint: &Endpoint) -> Option<Action> {
+    pub(super) fn write_action(&self, method: &Method, endpoint: &Endpoint) -> Option<Action> {
         let route = self.route()?;
         let upload = |session: &Option<String>| {
             matches!(
@@ -42,14 +42,11 @@ impl Exchange {
         match endpoint {
             Endpoint::Upload { session, .. } if route.push && upload(session) => Some(Action::Push),
             Endpoint::Manifest { .. } if route.push && method == Method::PUT => Some(Action::Push),
-            Endpoint::Manifest { reference, .. }
-                if route.delete
-                    && method == Method::DELETE
-                    && crate::endpoint::valid_digest(reference) =>
+            // By digest or by tag (distribution-spec 1.1; a registry without tag deletes
+            // answers for itself).
+            Endpoint::Manifest { .. } | Endpoint::Blob { .. }
+                if route.delete && method == Method::DELETE =>
             {
-                Some(Action::Delete)
-            }
-            Endpoint::Blob { .. } if route.delete && method == Method::DELETE => {
                 Some(Action::Delete)
             }
             _ => None,
@@ -298,9 +295,16 @@ impl Exchange {
         };
         if crate::endpoint::valid_digest(&reference) {
             // Only a delete changes what a digest names: every route to this upstream kept
-            // the manifest under its own viewer, and none may serve it again. (A tag that
-            // pointed there is asked about again within `tag_ttl`.)
+            // the manifest under its own viewer, and none may serve it again, nor a tag kept
+            // before (see `store_secret`).
             if self.method == Method::DELETE {
+                if let Some(secret) = self.secret.as_ref().map(|s| s.deleted(self.now)) {
+                    self.writes.push(Write::Set(
+                        crate::store_secret::KEY.to_string(),
+                        secret.encode(),
+                    ));
+                    self.secret = Some(secret);
+                }
                 let kind = crate::cache::Kind::Manifest;
                 let routes = self.config.routes.0.iter();
                 let identities: Vec<String> = routes

@@ -58,6 +58,20 @@ def test_manifests_identical_to_registry(kind, prefix, creds, make_target, ups, 
                     for h in COMPARED:
                         assert got.header(h) == want.header(h), f"{h} differs. {ctx}"
                     assert got.body == want.body, f"body differs. {ctx}"
+        # Conditional requests, once the store holds what it may: answered as the registry
+        # answers them, from the store or not.
+        digest = target.digest(name)
+        for method in ("GET", "HEAD"):
+            for ref in ("latest", digest):
+                for etag in (f'"{digest}"', '"sha256:' + "0" * 64 + '"'):
+                    headers = {"Accept": clients.MANIFEST_ACCEPT, "If-None-Match": etag}
+                    want = direct.request(method, f"/v2/{up}/manifests/{ref}", headers,
+                                          scope=f"repository:{up}:pull")
+                    got = proxy.request(method, f"/v2/{name}/manifests/{ref}", headers,
+                                        scope=f"repository:{name}:pull")
+                    ctx = f"{method} {name}:{ref} If-None-Match {etag}\nproxy: {got!r}\nregistry: {want!r}"
+                    assert got.status == want.status, ctx
+                    assert got.body == want.body, ctx
 
 
 def test_errors_pass_through(make_target, needs_proxy):

@@ -10,6 +10,18 @@ fn kept(store: &HashMap<String, Vec<u8>>) -> Vec<&String> {
         .collect()
 }
 
+/// A request against `store` and `signed_upstream`: the run, and how many requests it sent.
+fn against_store(
+    cfg: &Config,
+    req: Incoming,
+    store: &mut HashMap<String, Vec<u8>>,
+) -> (simulate::Run, u32) {
+    let asked = std::rc::Rc::new(std::cell::Cell::new(0));
+    let run =
+        simulate::run_with_store(cfg.clone(), req, b"", store, signed_upstream(asked.clone()));
+    (run, asked.get())
+}
+
 /// A token-auth upstream (distribution and a realm on 127.0.0.2) whose blobs redirect to
 /// signed storage URLs; counts what it is asked.
 fn signed_upstream(
@@ -200,6 +212,39 @@ fn a_kept_head_by_tag_needs_only_the_tag() {
     assert!(head.body.is_empty());
 }
 
+/// A conditional request the store answers is answered as the registry would: a 304 where
+/// the client's ETag is the manifest's, without a body or a length.
+#[test]
+fn a_kept_answer_takes_if_none_match() {
+    let cfg = config(&[]);
+    let mut store = std::collections::HashMap::new();
+    docker_pull(&cfg, &mut store);
+    let digest = crate::digest::sha256(INDEX.as_bytes());
+    let by_digest = format!("/v2/app/manifests/{digest}");
+    let quoted = format!("\"{digest}\"");
+    for (method, path, etag, want) in [
+        (Method::GET, by_digest.as_str(), quoted.as_str(), 304),
+        (Method::HEAD, by_digest.as_str(), quoted.as_str(), 304),
+        (Method::HEAD, "/v2/app/manifests/1", quoted.as_str(), 304),
+        (Method::GET, by_digest.as_str(), "\"sha256:0\"", 200),
+        (Method::HEAD, "/v2/app/manifests/1", "\"sha256:0\"", 200),
+    ] {
+        let mut req = incoming(method.clone(), path, &[("accept", OCI_INDEX)]);
+        req.headers
+            .insert(header::IF_NONE_MATCH, HeaderValue::from_str(etag).unwrap());
+        let (run, asked) = against_store(&cfg, req, &mut store);
+        assert_eq!(
+            asked, 0,
+            "{method} {path}: not kept, the test tests nothing"
+        );
+        assert_eq!(status(&run), want, "{method} {path} {etag}: {run:?}");
+        assert_eq!(header(&run, "etag"), quoted);
+        if want == 304 {
+            assert!(run.body.is_empty() && header(&run, "content-length").is_empty());
+        }
+    }
+}
+
 /// Clients that only poll a tag (watchtower, diun, renovate) HEAD it: the proxy asks the
 /// upstream with a HEAD too (Docker Hub counts GETs against its pull limit, HEADs not), keeps
 /// the tag's entry from that head, and answers the next polls within `tag_ttl` by itself.
@@ -273,9 +318,8 @@ fn the_store_keeps_nothing_a_client_with_credentials_got() {
             ("accept", OCI_INDEX),
         ],
     );
-    let asked = std::rc::Rc::new(std::cell::Cell::new(0));
-    let run = simulate::run_with_store(cfg, req, b"", &mut store, signed_upstream(asked.clone()));
-    assert_eq!(asked.get(), 1);
+    let (run, asked) = against_store(&cfg, req, &mut store);
+    assert_eq!(asked, 1);
     assert_eq!(status(&run), 401);
 }
 
@@ -291,17 +335,9 @@ fn kept_manifests_are_served_only_to_clients_that_accept_them() {
         &format!("/v2/app/manifests/{digest}"),
         &[("accept", v2s2)],
     );
-    let asked = std::rc::Rc::new(std::cell::Cell::new(0));
-    let run = simulate::run_with_store(
-        cfg.clone(),
-        req,
-        b"",
-        &mut store,
-        signed_upstream(asked.clone()),
-    );
+    let (run, asked) = against_store(&cfg, req, &mut store);
     assert_eq!(
-        asked.get(),
-        1,
+        asked, 1,
         "served from the store to a client that does not take it"
     );
     assert_eq!(status(&run), 401);
@@ -320,9 +356,7 @@ fn kept_manifests_are_served_only_to_clients_that_accept_them() {
         &format!("/v2/app/manifests/{digest}"),
         &[("accept", OCI_INDEX)],
     );
-    let asked = std::rc::Rc::new(std::cell::Cell::new(0));
-    simulate::run_with_store(cfg, req, b"", &mut store, signed_upstream(asked.clone()));
-    assert_eq!(asked.get(), 1);
+    assert_eq!(against_store(&cfg, req, &mut store).1, 1);
 }
 
 #[test]

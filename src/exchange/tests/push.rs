@@ -171,28 +171,42 @@ fn a_manifest_deleted_through_the_proxy_is_served_from_the_store_no_more() {
     let cfg = cfg();
     let mut store = HashMap::new();
     let deleted = std::cell::Cell::new(false);
-    let by_digest = |host: &'static str, store: &mut HashMap<String, Vec<u8>>| {
-        let path = format!("/v2/app/manifests/{D}");
-        let mut req = at(host, Method::GET, &path);
+    let ask = |host: &'static str, method: Method, path: &str, store: &mut HashMap<_, _>| {
+        let mut req = at(host, method, path);
         req.headers.insert(
             header::ACCEPT,
             HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"),
         );
-        let run = drive_stored(&cfg, req, b"", store, |_| {
-            Ok(if deleted.get() {
-                Canned::new(404)
-            } else {
-                Canned::new(200)
-                    .header("content-type", "application/vnd.oci.image.manifest.v1+json")
-                    .header("content-length", "4")
-                    .header("docker-content-digest", D)
-                    .body("test")
+        let run = drive_stored(&cfg, req, b"", store, |r| {
+            if deleted.get() {
+                return Ok(Canned::new(404));
+            }
+            let found = Canned::new(200)
+                .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+                .header("content-length", "4")
+                .header("docker-content-digest", D);
+            Ok(match r.method() {
+                &Method::GET => found.body("test"),
+                _ => found,
             })
         });
         (status(&run), run.sent.len())
     };
+    let by_digest =
+        |host, store: &mut _| ask(host, Method::GET, &format!("/v2/app/manifests/{D}"), store);
+    // Another route to the registry, without the prefix.
+    let tag_head = |store: &mut _| {
+        ask(
+            "ro.example.com",
+            Method::HEAD,
+            "/v2/team/app/manifests/1.0",
+            store,
+        )
+    };
     assert_eq!(by_digest("rw.example.com", &mut store), (200, 1));
     assert_eq!(by_digest("rw.example.com", &mut store), (200, 0), "kept");
+    assert_eq!(tag_head(&mut store), (200, 1));
+    assert_eq!(tag_head(&mut store), (200, 0), "kept");
     let mut req = at(
         "rw.example.com",
         Method::DELETE,
@@ -204,6 +218,8 @@ fn a_manifest_deleted_through_the_proxy_is_served_from_the_store_no_more() {
     assert_eq!(status(&run), 202, "{run:?}");
     deleted.set(true);
     assert_eq!(by_digest("rw.example.com", &mut store), (404, 1));
+    // The registry untagged it: a tag another route kept before may name it.
+    assert_eq!(tag_head(&mut store), (404, 1));
 }
 
 #[test]
@@ -228,14 +244,44 @@ fn deletes_go_upstream_only_where_the_route_says_so() {
     );
     assert_eq!(status(&run), 202, "{run:?}");
     assert_eq!(run.sent[0].method(), Method::DELETE);
-    // By tag: the spec deletes by digest only.
+    // By tag (distribution-spec 1.1, `end-9`): the registry answers for itself.
     let run = write(
         "rw.example.com",
         Method::DELETE,
         "/v2/app/manifests/1.0",
         b"",
     );
-    assert_eq!((status(&run), run.sent.len()), (405, 0));
+    assert_eq!(status(&run), 202, "{run:?}");
+    assert_eq!(run.sent[0].uri().path(), "/v2/team/app/manifests/1.0");
+}
+
+#[test]
+fn a_405_allows_what_the_route_takes_there() {
+    let allow = |host: &'static str, method: Method, path: &str| {
+        let run = drive(&cfg(), at(host, method, path), b"", |_| {
+            Ok(Canned::new(500))
+        });
+        assert_eq!((status(&run), run.sent.len()), (405, 0), "{run:?}");
+        header(&run, "allow").to_string()
+    };
+    let manifest = format!("/v2/app/manifests/{D}");
+    assert_eq!(allow("ro.example.com", Method::PUT, &manifest), "GET, HEAD");
+    assert_eq!(
+        allow("rw.example.com", Method::PATCH, &manifest),
+        "GET, HEAD, PUT, DELETE"
+    );
+    assert_eq!(
+        allow("rw.example.com", Method::PUT, "/v2/app/tags/list"),
+        "GET, HEAD"
+    );
+    assert_eq!(
+        allow("rw.example.com", Method::PUT, "/v2/app/blobs/uploads/"),
+        "GET, HEAD, POST"
+    );
+    assert_eq!(
+        allow("rw.example.com", Method::DELETE, "/token"),
+        "GET, HEAD, POST"
+    );
 }
 
 #[test]
