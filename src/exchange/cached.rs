@@ -221,7 +221,7 @@ impl Exchange {
 
     /// Whether the client's Bearer token is one the proxy handed out as anonymous, for this
     /// route's upstream (its mark is checked here, where the store's secret is known).
-    fn carries_anonymous_token(&self) -> bool {
+    pub(super) fn carries_anonymous_token(&self) -> bool {
         let (Some(marked), Some(secret), Some(route)) = (&self.marked, &self.secret, self.route())
         else {
             return false;
@@ -652,6 +652,31 @@ impl Exchange {
                 self.realm_known(open, req)
             }
             _ => self.probe("/v2/", None, Waiting::RealmDiscovery(req)),
+        }
+    }
+
+    /// A realm's anonymous token the upstream refused: Docker Hub hands one out for a
+    /// repository that does not exist yet (it grants nothing), and the kept one would be
+    /// handed out again after the push, for half its life. It goes for the scope refused
+    /// (the challenge's, and the request's own), so the client's next token request asks the
+    /// realm afresh.
+    pub(super) fn forget_refused_anonymous_token(&mut self, head: &Response<()>) {
+        let challenged = challenge::from_headers(head.headers())
+            .into_iter()
+            .find(|c| c.scheme == "bearer")
+            .and_then(|c| c.param("scope").map(String::from));
+        let mut identities: Vec<String> = Vec::new();
+        for scope in [challenged, self.own_scope()].into_iter().flatten() {
+            let mut scopes: Vec<&str> = scope.split_whitespace().collect();
+            scopes.sort();
+            scopes.dedup();
+            let identity = self.identity(Kind::AnonymousToken, &[&scopes.join(" ")]);
+            if let Some(id) = identity.filter(|id| !identities.contains(id)) {
+                identities.push(id);
+            }
+        }
+        for id in identities {
+            self.forget(Kind::AnonymousToken, &id);
         }
     }
 

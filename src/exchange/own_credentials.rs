@@ -151,9 +151,17 @@ impl Exchange {
                 limit: upstream_token::MAX_TOKEN_BODY,
             };
         }
+        let status = head.status();
+        let because = format!("token realm answered {status}");
+        // Its rate limit: the client waits as the realm says, and the realm stays known.
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let endpoint = self.endpoint.clone().unwrap_or(Endpoint::Base);
+            let e = upstream_error::client_error(status, None, &endpoint).because(because);
+            return self.upstream_error(e, head);
+        }
         // A kept realm that refuses (404: moved; 401, 403: no longer the registry's) may have
         // moved: forget it, and let the registry's 401 name it. One that fails (5xx) is down.
-        let refused = head.status().is_client_error();
+        let refused = status.is_client_error();
         if self.own_realm_kept.take().is_some() && refused {
             if let Some(route) = self.route() {
                 let key = upstream_token::realm_key(route);
@@ -162,13 +170,12 @@ impl Exchange {
             self.own_fresh = false;
             return self.send_pending(None);
         }
-        self.error(
-            OciError::unavailable(
-                StatusCode::BAD_GATEWAY,
-                "the upstream token service refused the route's credentials",
-            )
-            .because(format!("token realm answered {}", head.status())),
-        )
+        let message = if refused {
+            "the upstream token service refused the route's credentials"
+        } else {
+            "the upstream token service failed"
+        };
+        self.error(OciError::unavailable(StatusCode::BAD_GATEWAY, message).because(because))
     }
 
     pub(super) fn own_token_read(&mut self, body: Vec<u8>, scope: Option<String>) -> Step {

@@ -107,6 +107,9 @@ impl Exchange {
             if let Some(step) = retried {
                 return step;
             }
+            if hop == Role::Registry && self.carries_anonymous_token() {
+                self.forget_refused_anonymous_token(&head);
+            }
         }
         if hop == Role::Registry {
             // An open `/v2/` counts only when nothing vouched for the request.

@@ -80,6 +80,71 @@ fn anonymous_bearer(
     Box::leak(format!("Bearer {}", v["token"].as_str().unwrap()).into_boxed_str())
 }
 
+/// Docker Hub hands out anonymous tokens for a repository that does not exist yet; they grant
+/// nothing, and still grant nothing once it is pushed. The proxy must not hand the kept one
+/// out again after the upstream refused it.
+#[test]
+fn an_anonymous_token_the_upstream_refused_is_not_handed_out_again() {
+    let cfg = config(&[]);
+    let mut store = HashMap::new();
+    let issued = std::cell::Cell::new(0);
+    let pushed_after = std::cell::Cell::new(u32::MAX);
+    let mut hub = |r: &Request<Vec<u8>>| {
+        if r.uri().path() == "/token" {
+            issued.set(issued.get() + 1);
+            return Ok(Canned::new(200).body(format!(
+                r#"{{"token":"t-{}","expires_in":300}}"#,
+                issued.get()
+            )));
+        }
+        let token = r
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap());
+        let grants = token
+            .and_then(|t| t.strip_prefix("Bearer t-"))
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| n > pushed_after.get());
+        Ok(if grants {
+            Canned::new(200)
+                .header("content-type", OCI_INDEX)
+                .header(
+                    "docker-content-digest",
+                    crate::digest::sha256(INDEX.as_bytes()),
+                )
+                .header("content-length", INDEX.len().to_string())
+        } else {
+            let scope = "repository:fresh:pull";
+            let c = format!(
+                r#"Bearer realm="http://127.0.0.2:5001/token",service="hub",scope="{scope}""#
+            );
+            let c = if token.is_some() {
+                format!(r#"{c},error="insufficient_scope""#)
+            } else {
+                c
+            };
+            Canned::new(401).header("www-authenticate", c)
+        })
+    };
+    let mut pull = |store: &mut HashMap<String, Vec<u8>>| {
+        let req = incoming(Method::GET, "/token?scope=repository:fresh:pull", &[]);
+        let run = drive_stored(&cfg, req, b"", store, &mut hub);
+        let v: serde_json::Value = serde_json::from_slice(&run.body).unwrap();
+        let bearer = format!("Bearer {}", v["token"].as_str().unwrap());
+        let auth = [("authorization", &*bearer.leak()), ("accept", OCI_INDEX)];
+        let req = incoming(Method::HEAD, "/v2/fresh/manifests/1", &auth);
+        status(&drive_stored(&cfg, req, b"", store, &mut hub))
+    };
+    assert_eq!(pull(&mut store), 401);
+    pushed_after.set(issued.get());
+    assert_eq!(
+        pull(&mut store),
+        200,
+        "the refused token was handed out again"
+    );
+    assert_eq!(issued.get(), 2);
+}
+
 /// What docker does for a pull of `app:1` with one layer, against `cfg` and `store`:
 /// returns the upstream requests it cost.
 fn docker_pull(cfg: &Config, store: &mut std::collections::HashMap<String, Vec<u8>>) -> u32 {

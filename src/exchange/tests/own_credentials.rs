@@ -228,6 +228,19 @@ fn a_kept_realm_that_moved_is_learned_again() {
     let run = simulate::run_with_store(cfg.clone(), req, b"", &mut store, |_| Ok(Canned::new(503)));
     assert_eq!(status(&run), 502);
     assert_eq!(run.sent.len(), 1, "{:?}", run.sent);
+    assert!(!run.cause.unwrap_or_default().contains("credentials"));
+    // Nor one that rate-limits (429): the client waits as the realm says.
+    let mut req = at("own.example.com", Method::GET, "/v2/app/manifests/1");
+    req.now += 86_400;
+    let run = simulate::run_with_store(cfg.clone(), req, b"", &mut store, |_| {
+        Ok(Canned::new(429)
+            .header("retry-after", "42")
+            .body("slow down"))
+    });
+    assert_eq!(status(&run), 429, "{:?}", run.cause);
+    assert_eq!(header(&run, "retry-after"), "42");
+    assert_eq!(run.sent.len(), 1, "{:?}", run.sent);
+    assert!(String::from_utf8_lossy(&run.body).contains("TOOMANYREQUESTS"));
 }
 
 /// Two accounts with one username (Artifact Registry's `_json_key`, ECR's `AWS`: the username
