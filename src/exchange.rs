@@ -370,8 +370,16 @@ impl Exchange {
 
     /// How long the upstream may take to connect, to answer and between bytes.
     pub fn timeout(&self) -> std::time::Duration {
-        self.route()
-            .map_or(std::time::Duration::from_secs(25), |r| r.timeout)
+        if let Some(r) = self.route() {
+            return r.timeout;
+        }
+        // No route chosen yet (a token form names it): the shortest of the host's.
+        let host = self.public.as_ref().map_or("", |p| p.host.as_str());
+        let routes = self.config.routes.serving(host);
+        routes
+            .map(|r| r.timeout)
+            .min()
+            .unwrap_or(std::time::Duration::from_secs(25))
     }
 
     /// The key-value writes to perform before the next step.
@@ -588,11 +596,13 @@ impl Exchange {
             // The code is nice to have; the status alone still makes the error.
             Waiting::ErrorBody { head } => self.error_read(head, None),
             Waiting::ManifestBody { head, .. } => self.manifest_cut(head, failure),
-            Waiting::TokenForm => self.error(OciError::unsupported(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "the token request is too large",
-            )),
-            Waiting::ManifestPut => self.error(OciError::new(
+            Waiting::TokenForm if failure == Failure::TooLarge => {
+                self.error(OciError::unsupported(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the token request is too large",
+                ))
+            }
+            Waiting::ManifestPut if failure == Failure::TooLarge => self.error(OciError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 crate::error::ErrorCode::ManifestInvalid,
                 "the manifest is larger than a registry takes (4 MiB)",
@@ -600,8 +610,7 @@ impl Exchange {
             Waiting::Health { index, found } => self.health_answered(index, found, None),
             _ => {
                 let origin = self.current.as_ref().and_then(Target::origin);
-                let timeout = self.route().map(|r| r.timeout).unwrap_or_default();
-                let e = failure.to_error(self.role, origin.as_ref(), timeout);
+                let e = failure.to_error(self.role, origin.as_ref(), self.timeout());
                 self.error(e)
             }
         }

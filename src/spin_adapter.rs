@@ -160,7 +160,8 @@ fn serve(
             ),
             Step::ReadRequest { limit } => {
                 let body = request.take().and_then(|r| r.consume().ok());
-                match body.map(|b| read_all(b, limit)) {
+                let from = Sender::Client(exchange.timeout());
+                match body.map(|b| read_all(b, limit, from)) {
                     Some(Ok(bytes)) => exchange.on_request_body(bytes),
                     Some(Err(f)) => exchange.on_failure(f),
                     None => exchange.on_failure(Failure::Other("no request body".into())),
@@ -244,8 +245,7 @@ fn release(upstream: Option<Upstream>) {
     }
     let Ok(body) = response.consume() else { return };
     let Ok(stream) = body.stream() else { return };
-    let nanos = u64::try_from(RELEASE_WAIT.as_nanos()).unwrap_or(u64::MAX);
-    let deadline = wasi::clocks::monotonic_clock::subscribe_duration(nanos);
+    let deadline = wasi::clocks::monotonic_clock::subscribe_duration(nanos(RELEASE_WAIT));
     let mut left = RELEASE_BYTES;
     loop {
         match stream.read(left) {
@@ -594,10 +594,16 @@ fn stream_failure(e: StreamError) -> Failure {
     }
 }
 
+/// How long a client's body may take to stream upstream: the runtime's first-byte timeout
+/// runs from the request's start, so `upstream_timeout` there failed every push that took
+/// longer to send (a 250 MB layer at 10 MB/s); the answer is timed from the body's end instead.
+const SENDING_LIMIT: Duration = Duration::from_secs(24 * 3600);
+
 /// The runtime's request for `parts`, with the timeouts, and its body (still to be written).
 fn outgoing(
     parts: &http::request::Parts,
     timeout: Duration,
+    first_byte: Duration,
 ) -> Result<(OutgoingRequest, OutgoingBody, RequestOptions), Failure> {
     let bad = |what: &str| Failure::Other(format!("could not build the request: {what}"));
     let req = OutgoingRequest::new(headers_to_wasi(&parts.headers));
@@ -616,18 +622,27 @@ fn outgoing(
         .map_err(|()| bad("path"))?;
     let outgoing_body = req.body().map_err(|()| bad("body"))?;
     let options = RequestOptions::new();
-    let nanos = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
-    let _ = options.set_connect_timeout(Some(nanos));
-    let _ = options.set_first_byte_timeout(Some(nanos));
-    let _ = options.set_between_bytes_timeout(Some(nanos));
+    let _ = options.set_connect_timeout(Some(nanos(timeout)));
+    let _ = options.set_first_byte_timeout(Some(nanos(first_byte)));
+    let _ = options.set_between_bytes_timeout(Some(nanos(timeout)));
     Ok((req, outgoing_body, options))
 }
 
-/// Waits for the upstream's answer to a request whose body has been written.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Waits for the upstream's answer to a request whose body has been written, `timeout` at most.
 fn response(
     future: spin_sdk::wit::wasi::http0_2_0::types::FutureIncomingResponse,
+    timeout: Duration,
 ) -> Result<IncomingResponse, Failure> {
-    future.subscribe().block();
+    let deadline = wasi::clocks::monotonic_clock::subscribe_duration(nanos(timeout));
+    let ready = future.subscribe();
+    if !wasi::io::poll::poll(&[&ready, &deadline]).contains(&0) {
+        return Err(Failure::Timeout);
+    }
+    drop(ready);
     match future.get() {
         Some(Ok(Ok(resp))) => Ok(resp),
         Some(Ok(Err(code))) => Err(failure(code)),
@@ -638,7 +653,7 @@ fn response(
 fn send(request: http::Request<Vec<u8>>, timeout: Duration) -> Result<IncomingResponse, Failure> {
     let (parts, body) = request.into_parts();
     let bad = |what: &str| Failure::Other(format!("could not build the request: {what}"));
-    let (req, outgoing_body, options) = outgoing(&parts, timeout)?;
+    let (req, outgoing_body, options) = outgoing(&parts, timeout, timeout)?;
     let future = outgoing_handler::handle(req, Some(options)).map_err(failure)?;
     if !body.is_empty() {
         let stream = outgoing_body.write().map_err(|()| bad("body stream"))?;
@@ -646,7 +661,7 @@ fn send(request: http::Request<Vec<u8>>, timeout: Duration) -> Result<IncomingRe
         flush_request_body(&stream)?;
     }
     OutgoingBody::finish(outgoing_body, None).map_err(failure)?;
-    response(future)
+    response(future, timeout)
 }
 
 /// Sends a request whose body is the client's, moved by the runtime as it comes (a pushed
@@ -659,7 +674,7 @@ fn send_streaming(
 ) -> Result<IncomingResponse, Failure> {
     let (parts, ()) = request.into_parts();
     let bad = |what: &str| Failure::Other(format!("could not build the request: {what}"));
-    let (req, outgoing_body, options) = outgoing(&parts, timeout)?;
+    let (req, outgoing_body, options) = outgoing(&parts, timeout, SENDING_LIMIT)?;
     let future = outgoing_handler::handle(req, Some(options)).map_err(failure)?;
     let input = body
         .as_ref()
@@ -668,7 +683,17 @@ fn send_streaming(
     if let Some(input) = input {
         let output = outgoing_body.write().map_err(|()| bad("body stream"))?;
         loop {
-            match output.blocking_splice(&input, COPY_BYTES) {
+            match output.splice(&input, COPY_BYTES) {
+                Ok(0) => {
+                    // Nothing moved: wait for the side that holds it up, `timeout` at most.
+                    if output.check_write().is_ok_and(|n| n == 0) {
+                        if !ready_within(&output.subscribe(), timeout) {
+                            return Err(Failure::Timeout);
+                        }
+                    } else if !ready_within(&input.subscribe(), timeout) {
+                        return Err(Failure::ClientStalled);
+                    }
+                }
                 Ok(_) => {}
                 Err(StreamError::Closed) => break,
                 Err(e) => return Err(stream_failure(e)),
@@ -677,7 +702,7 @@ fn send_streaming(
         flush_request_body(&output)?;
     }
     OutgoingBody::finish(outgoing_body, None).map_err(failure)?;
-    response(future)
+    response(future, timeout)
 }
 
 /// Waits for a request body's bytes to leave. With a Content-Length the runtime closes the
@@ -691,13 +716,42 @@ fn flush_request_body(output: &OutputStream) -> Result<(), Failure> {
     }
 }
 
-fn read_all(body: IncomingBody, limit: usize) -> Result<Vec<u8>, Failure> {
-    let stream = body
-        .stream()
-        .map_err(|()| Failure::Other("body unavailable".into()))?;
+/// Whether `pollable` is ready within `timeout`.
+fn ready_within(pollable: &wasi::io::poll::Pollable, timeout: Duration) -> bool {
+    let deadline = wasi::clocks::monotonic_clock::subscribe_duration(nanos(timeout));
+    wasi::io::poll::poll(&[pollable, &deadline]).contains(&0)
+}
+
+/// Whose body a read takes: an upstream's, timed by the runtime between bytes, or a client's,
+/// which the runtime waits for without end: one that sends nothing for the timeout holds an
+/// instance no longer (a thousand stalled token forms took every instance Spin has).
+#[derive(Clone, Copy)]
+enum Sender {
+    Upstream,
+    Client(Duration),
+}
+
+fn read_all(body: IncomingBody, limit: usize, from: Sender) -> Result<Vec<u8>, Failure> {
+    let failed = |e: StreamError| match from {
+        Sender::Upstream => stream_failure(e),
+        Sender::Client(_) => Failure::ClientBody(format!("{e:?}")),
+    };
+    let stream = body.stream().map_err(|()| failed(StreamError::Closed))?;
     let mut out = Vec::new();
     loop {
-        match stream.blocking_read(COPY_BYTES) {
+        let chunk = match from {
+            Sender::Upstream => stream.blocking_read(COPY_BYTES),
+            Sender::Client(timeout) => match stream.read(COPY_BYTES) {
+                Ok(chunk) if chunk.is_empty() => {
+                    if !ready_within(&stream.subscribe(), timeout) {
+                        return Err(Failure::ClientStalled);
+                    }
+                    continue;
+                }
+                read => read,
+            },
+        };
+        match chunk {
             Ok(chunk) => {
                 out.extend_from_slice(&chunk);
                 if out.len() > limit {
@@ -705,7 +759,7 @@ fn read_all(body: IncomingBody, limit: usize) -> Result<Vec<u8>, Failure> {
                 }
             }
             Err(StreamError::Closed) => return Ok(out),
-            Err(e) => return Err(stream_failure(e)),
+            Err(e) => return Err(failed(e)),
         }
     }
 }
@@ -714,7 +768,7 @@ fn read_response(resp: IncomingResponse, limit: usize) -> Result<Vec<u8>, Failur
     let body = resp
         .consume()
         .map_err(|()| Failure::Other("body unavailable".into()))?;
-    read_all(body, limit)
+    read_all(body, limit, Sender::Upstream)
 }
 
 /// Sends the response: the head, then its bytes or the upstream body streamed.

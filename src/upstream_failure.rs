@@ -26,6 +26,11 @@ pub enum Failure {
     Malformed(String),
     /// Anything else, in the runtime's words (for the log).
     Other(String),
+    /// The client's own body stopped arriving for the timeout (it goes upstream as it comes,
+    /// or is read first).
+    ClientStalled,
+    /// The client's own body failed (a reset, malformed chunks), in the runtime's words.
+    ClientBody(String),
 }
 
 /// Which upstream a request went to: the words a client reads.
@@ -99,6 +104,16 @@ impl Failure {
                 gateway,
                 format!("{who} is unreachable"),
                 format!("{at}: {words}"),
+            ),
+            Failure::ClientStalled => (
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request's body stopped arriving: nothing for {secs} s"),
+                format!("client body stalled for {secs} s"),
+            ),
+            Failure::ClientBody(words) => (
+                StatusCode::BAD_REQUEST,
+                "the request's body could not be read".to_string(),
+                format!("client body failed: {words}"),
             ),
         };
         OciError::unavailable(status, message).because(cause)

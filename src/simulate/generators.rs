@@ -294,6 +294,8 @@ pub fn canned(src: &mut Source) -> Result<Canned, Failure> {
             Failure::Reset,
             Failure::Denied,
             Failure::Other("ErrorCode::InternalError(Some(\"http://127.0.0.1:5000\"))".into()),
+            Failure::ClientStalled,
+            Failure::ClientBody("StreamError::Closed".into()),
         ]));
     }
     let status = src.pick(&[

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import subprocess
 import time
 from urllib.parse import parse_qsl, urljoin, urlsplit
@@ -80,6 +81,38 @@ def test_upstream_timeout_is_504_in_plain_words(fresh, env):
     assert env.up.requests_to(f"/v2/{NAME}/manifests/v1"), "the request never reached the upstream"
     log = p.wait_log(lambda t: "timed out" in t)
     assert f"timed out after 2 s waiting for {env.up.url}" in log, log[-2000:]
+
+
+def stalled(port: int, head: str, sent: bytes, wait: float) -> bytes:
+    """Sends `head` and part of a body, then nothing: what comes back within `wait`."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=wait)
+    try:
+        s.sendall(head.encode() + sent)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+    except socket.timeout:
+        return b"<no answer within %d s>" % wait
+    finally:
+        s.close()
+
+
+def test_a_token_form_that_stops_arriving_holds_nothing(fresh, env):
+    """A POST to /token that sends part of its form and then nothing: Spin waits for a
+    client's body without end, so a thousand of them took every instance it has (1,000) and
+    every other client got a 500. The proxy stops waiting after `upstream_timeout`."""
+    p = fresh(env.variables(upstream_timeout="1"))
+    head = (f"POST /token HTTP/1.1\r\nHost: 127.0.0.1:{p.port}\r\n"
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n")
+    started = time.monotonic()
+    answer = stalled(p.port, head, b"grant_type", 20)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert time.monotonic() - started < 15
+    assert not env.up.requests and not env.auth.requests
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])

@@ -6,8 +6,14 @@ directly, with the same digests. Refusals are clean, and cost the upstream nothi
 """
 from __future__ import annotations
 
+import hashlib
+import http.client
 import json
+import os
+import socket
+import time
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -183,6 +189,64 @@ def deleted_is_gone(pushy, img, upstream):
         # The registry untagged it too: no tag the proxy kept before names it.
         r = call(pushy.url, "HEAD", f"/v2/{route}/{repo}/manifests/1", headers=accept)
         assert r.status == 404, (route, r.describe())
+
+
+def test_a_blob_that_takes_longer_to_send_than_the_timeout_goes_through(ups):
+    """`upstream_timeout` times the registry's answer, not the client's sending: a layer
+    pushed in one PATCH at the client's pace takes as long as it takes (docker sends each
+    layer so: at 10 MB/s a 250 MB one outlasted the default 25 s, and failed 502)."""
+    table = [{"name": "tok", "host": "127.0.0.1", "push": True, "timeout": 1, **token_route(ups)}]
+    allowed = [ups.token.url, ups.token_server.url, ups.token.cdn.url]
+    proxy = harness.start_proxy({"routes": json.dumps(table)}, allowed_hosts=allowed,
+                                name="slow-push-proxy")
+    try:
+        repo = fresh("slow")
+        client = clients.RegistryHTTP(proxy.url, SEEDER)
+        r = client.request("POST", f"/v2/{repo}/blobs/uploads/", {"Content-Length": "0"},
+                           scope=f"repository:{repo}:pull,push")
+        assert r.status == 202, r
+        location = urlsplit(r.header("Location"))
+        chunk = os.urandom(1 << 20)
+        sends = 4
+        blob = chunk * sends
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=60)
+        try:
+            conn.putrequest("PATCH", f"{location.path}?{location.query}", skip_accept_encoding=True)
+            conn.putheader("Authorization", client.auth)
+            conn.putheader("Content-Type", "application/octet-stream")
+            conn.putheader("Content-Length", str(len(blob)))
+            conn.endheaders()
+            for _ in range(sends):
+                conn.send(chunk)
+                time.sleep(0.7)
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 202, (resp.status, resp.getheaders())
+            location = urlsplit(resp.getheader("Location"))
+        finally:
+            conn.close()
+        digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+        sep = "&" if location.query else ""
+        r = client.request("PUT", f"{location.path}?{location.query}{sep}digest={digest}",
+                           {"Content-Length": "0"})
+        assert r.status == 201, r
+        r = client.request("GET", f"/v2/{repo}/blobs/{digest}")
+        assert r.status == 307, r  # to the registry's storage, which has the bytes
+        cdn = urlsplit(r.header("Location"))
+        r = call(f"{cdn.scheme}://{cdn.netloc}", "GET", f"{cdn.path}?{cdn.query}")
+        assert r.status == 200 and r.body == blob, r.describe()
+        # A client that stops sending is let go after the timeout: 408, not an instance held.
+        r = client.request("POST", f"/v2/{repo}/blobs/uploads/", {"Content-Length": "0"})
+        assert r.status == 202, r
+        location = urlsplit(r.header("Location"))
+        head = (f"PATCH {location.path}?{location.query} HTTP/1.1\r\nHost: 127.0.0.1:{proxy.port}"
+                f"\r\nAuthorization: {client.auth}\r\nContent-Length: {len(blob)}\r\n\r\n")
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=20) as s:
+            s.sendall(head.encode() + chunk)
+            answer = s.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+    finally:
+        proxy.stop()
 
 
 def test_refusals_are_clean_and_reach_no_upstream(pushy, ups, built):

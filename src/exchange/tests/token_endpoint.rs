@@ -80,6 +80,41 @@ fn a_token_request_not_in_utf8_is_refused_never_sent_altered() {
 }
 
 #[test]
+fn a_client_body_that_stops_or_fails_is_no_413() {
+    let cfg = config(&[]);
+    let put = format!("/v2/app/manifests/{}", crate::digest::sha256(b"x"));
+    for (method, path) in [(Method::POST, "/token"), (Method::PUT, put.as_str())] {
+        for (failure, want) in [
+            (Failure::ClientStalled, 408),
+            (Failure::ClientBody("reset".into()), 400),
+            (Failure::TooLarge, 413),
+        ] {
+            let cfg = if method == Method::PUT {
+                config(&[(
+                    "routes",
+                    r#"[{"name": "rw", "upstream": "http://127.0.0.1:5000", "push": true}]"#,
+                )])
+            } else {
+                cfg.clone()
+            };
+            let mut req = incoming(method.clone(), path, &[]);
+            req.headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(10));
+            let (mut ex, mut step) = Exchange::start(cfg, req);
+            // A push route reads the store's secret (for its tokens' marks) first.
+            while let Step::Load(keys) = step {
+                step = ex.on_loaded(vec![None; keys.len()]);
+            }
+            assert!(matches!(step, Step::ReadRequest { .. }), "{path}: {step:?}");
+            let Step::Reply(r) = ex.on_failure(failure.clone()) else {
+                panic!("{path}: no reply")
+            };
+            assert_eq!(r.status().as_u16(), want, "{path} {failure:?}");
+        }
+    }
+}
+
+#[test]
 fn token_never_contacts_an_unconfigured_realm() {
     let cfg = config(&[]);
     for realm in [
