@@ -90,7 +90,9 @@ impl Realm {
             if let Some(s) = service {
                 q.append_pair("service", s);
             }
-            if let Some(s) = scope {
+            // One parameter per scope, as docker and containerd ask: a token server need not
+            // split one on spaces (a mount's names two repositories).
+            for s in scope.into_iter().flat_map(str::split_whitespace) {
                 q.append_pair("scope", s);
             }
         }

@@ -32,7 +32,22 @@ impl Exchange {
                     }
                     (Some(_), _) => "pull,push",
                 };
-                Some(format!("repository:{name}:{actions}"))
+                let scope = format!("repository:{name}:{actions}");
+                // A mount reads its `from` too (already mapped, and dropped unless served).
+                let from = self
+                    .pending
+                    .as_ref()
+                    .filter(|_| matches!(e, Endpoint::Upload { session: None, .. }))
+                    .and_then(|p| p.target.url())
+                    .and_then(|u| {
+                        u.query_pairs()
+                            .find(|(k, _)| k == "from")
+                            .map(|(_, v)| v.into_owned())
+                    });
+                Some(match from {
+                    Some(from) if from != name => format!("{scope} repository:{from}:pull"),
+                    _ => scope,
+                })
             }
         }
     }
@@ -223,16 +238,26 @@ impl Exchange {
             let auth = self.own_credentials();
             return Some(self.send_pending(auth));
         }
-        // Harbor's challenges carry no scope: then the request's own. The token is kept under
-        // the scope asked for, which is what it grants: a challenge asking for less than the
-        // request's own (distribution's for an upload's status: `pull`) must not leave a
-        // token a later push would take for its own and meet a 401 with a streamed body.
-        let asked = challenges
+        // The challenge's scopes and the request's own (Harbor's challenges carry none; a
+        // mount's `from` may be missing). The token is kept under the scope asked for, which
+        // is what it grants: a challenge asking for less than the request's own
+        // (distribution's for an upload's status: `pull`) must not leave a token a later push
+        // would take for its own and meet a 401 with a streamed body.
+        let challenged = challenges
             .iter()
             .find(|c| c.scheme == "bearer")
             .and_then(|c| c.param("scope"))
-            .map(String::from)
-            .or(scope);
+            .unwrap_or_default();
+        let mut asked: Vec<&str> = Vec::new();
+        for s in challenged
+            .split_whitespace()
+            .chain(scope.iter().flat_map(|s| s.split_whitespace()))
+        {
+            if !asked.contains(&s) {
+                asked.push(s);
+            }
+        }
+        let asked = (!asked.is_empty()).then(|| asked.join(" "));
         Some(self.fetch_own_token(&realm, asked))
     }
 }

@@ -302,5 +302,14 @@ def test_a_chunked_upload_after_a_status_check_goes_through(ups, seeded):
         assert r.status == 201, r
         r = c.request("HEAD", f"/v2/{repo}/blobs/{digest}", scope=scope)
         assert r.status in (200, 307), r  # 307: the registry's redirect to its storage
+        # A mount from it (containerd and BuildKit mount what the registry has): the route's
+        # token must read `from` too, or the registry refuses with insufficient_scope.
+        other = f"{repo}-mounted"
+        both = f"repository:{other}:pull,push repository:{repo}:pull"
+        c = clients.RegistryHTTP(p.url, pusher)
+        r = c.request("POST", f"/v2/{other}/blobs/uploads/?mount={digest}&from={repo}",
+                      {"Content-Length": "0"}, scope=both)
+        assert r.status == 201, r
+        assert r.header("Docker-Content-Digest") == digest, r
     finally:
         p.stop()

@@ -501,6 +501,41 @@ fn only_a_user_whose_token_grants_push_pushes() {
     }
 }
 
+/// A cross-repository mount reads its `from`: the route's own token asks for pull there too,
+/// one `scope` parameter each, or the registry refuses the mount (distribution: 401
+/// `insufficient_scope` naming both) and containerd's push fails.
+#[test]
+fn a_mount_s_token_reads_the_repository_it_mounts_from() {
+    let alice = token_of(&login(
+        "alice",
+        "s3cret",
+        "repository:team/web:pull,push repository:team/base:pull",
+    ));
+    let path = format!(
+        "/v2/team/web/blobs/uploads/?mount={}&from=team/base",
+        crate::digest::sha256(b"x")
+    );
+    let req = with_auth(
+        at("priv.example.com", Method::POST, &path),
+        &format!("Bearer {alice}"),
+    );
+    let run = drive_users(&cfg(""), req, b"", &mut HashMap::new());
+    let token = run
+        .sent
+        .iter()
+        .find(|r| r.uri().port_u16() == Some(5001))
+        .expect("a token request");
+    let scopes: Vec<String> = url::form_urlencoded::parse(token.uri().query().unwrap().as_bytes())
+        .filter(|(k, _)| k == "scope")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    assert_eq!(
+        scopes,
+        ["repository:team/web:pull,push", "repository:team/base:pull"],
+        "{run:?}"
+    );
+}
+
 /// A pushed blob's body is the client's, streamed: it goes upstream once. With the route's
 /// realm not known yet, `/v2/` says where to get a token first; the body never goes unsigned.
 #[test]
