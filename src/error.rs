@@ -93,7 +93,9 @@ const CODES: [(ErrorCode, &str, &str); 16] = [
     (
         ErrorCode::TooManyRequests,
         "TOOMANYREQUESTS",
-        "too many requests",
+        // Only an upstream's limit makes one: its own words (Docker Hub's name the pull limit)
+        // never pass, so these say whose it is.
+        "too many requests: the upstream registry's rate limit is reached",
     ),
     (ErrorCode::Unavailable, "UNAVAILABLE", "service unavailable"),
     (ErrorCode::Unknown, "UNKNOWN", "unknown error"),

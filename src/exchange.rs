@@ -416,10 +416,7 @@ impl Exchange {
         }
         match endpoint {
             Endpoint::Token if req.method == Method::POST => {
-                self.waiting = Waiting::TokenForm;
-                Step::ReadRequest {
-                    limit: token::MAX_FORM_BYTES,
-                }
+                self.read_request(Waiting::TokenForm, token::MAX_FORM_BYTES)
             }
             Endpoint::Token if read_only => {
                 let query = req.query.unwrap_or_default();
@@ -712,6 +709,22 @@ impl Exchange {
             }
             Err(e) => self.error(e),
         }
+    }
+
+    /// Reads the client's body, at most `limit` bytes, for `waiting`. A body declared longer
+    /// is refused before it is read: a client that waits with `Expect: 100-continue` is told
+    /// at once, not asked for the bytes first.
+    fn read_request(&mut self, waiting: Waiting, limit: usize) -> Step {
+        self.waiting = waiting;
+        let declared = self
+            .client_headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return self.on_failure(Failure::TooLarge);
+        }
+        Step::ReadRequest { limit }
     }
 
     fn method_not_allowed(&mut self, method: &Method) -> Step {

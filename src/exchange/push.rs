@@ -93,10 +93,7 @@ impl Exchange {
                     target,
                     headers,
                 });
-                self.waiting = Waiting::ManifestPut;
-                return Step::ReadRequest {
-                    limit: MAX_MANIFEST_PUT,
-                };
+                return self.read_request(Waiting::ManifestPut, MAX_MANIFEST_PUT);
             }
             (&Method::GET | &Method::HEAD | &Method::DELETE, _) => WriteBody::Held(Vec::new()),
             // A chunk, or a monolithic upload's bytes: streamed. A body said to be empty (a

@@ -81,36 +81,45 @@ fn a_token_request_not_in_utf8_is_refused_never_sent_altered() {
 
 #[test]
 fn a_client_body_that_stops_or_fails_is_no_413() {
-    let cfg = config(&[]);
     let put = format!("/v2/app/manifests/{}", crate::digest::sha256(b"x"));
+    // The exchange once it asks for the body (a push route reads the store's secret first),
+    // or its answer.
+    let start = |method: &Method, path: &str, length: u64| {
+        let cfg = match *method {
+            Method::PUT => config(&[(
+                "routes",
+                r#"[{"name": "rw", "upstream": "http://127.0.0.1:5000", "push": true}]"#,
+            )]),
+            _ => config(&[]),
+        };
+        let mut req = incoming(method.clone(), path, &[]);
+        req.headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        let (mut ex, mut step) = Exchange::start(cfg, req);
+        while let Step::Load(keys) = step {
+            step = ex.on_loaded(vec![None; keys.len()]);
+        }
+        (ex, step)
+    };
     for (method, path) in [(Method::POST, "/token"), (Method::PUT, put.as_str())] {
         for (failure, want) in [
             (Failure::ClientStalled, 408),
             (Failure::ClientBody("reset".into()), 400),
             (Failure::TooLarge, 413),
         ] {
-            let cfg = if method == Method::PUT {
-                config(&[(
-                    "routes",
-                    r#"[{"name": "rw", "upstream": "http://127.0.0.1:5000", "push": true}]"#,
-                )])
-            } else {
-                cfg.clone()
-            };
-            let mut req = incoming(method.clone(), path, &[]);
-            req.headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(10));
-            let (mut ex, mut step) = Exchange::start(cfg, req);
-            // A push route reads the store's secret (for its tokens' marks) first.
-            while let Step::Load(keys) = step {
-                step = ex.on_loaded(vec![None; keys.len()]);
-            }
+            let (mut ex, step) = start(&method, path, 10);
             assert!(matches!(step, Step::ReadRequest { .. }), "{path}: {step:?}");
             let Step::Reply(r) = ex.on_failure(failure.clone()) else {
                 panic!("{path}: no reply")
             };
             assert_eq!(r.status().as_u16(), want, "{path} {failure:?}");
         }
+        // Declared longer than read: refused before a byte is asked for (`Expect: 100-continue`).
+        let (_, step) = start(&method, path, 50_000_000);
+        let Step::Reply(r) = step else {
+            panic!("{path}: {step:?}")
+        };
+        assert_eq!(r.status().as_u16(), 413, "{path}");
     }
 }
 
