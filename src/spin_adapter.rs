@@ -684,16 +684,17 @@ fn send_streaming(
         let output = outgoing_body.write().map_err(|()| bad("body stream"))?;
         loop {
             match output.splice(&input, COPY_BYTES) {
-                Ok(0) => {
-                    // Nothing moved: wait for the side that holds it up, `timeout` at most.
-                    if output.check_write().is_ok_and(|n| n == 0) {
-                        if !ready_within(&output.subscribe(), timeout) {
-                            return Err(Failure::Timeout);
-                        }
-                    } else if !ready_within(&input.subscribe(), timeout) {
-                        return Err(Failure::ClientStalled);
+                // Nothing moved: wait for the side that holds it up, `timeout` at most. A
+                // side that failed or ended says so at the next splice.
+                Ok(0) => match output.check_write() {
+                    Ok(0) if !ready_within(&output.subscribe(), timeout) => {
+                        return Err(Failure::Timeout)
                     }
-                }
+                    Ok(n) if n > 0 && !ready_within(&input.subscribe(), timeout) => {
+                        return Err(Failure::ClientStalled)
+                    }
+                    _ => {}
+                },
                 Ok(_) => {}
                 Err(StreamError::Closed) => break,
                 Err(e) => return Err(stream_failure(e)),
@@ -732,11 +733,17 @@ enum Sender {
 }
 
 fn read_all(body: IncomingBody, limit: usize, from: Sender) -> Result<Vec<u8>, Failure> {
-    let failed = |e: StreamError| match from {
-        Sender::Upstream => stream_failure(e),
-        Sender::Client(_) => Failure::ClientBody(format!("{e:?}")),
+    let failed = |e: StreamError| match (from, e) {
+        (Sender::Upstream, e) => stream_failure(e),
+        (Sender::Client(_), StreamError::LastOperationFailed(err)) => {
+            Failure::ClientBody(err.to_debug_string())
+        }
+        (Sender::Client(_), StreamError::Closed) => Failure::ClientBody("closed".into()),
     };
-    let stream = body.stream().map_err(|()| failed(StreamError::Closed))?;
+    let stream = body.stream().map_err(|()| match from {
+        Sender::Upstream => Failure::Other("body unavailable".into()),
+        Sender::Client(_) => Failure::ClientBody("body unavailable".into()),
+    })?;
     let mut out = Vec::new();
     loop {
         let chunk = match from {
