@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import pytest
 
+import clients
 import harness
 from clients import call, oci_error_of, only_bearer
 from upstream_double import (
@@ -312,6 +313,45 @@ def test_token_realm_on_upstream_auth_host(proxy, env):
     t = call(proxy.url, "GET", f"/token?service=registry.docker.io&scope=repository:{NAME}:pull")
     assert t.status == 200, t.describe()
     assert env.auth.requests_to("/token"), "token request did not reach upstream_auth"
+
+
+def test_an_anonymous_token_the_registry_refused_is_never_handed_out_again(fresh, env):
+    """Docker Hub hands out anonymous tokens for a repository that is not pushed yet; they
+    grant nothing, and still nothing once it is pushed (401 `insufficient_scope`). The proxy
+    kept such a token for half its life (150 s) and handed it to every client: a deploy
+    right after the push failed as "repository does not exist" where a direct pull worked."""
+    issued = []
+    granting = []  # the tokens issued once the repository exists
+
+    def token(req):
+        issued.append(f"t-{len(issued) + 1}")
+        return token_response(issued[-1])
+
+    def manifest_or_refusal(req):
+        if (req.header("Authorization") or "")[len("Bearer "):] in granting:
+            return manifest(MANIFEST)
+        refused = bearer_challenge(env.auth.url + "/token", "registry.test",
+                                   scope=f"repository:{NAME}:pull")
+        if req.header("Authorization"):
+            refused.headers = [(k, v + ',error="insufficient_scope"' if k == "WWW-Authenticate"
+                                else v) for k, v in refused.headers]
+        return refused
+
+    env.up.route("/v2/", bearer_challenge(env.auth.url + "/token", "registry.test"))
+    env.up.route(f"/v2/{NAME}/manifests/v1", manifest_or_refusal)
+    env.auth.route("/token", token)
+    p = fresh(env.variables())
+    accept = [("Accept", "application/vnd.oci.image.manifest.v1+json")]
+
+    def pull():
+        c = clients.RegistryHTTP(p.url)
+        return c.request("HEAD", f"/v2/{NAME}/manifests/v1", dict(accept))
+
+    assert pull().status == 401
+    granting.append(f"t-{len(issued) + 1}")  # pushed: the next token the realm issues grants
+    r = pull()
+    assert r.status == 200, (r, issued)
+    assert issued == ["t-1", "t-2"], issued
 
 
 def test_post_token_is_forwarded_not_405(proxy, env):
