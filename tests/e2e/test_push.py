@@ -195,7 +195,7 @@ def test_a_blob_that_takes_longer_to_send_than_the_timeout_goes_through(ups):
     """`upstream_timeout` times the registry's answer, not the client's sending: a layer
     pushed in one PATCH at the client's pace takes as long as it takes (docker sends each
     layer so: at 10 MB/s a 250 MB one outlasted the default 25 s, and failed 502)."""
-    table = [{"name": "tok", "host": "127.0.0.1", "push": True, "timeout": 1, **token_route(ups)}]
+    table = [{"name": "tok", "host": "127.0.0.1", "push": True, "timeout": 2, **token_route(ups)}]
     allowed = [ups.token.url, ups.token_server.url, ups.token.cdn.url]
     proxy = harness.start_proxy({"routes": json.dumps(table)}, allowed_hosts=allowed,
                                 name="slow-push-proxy")
@@ -218,7 +218,7 @@ def test_a_blob_that_takes_longer_to_send_than_the_timeout_goes_through(ups):
             conn.endheaders()
             for _ in range(sends):
                 conn.send(chunk)
-                time.sleep(0.7)
+                time.sleep(1.2)  # a pause shorter than the timeout, a PATCH much longer
             resp = conn.getresponse()
             resp.read()
             assert resp.status == 202, (resp.status, resp.getheaders())
