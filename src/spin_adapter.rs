@@ -32,6 +32,9 @@ const COPY_BYTES: u64 = 256 << 10;
 const RELEASE_BYTES: u64 = 64 << 10;
 /// How long the rest of such a body is waited for: a slow or stalling upstream costs this.
 const RELEASE_WAIT: Duration = Duration::from_millis(100);
+/// How long a response cut short stays open after its last byte: the runtime sends what it
+/// holds only once it finds the body waiting, and cutting it sooner loses even the head.
+const CUT_WAIT: Duration = Duration::from_millis(100);
 
 /// What the log line reports about one request.
 struct Served {
@@ -449,7 +452,7 @@ mod store {
         }
 
         fn pause(&self) {
-            wasi::clocks::monotonic_clock::subscribe_duration(1_000_000).block();
+            super::wait(std::time::Duration::from_millis(1));
         }
     }
 }
@@ -626,6 +629,10 @@ fn outgoing(
     let _ = options.set_first_byte_timeout(Some(nanos(first_byte)));
     let _ = options.set_between_bytes_timeout(Some(nanos(timeout)));
     Ok((req, outgoing_body, options))
+}
+
+fn wait(d: Duration) {
+    wasi::clocks::monotonic_clock::subscribe_duration(nanos(d)).block();
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -834,8 +841,14 @@ fn write(out: ResponseOutparam, r: ClientResponse, upstream: Option<Upstream>) -
         // A client that closes once it has every byte it was promised has not failed.
         Err((n, _)) if Some(n) == expected => served(n, None),
         // Not finishing the body makes the runtime cut the response: the client sees a
-        // failed transfer, never a short blob that looks whole.
-        Err((n, problem)) => served(n, Some(problem)),
+        // failed transfer, never a short blob that looks whole. The head and what did come
+        // go out first, or the client reads an empty reply.
+        Err((n, problem)) => {
+            if output.blocking_flush().is_ok() {
+                wait(CUT_WAIT);
+            }
+            served(n, Some(problem))
+        }
     }
 }
 
@@ -883,9 +896,6 @@ fn copy_upstream(
         let tail = read_to_end(&input, held + 1)
             .map_err(|f| (moved, format!("upstream body interrupted: {f:?}")))?;
         if moved + tail.len() as u64 != n {
-            // What did come goes out first: the client reads a status and a transfer cut
-            // short, not an empty reply.
-            let _ = output.blocking_flush();
             let got = moved + tail.len() as u64;
             let how = if got > n { "more" } else { "fewer" };
             return Err((
