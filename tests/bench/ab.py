@@ -9,9 +9,9 @@ nothing kept, a kept tag, a kept digest. Prints CPU ms per HEAD of each runtime'
 (medians of the rounds) and B − A, and which runtime ran (the test host, or SPIN_BIN).
 
 On the test host with `SPIN_TEST_HOST_FUEL=1` in the environment it also prints, per build and
-request, the wasm instructions the instance ran and its calls into the host: counts that do
-not move with the machine's load (the CPU rounds then include fuel checks, so read them for
-the counts only).
+request, the wasm instructions the instance ran, its calls into the host and the linear memory
+it grew to: counts that do not move with the machine's load (the CPU rounds then include fuel
+checks, so read them for the counts only).
 
     python3 tests/bench/ab.py before.wasm after.wasm
     SPIN_BIN=/path/to/spin python3 tests/bench/ab.py before.wasm after.wasm --rounds 8
@@ -57,8 +57,9 @@ def start(build: str, wasm: Path, work: Path, variables: dict) -> dict:
 
 
 def fuel(proxy: harness.Service, url: str) -> str:
-    """The instructions and host calls of one HEAD, from the test host's `guest fuel` line;
-    empty where no such line comes (Spin, or the test host without SPIN_TEST_HOST_FUEL)."""
+    """The instructions, host calls and linear memory of one HEAD, from the test host's
+    `guest fuel` line; empty where no such line comes (Spin, or the test host without
+    SPIN_TEST_HOST_FUEL)."""
     if harness.SPIN_BIN or os.environ.get("SPIN_TEST_HOST_FUEL") != "1":
         return ""
     before = len(proxy.log())
@@ -66,9 +67,12 @@ def fuel(proxy: harness.Service, url: str) -> str:
                    check=True)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # written when the instance is dropped, after the answer
-        found = re.findall(r"guest fuel \S+: (\d+) host calls: (\d+)", proxy.log()[before:])
+        found = re.findall(r"guest fuel \S+: (\d+) host calls: (\d+) memory: (\d+)",
+                           proxy.log()[before:])
         if found:
-            return f"{int(found[-1][0]):,} instructions, {found[-1][1]} host calls"
+            used, calls, memory = found[-1]
+            return (f"{int(used):,} instructions, {calls} host calls, "
+                    f"{int(memory) >> 10} KiB memory")
         time.sleep(0.05)
     raise RuntimeError(f"{proxy.name}: no `guest fuel` line for HEAD {url}")
 

@@ -37,8 +37,8 @@ pub fn new() -> Result<Engine> {
 }
 
 /// `SPIN_TEST_HOST_FUEL=1`: count the wasm instructions each request's instance runs and print
-/// them, with its calls into the host (counted by the instance metrics' hook), when it ends
-/// (`guest fuel …`). Not Spin's (fuel checks slow the guest down): counts that hardly move
+/// them, with its calls into the host (counted by the instance metrics' hook) and the linear
+/// memory it grew to, when it ends (`guest fuel …`). Not Spin's (fuel checks slow the guest down): counts that hardly move
 /// with the machine's load, for telling whether a change to the guest made it do less.
 /// Read once: each request's store asks, and Spin reads no environment there.
 pub fn counts_fuel() -> bool {

@@ -37,6 +37,11 @@ impl InstanceMetrics {
         });
     }
 
+    /// The bytes of linear memory the instance has grown to.
+    pub fn memory(&self) -> u64 {
+        self.memory_consumed
+    }
+
     /// Spin records the memory an instance holds once it is instantiated.
     pub fn instantiated(&mut self) {
         self.memory_on_init = self.memory_consumed;

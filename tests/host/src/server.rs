@@ -219,8 +219,9 @@ async fn run_component(
                 eprintln!("component {id:?} trapped: {e:?}");
             }
             if let Ok(used) = store.get_fuel().map(|f| u64::MAX - f) {
-                let calls = store.data().metrics.host_calls;
-                eprintln!("guest fuel {id}: {used} host calls: {calls}");
+                let metrics = &store.data().metrics;
+                let (calls, memory) = (metrics.host_calls, metrics.memory());
+                eprintln!("guest fuel {id}: {used} host calls: {calls} memory: {memory}");
             }
         }
         .in_current_span(),
