@@ -53,7 +53,8 @@ const DOCKER_HUB_HOSTS: [&str; 4] = [
     "docker.io",
 ];
 
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(25);
+/// How long the upstream may take, and a client's body or reading, unless a route says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(25);
 /// Seconds a tag is taken to point where it pointed, unless a route says otherwise.
 pub const DEFAULT_TAG_TTL: u64 = 60;
 

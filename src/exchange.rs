@@ -379,7 +379,7 @@ impl Exchange {
         routes
             .map(|r| r.timeout)
             .min()
-            .unwrap_or(std::time::Duration::from_secs(25))
+            .unwrap_or(crate::config::DEFAULT_TIMEOUT)
     }
 
     /// The key-value writes to perform before the next step.

@@ -55,7 +55,12 @@ fn handle(req: IncomingRequest, out: ResponseOutparam) {
     let (served, upstream, cause, after) = match config {
         Ok(config) => serve(config, req, out, method.clone(), &path_query),
         Err(e) => {
-            let served = write(out, Exchange::unconfigured(&e, head_only), None);
+            let served = write(
+                out,
+                Exchange::unconfigured(&e, head_only),
+                None,
+                crate::config::DEFAULT_TIMEOUT,
+            );
             let cause = Some(format!("spin-registry-proxy: {e}"));
             (served, None, cause, After::default())
         }
@@ -215,7 +220,13 @@ fn serve(
                     pull_event: exchange.pull_event(),
                     writes: exchange.take_deferred(),
                 };
-                return (write(out, response, last.take()), upstream, cause, after);
+                let timeout = exchange.timeout();
+                return (
+                    write(out, response, last.take(), timeout),
+                    upstream,
+                    cause,
+                    after,
+                );
             }
         };
     }
@@ -664,8 +675,8 @@ fn send(request: http::Request<Vec<u8>>, timeout: Duration) -> Result<IncomingRe
     let future = outgoing_handler::handle(req, Some(options)).map_err(failure)?;
     if !body.is_empty() {
         let stream = outgoing_body.write().map_err(|()| bad("body stream"))?;
-        write_unflushed(&stream, &body).map_err(|(_, e)| stream_failure(e))?;
-        flush_request_body(&stream)?;
+        write_unflushed(&stream, &body, timeout).map_err(|(_, b)| b.upstream_failure())?;
+        flush_request_body(&stream, timeout)?;
     }
     OutgoingBody::finish(outgoing_body, None).map_err(failure)?;
     response(future, timeout)
@@ -690,24 +701,16 @@ fn send_streaming(
     if let Some(input) = input {
         let output = outgoing_body.write().map_err(|()| bad("body stream"))?;
         loop {
-            match output.splice(&input, COPY_BYTES) {
-                // Nothing moved: wait for the side that holds it up, `timeout` at most. A
-                // side that failed or ended says so at the next splice.
-                Ok(0) => match output.check_write() {
-                    Ok(0) if !ready_within(&output.subscribe(), timeout) => {
-                        return Err(Failure::Timeout)
-                    }
-                    Ok(n) if n > 0 && !ready_within(&input.subscribe(), timeout) => {
-                        return Err(Failure::ClientStalled)
-                    }
-                    _ => {}
-                },
-                Ok(_) => {}
-                Err(StreamError::Closed) => break,
-                Err(e) => return Err(stream_failure(e)),
+            match splice_within(&input, &output, COPY_BYTES, timeout) {
+                Ok(Some(_)) => {}
+                // The runtime closes a body with a Content-Length once it has every byte.
+                Ok(None) | Err(Stuck::Output(Blocked::Stream(StreamError::Closed))) => break,
+                Err(Stuck::Output(b)) => return Err(b.upstream_failure()),
+                Err(Stuck::Input(None)) => return Err(Failure::ClientStalled),
+                Err(Stuck::Input(Some(e))) => return Err(stream_failure(e)),
             }
         }
-        flush_request_body(&output)?;
+        flush_request_body(&output, timeout)?;
     }
     OutgoingBody::finish(outgoing_body, None).map_err(failure)?;
     response(future, timeout)
@@ -717,11 +720,100 @@ fn send_streaming(
 /// body once it has every byte, as soon as the upstream's connection has taken them: a flush
 /// then meets a closed stream, which is no failure (the answer says whether it was). Failing
 /// there dropped the request as it was answered, a 502 that only timing decided.
-fn flush_request_body(output: &OutputStream) -> Result<(), Failure> {
-    match output.blocking_flush() {
-        Ok(()) | Err(StreamError::Closed) => Ok(()),
-        Err(e) => Err(stream_failure(e)),
+fn flush_request_body(output: &OutputStream, timeout: Duration) -> Result<(), Failure> {
+    match flush_within(output, timeout) {
+        Ok(()) | Err(Blocked::Stream(StreamError::Closed)) => Ok(()),
+        Err(b) => Err(b.upstream_failure()),
     }
+}
+
+/// Why bytes stopped going out on a stream.
+enum Blocked {
+    Stream(StreamError),
+    /// Its reader took nothing for the timeout.
+    Stalled,
+}
+
+impl Blocked {
+    /// An upstream that stops taking a request's body is one that does not answer in time.
+    fn upstream_failure(self) -> Failure {
+        match self {
+            Blocked::Stream(e) => stream_failure(e),
+            Blocked::Stalled => Failure::Timeout,
+        }
+    }
+
+    /// Why a client's answer stopped short, for the log.
+    fn client_problem(self, timeout: Duration) -> String {
+        match self {
+            Blocked::Stream(e) => format!("client went away: {e:?}"),
+            Blocked::Stalled => format!("client took nothing for {}s", timeout.as_secs()),
+        }
+    }
+}
+
+/// The bytes `output` takes now, waiting for room `timeout` at most. The runtime waits for a
+/// reader without end: a client that stops reading a blob held its instance, and the
+/// upstream's connection, for as long as it kept its own open.
+fn room(output: &OutputStream, timeout: Duration) -> Result<u64, Blocked> {
+    loop {
+        match output.check_write() {
+            Ok(0) if !ready_within(&output.subscribe(), timeout) => return Err(Blocked::Stalled),
+            Ok(0) => {}
+            Ok(n) => return Ok(n),
+            Err(e) => return Err(Blocked::Stream(e)),
+        }
+    }
+}
+
+/// Which side of a splice failed or held it up.
+enum Stuck {
+    /// The writing side: its reader failed or took nothing for the timeout.
+    Output(Blocked),
+    /// The reading side failed, or (`None`) sent nothing for the timeout.
+    Input(Option<StreamError>),
+}
+
+/// Moves up to `most` bytes from `input` to `output` as the runtime has them, without copying
+/// them through guest memory, waiting for the side that holds them up `timeout` at most;
+/// `None` once `input` has ended. Never the runtime's blocking splice: after writing it waits
+/// for the reader to take the bytes, without end.
+fn splice_within(
+    input: &InputStream,
+    output: &OutputStream,
+    most: u64,
+    timeout: Duration,
+) -> Result<Option<u64>, Stuck> {
+    loop {
+        match output.splice(input, most) {
+            Ok(0) => match output.check_write() {
+                Ok(0) if !ready_within(&output.subscribe(), timeout) => {
+                    return Err(Stuck::Output(Blocked::Stalled))
+                }
+                Ok(0) => {}
+                Ok(_) if !ready_within(&input.subscribe(), timeout) => {
+                    return Err(Stuck::Input(None))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(Stuck::Output(Blocked::Stream(e))),
+            },
+            Ok(n) => return Ok(Some(n)),
+            // Either side: the writing side's stream answers for itself.
+            Err(e) => {
+                return match output.check_write() {
+                    Err(e) => Err(Stuck::Output(Blocked::Stream(e))),
+                    Ok(_) if matches!(e, StreamError::Closed) => Ok(None),
+                    Ok(_) => Err(Stuck::Input(Some(e))),
+                }
+            }
+        }
+    }
+}
+
+/// Flushes `output` and waits for the flush to complete, `timeout` at most.
+fn flush_within(output: &OutputStream, timeout: Duration) -> Result<(), Blocked> {
+    output.flush().map_err(Blocked::Stream)?;
+    room(output, timeout).map(|_| ())
 }
 
 /// Whether `pollable` is ready within `timeout`.
@@ -786,7 +878,12 @@ fn read_response(resp: IncomingResponse, limit: usize) -> Result<Vec<u8>, Failur
 }
 
 /// Sends the response: the head, then its bytes or the upstream body streamed.
-fn write(out: ResponseOutparam, r: ClientResponse, upstream: Option<Upstream>) -> Served {
+fn write(
+    out: ResponseOutparam,
+    r: ClientResponse,
+    upstream: Option<Upstream>,
+    timeout: Duration,
+) -> Served {
     let (head, body) = r.into_parts();
     let status = head.status().as_u16();
     let expected = head
@@ -817,16 +914,16 @@ fn write(out: ResponseOutparam, r: ClientResponse, upstream: Option<Upstream>) -
     };
     let (copied, unused) = match body {
         ClientBody::Bytes(bytes) | ClientBody::Stored(bytes) => (
-            write_all(&output, &bytes)
+            write_all(&output, &bytes, timeout)
                 .map(|()| bytes.len() as u64)
-                .map_err(|(n, e)| (n as u64, format!("client went away: {e:?}"))),
+                .map_err(|(n, b)| (n as u64, b.client_problem(timeout))),
             upstream,
         ),
         ClientBody::Upstream => {
             // A 304's `Content-Length` may be its 200's; neither it nor a 204 has a body.
             let declared = expected.filter(|_| !matches!(status, 204 | 304));
             let response = upstream.map(|u| u.response);
-            (copy_upstream(response, &output, declared), None)
+            (copy_upstream(response, &output, declared, timeout), None)
         }
         ClientBody::None => (Ok(0), upstream),
     };
@@ -844,7 +941,7 @@ fn write(out: ResponseOutparam, r: ClientResponse, upstream: Option<Upstream>) -
         // failed transfer, never a short blob that looks whole. The head and what did come
         // go out first, or the client reads an empty reply.
         Err((n, problem)) => {
-            if output.blocking_flush().is_ok() {
+            if flush_within(&output, CUT_WAIT).is_ok() {
                 wait(CUT_WAIT);
             }
             served(n, Some(problem))
@@ -862,6 +959,7 @@ fn copy_upstream(
     upstream: Option<IncomingResponse>,
     output: &OutputStream,
     declared: Option<u64>,
+    timeout: Duration,
 ) -> Result<u64, (u64, String)> {
     let Some(body) = upstream.and_then(|u| u.consume().ok()) else {
         return Ok(0);
@@ -876,20 +974,14 @@ fn copy_upstream(
         if left == 0 {
             break;
         }
-        // The runtime moves the bytes from one stream to the other without copying them
-        // through guest memory, waiting for room on the client's side, then for the upstream's
-        // next chunk (its between-bytes timeout applies), in one call.
-        match output.blocking_splice(&input, left) {
-            Ok(n) => moved += n,
-            // Either side: the client's stream answers for itself.
-            Err(e) => match output.check_write() {
-                Err(e) => return Err((moved, format!("client went away: {e:?}"))),
-                Ok(_) if matches!(e, StreamError::Closed) => break,
-                Ok(_) => {
-                    let f = stream_failure(e);
-                    return Err((moved, format!("upstream body interrupted: {f:?}")));
-                }
-            },
+        match splice_within(&input, output, left, timeout) {
+            Ok(Some(n)) => moved += n,
+            Ok(None) => break,
+            Err(Stuck::Output(b)) => return Err((moved, b.client_problem(timeout))),
+            Err(Stuck::Input(e)) => {
+                let f = e.map_or(Failure::Timeout, stream_failure);
+                return Err((moved, format!("upstream body interrupted: {f:?}")));
+            }
         }
     }
     if let Some(n) = declared {
@@ -903,13 +995,11 @@ fn copy_upstream(
                 format!("upstream body has {how} bytes than its length {n}"),
             ));
         }
-        write_unflushed(output, &tail)
-            .map_err(|(_, e)| (moved, format!("client went away: {e:?}")))?;
+        write_unflushed(output, &tail, timeout)
+            .map_err(|(_, b)| (moved, b.client_problem(timeout)))?;
         moved = n;
     }
-    output
-        .blocking_flush()
-        .map_err(|e| (moved, format!("client went away: {e:?}")))?;
+    flush_within(output, timeout).map_err(|b| (moved, b.client_problem(timeout)))?;
     drop(input);
     drop(body);
     Ok(moved)
@@ -931,25 +1021,29 @@ fn read_to_end(input: &InputStream, most: u64) -> Result<Vec<u8>, Failure> {
 
 /// Writes and flushes all of `bytes`, waiting for the reader to take them as needed; on
 /// failure, how many bytes the runtime had accepted.
-fn write_all(output: &OutputStream, bytes: &[u8]) -> Result<(), (usize, StreamError)> {
-    write_unflushed(output, bytes)?;
-    output.blocking_flush().map_err(|e| (bytes.len(), e))
+fn write_all(
+    output: &OutputStream,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<(), (usize, Blocked)> {
+    write_unflushed(output, bytes, timeout)?;
+    flush_within(output, timeout).map_err(|b| (bytes.len(), b))
 }
 
 /// Writes all of `bytes` as the runtime makes room for them, without waiting for them to
 /// leave: the next read overlaps their sending.
-fn write_unflushed(output: &OutputStream, bytes: &[u8]) -> Result<(), (usize, StreamError)> {
+fn write_unflushed(
+    output: &OutputStream,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<(), (usize, Blocked)> {
     let mut done = 0;
     while done < bytes.len() {
-        let permit = output.check_write().map_err(|e| (done, e))?;
-        if permit == 0 {
-            output.subscribe().block();
-            continue;
-        }
+        let permit = room(output, timeout).map_err(|b| (done, b))?;
         let n = (bytes.len() - done).min(usize::try_from(permit).unwrap_or(usize::MAX));
         output
             .write(&bytes[done..done + n])
-            .map_err(|e| (done, e))?;
+            .map_err(|e| (done, Blocked::Stream(e)))?;
         done += n;
     }
     Ok(())

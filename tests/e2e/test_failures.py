@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -114,6 +115,52 @@ def test_a_token_form_that_stops_arriving_holds_nothing(fresh, env):
     assert answer.startswith(b"HTTP/1.1 408"), answer
     assert time.monotonic() - started < 15
     assert not env.up.requests and not env.auth.requests
+
+
+def test_a_client_that_stops_reading_a_blob_holds_nothing(fresh, env):
+    """A client that takes a blob's first bytes and then reads no more: the runtime waits for a
+    reader without end, so each held an instance and an upstream connection for as long as it
+    kept its own open (a thousand such would take every instance Spin has). The proxy lets go
+    after `upstream_timeout` without progress; a slow reader that keeps reading gets it all."""
+    data = os.urandom(24 << 20)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    path = f"/v2/{NAME}/blobs/{digest}"
+    env.up.route(path, blob(data))
+    p = fresh(env.variables(upstream_timeout="2"))
+    start = len(p.log())
+    readers = []
+    try:
+        for _ in range(3):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.settimeout(30)
+            s.connect(("127.0.0.1", p.port))
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{p.port}\r\n\r\n".encode())
+            assert s.recv(12) == b"HTTP/1.1 200"
+            readers.append(s)
+        # Each instance ends while its client still holds the connection open.
+        marker = f"GET {path} "
+        log = p.wait_log(lambda t: t[start:].count(marker) >= 3, timeout=60)[start:]
+        lines = [ln for ln in log.splitlines() if marker in ln]
+        assert len(lines) == 3, log[-2000:]
+        assert all('error="client took nothing for 2s"' in ln for ln in lines), lines
+    finally:
+        for s in readers:
+            s.close()
+    # A reader that takes 64 KiB every 50 ms: 8 MiB in about seven seconds, three times the
+    # timeout, without a pause that long.
+    small = data[: 8 << 20]
+    small_path = f"/v2/{NAME}/blobs/sha256:{hashlib.sha256(small).hexdigest()}"
+    env.up.route(small_path, blob(small))
+    conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=30)
+    conn.request("GET", small_path)
+    r = conn.getresponse()
+    got = b""
+    while chunk := r.read(64 << 10):
+        got += chunk
+        time.sleep(0.05)
+    conn.close()
+    assert r.status == 200 and got == small, (r.status, len(got))
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])
