@@ -700,8 +700,9 @@ fn send_streaming(
         .transpose()?;
     if let Some(input) = input {
         let output = outgoing_body.write().map_err(|()| bad("body stream"))?;
+        let pump = Pump::new(&input, &output, timeout, false);
         loop {
-            match splice_within(&input, &output, COPY_BYTES, timeout) {
+            match pump.next(COPY_BYTES) {
                 Ok(Some(_)) => {}
                 // The runtime closes a body with a Content-Length once it has every byte.
                 Ok(None) | Err(Stuck::Output(Blocked::Stream(StreamError::Closed))) => break,
@@ -710,6 +711,7 @@ fn send_streaming(
                 Err(Stuck::Input(Some(e))) => return Err(stream_failure(e)),
             }
         }
+        drop(pump);
         flush_request_body(&output, timeout)?;
     }
     OutgoingBody::finish(outgoing_body, None).map_err(failure)?;
@@ -774,37 +776,66 @@ enum Stuck {
     Input(Option<StreamError>),
 }
 
-/// Moves up to `most` bytes from `input` to `output` as the runtime has them, without copying
-/// them through guest memory, waiting for the side that holds them up `timeout` at most;
-/// `None` once `input` has ended. Never the runtime's blocking splice: after writing it waits
-/// for the reader to take the bytes, without end.
-fn splice_within(
-    input: &InputStream,
-    output: &OutputStream,
-    most: u64,
+/// Moves bytes from `input` to `output` as the runtime has them, without copying them through
+/// guest memory, waiting for the side that holds them up `timeout` at most. Never the
+/// runtime's blocking splice: after writing it waits for the reader to take the bytes, without
+/// end. A chunk already there takes one call, as that does; one still to come, three.
+struct Pump<'a> {
+    input: &'a InputStream,
+    output: &'a OutputStream,
+    input_ready: wasi::io::poll::Pollable,
+    output_ready: wasi::io::poll::Pollable,
     timeout: Duration,
-) -> Result<Option<u64>, Stuck> {
-    loop {
-        match output.splice(input, most) {
-            Ok(0) => match output.check_write() {
-                Ok(0) if !ready_within(&output.subscribe(), timeout) => {
-                    return Err(Stuck::Output(Blocked::Stalled))
-                }
+    /// Whether the runtime times the input itself (an upstream's body, by its between-bytes
+    /// timeout): then waiting for it takes no clock of ours.
+    input_timed: bool,
+}
+
+impl<'a> Pump<'a> {
+    fn new(
+        input: &'a InputStream,
+        output: &'a OutputStream,
+        timeout: Duration,
+        input_timed: bool,
+    ) -> Self {
+        Pump {
+            input,
+            output,
+            input_ready: input.subscribe(),
+            output_ready: output.subscribe(),
+            timeout,
+            input_timed,
+        }
+    }
+
+    /// Up to `most` bytes moved; `None` once the input has ended.
+    fn next(&self, most: u64) -> Result<Option<u64>, Stuck> {
+        let mut input_waited = false;
+        loop {
+            match self.output.splice(self.input, most) {
                 Ok(0) => {}
-                Ok(_) if !ready_within(&input.subscribe(), timeout) => {
-                    return Err(Stuck::Input(None))
+                Ok(n) => return Ok(Some(n)),
+                // Either side: the writing side's stream answers for itself.
+                Err(e) => {
+                    return match self.output.check_write() {
+                        Err(e) => Err(Stuck::Output(Blocked::Stream(e))),
+                        Ok(_) if matches!(e, StreamError::Closed) => Ok(None),
+                        Ok(_) => Err(Stuck::Input(Some(e))),
+                    }
                 }
-                Ok(_) => {}
-                Err(e) => return Err(Stuck::Output(Blocked::Stream(e))),
-            },
-            Ok(n) => return Ok(Some(n)),
-            // Either side: the writing side's stream answers for itself.
-            Err(e) => {
-                return match output.check_write() {
-                    Err(e) => Err(Stuck::Output(Blocked::Stream(e))),
-                    Ok(_) if matches!(e, StreamError::Closed) => Ok(None),
-                    Ok(_) => Err(Stuck::Input(Some(e))),
+            }
+            // Nothing moved: the input had nothing yet, or (once it has) the output no room.
+            if !input_waited {
+                if self.input_timed {
+                    self.input_ready.block();
+                } else if !ready_within(&self.input_ready, self.timeout) {
+                    return Err(Stuck::Input(None));
                 }
+                input_waited = true;
+            } else if ready_within(&self.output_ready, self.timeout) {
+                input_waited = false;
+            } else {
+                return Err(Stuck::Output(Blocked::Stalled));
             }
         }
     }
@@ -969,12 +1000,13 @@ fn copy_upstream(
         .map_err(|()| (0, "upstream body unavailable".to_string()))?;
     let held = declared.map_or(0, |n| n.min(1));
     let mut moved = 0u64;
+    let pump = Pump::new(&input, output, timeout, true);
     loop {
         let left = declared.map_or(COPY_BYTES, |n| (n - held - moved).min(COPY_BYTES));
         if left == 0 {
             break;
         }
-        match splice_within(&input, output, left, timeout) {
+        match pump.next(left) {
             Ok(Some(n)) => moved += n,
             Ok(None) => break,
             Err(Stuck::Output(b)) => return Err((moved, b.client_problem(timeout))),
@@ -984,6 +1016,7 @@ fn copy_upstream(
             }
         }
     }
+    drop(pump);
     if let Some(n) = declared {
         let tail = read_to_end(&input, held + 1)
             .map_err(|f| (moved, format!("upstream body interrupted: {f:?}")))?;
