@@ -190,7 +190,10 @@ const MANIFEST_TYPES: [&str; 7] = [
 /// makes no new key, and one tag has a handful of entries at most, whatever clients send.
 /// `None`: it names none (such a client is never served from the store). A wildcard admits
 /// no type here: registries answer `*/*` alone each their own way (distribution 2.8: a
-/// schema 2 image as schema 1, an OCI one not at all), so only the upstream can.
+/// schema 2 image as schema 1, an OCI one not at all), so only the upstream can. Nor does a
+/// type in other letter cases: distribution 2.8 matches them exactly (an upper-case OCI type
+/// is a 404 there), so only the upstream can say, and a kept answer would differ from a cold
+/// one.
 pub fn accept_key(accepts: &[String]) -> Option<String> {
     let mut admitted = [false; MANIFEST_TYPES.len()];
     for t in accepts
@@ -198,10 +201,7 @@ pub fn accept_key(accepts: &[String]) -> Option<String> {
         .flat_map(|a| a.split(','))
         .map(|t| t.split(';').next().unwrap_or("").trim())
     {
-        if let Some(i) = MANIFEST_TYPES
-            .iter()
-            .position(|m| t.eq_ignore_ascii_case(m))
-        {
+        if let Some(i) = MANIFEST_TYPES.iter().position(|m| t == *m) {
             admitted[i] = true;
         }
     }
@@ -221,7 +221,7 @@ pub fn accepts(accepts: &[String], media_type: &str) -> bool {
         .iter()
         .flat_map(|a| a.split(','))
         .map(|t| t.split(';').next().unwrap_or("").trim())
-        .any(|t| t.eq_ignore_ascii_case(media_type))
+        .any(|t| t == media_type)
 }
 
 /// One kept answer: its identity, until when it is good, and what it holds.
@@ -483,11 +483,14 @@ mod tests {
         // Wildcards name no type: containerd's list keys as its types do, `*/*` alone not.
         assert_eq!(accept_key(&["*/*".into()]), None);
         assert_eq!(accept_key(&["application/*".into()]), None);
+        // distribution 2.8 matches a type exactly: only the upstream answers another case.
+        assert_eq!(accept_key(&[OCI.to_ascii_uppercase()]), None);
         assert_eq!(a, accept_key(&[format!("{INDEX}, {OCI}, */*")]));
         assert!(accepts(&["a/y;q=0.5, b/x".into()], "a/y"));
         assert!(!accepts(&["a/y".into()], "b/x"));
         assert!(!accepts(&[], "b/x"));
         assert!(!accepts(&["*/*".into()], "b/x"));
+        assert!(!accepts(&["B/X".into()], "b/x"));
     }
 
     #[test]

@@ -10,12 +10,23 @@ impl Exchange {
             .as_ref()
             .map_or("", |p| p.host.as_str())
             .to_string();
+        let users_login = |route: Option<&Route>, req: &TokenRequest| {
+            self.config.routes.has_users(&host)
+                && req.offers_credentials()
+                && route.is_none_or(|r| {
+                    r.access != RouteAccess::Users
+                        && req.repositories().is_empty()
+                        && !self.passes_logins(r)
+                })
+        };
         let (route, req) = match self.token_route(req) {
-            Ok((Some(route), req)) => (route, req),
-            // A login for a host the proxy's users log in to is theirs.
-            Ok((None, req)) if self.config.routes.has_users(&host) && req.offers_credentials() => {
+            // A login for a host the proxy's users log in to is theirs, also where a route
+            // without a path would take it: that route drops it, and the client took the
+            // anonymous token for a login that succeeded, whatever the password.
+            Ok((route, req)) if users_login(route.as_ref(), &req) => {
                 return self.user_login(req, None)
             }
+            Ok((Some(route), req)) => (route, req),
             Ok((None, _)) => return self.anonymous_token(),
             Err(e) => return self.error(e),
         };

@@ -113,6 +113,28 @@ def test_refusals_say_why_and_cost_the_upstream_nothing(vendor, ups, seeded, pod
     assert upstream_requests(vendor) == before, "a refusal reached the upstream"
 
 
+def test_a_login_is_checked_where_an_open_route_shares_the_host(ups, seeded, podman):
+    """An open route without a path beside the users' `vendor/`: `podman login` (a token
+    request with no scope) went to the open route, which dropped the credentials and gave an
+    anonymous token: "Login Succeeded!" whatever the password."""
+    routes = [{"name": "open", "upstream": ups.anon.url},
+              {**table(ups)[0], "path": "vendor"}]
+    variables = {"routes": json.dumps(routes), "users": users(), "token_secret": SECRET}
+    allowed = [ups.anon.url, ups.token.url, ups.token_server.url, ups.token.cdn.url]
+    p = harness.start_proxy(variables, allowed_hosts=allowed, name="shared-host-proxy")
+    try:
+        host = f"127.0.0.1:{p.port}"
+        wrong = podman("login", "--tls-verify=false", "-u", CUSTOMER[0], "-p", "nope", host,
+                       check=False)
+        assert wrong.returncode != 0, wrong.stdout
+        assert "invalid username/password" in wrong.stderr, wrong.stderr
+        right = podman("login", "--tls-verify=false", "-u", CUSTOMER[0], "-p", CUSTOMER[1],
+                       host)
+        assert "Login Succeeded" in right.stdout, right
+    finally:
+        p.stop()
+
+
 def test_a_denied_repository_is_refused_by_digest_and_by_referrers_too(vendor, ups, seeded):
     """A token for one repository grants nothing on another, however it is addressed."""
     want = seeded["token"][(PRIVATE, "latest")]

@@ -625,3 +625,48 @@ fn a_route_token_is_kept_under_the_scope_it_was_asked_for() {
         "Bearer pull-push"
     );
 }
+
+#[test]
+fn a_login_where_a_route_without_a_path_shares_the_host_is_the_users_to_check() {
+    // `docker login shared.example.com` sends no scope: the route without a path would take
+    // it, drop the credentials and hand out an anonymous token, whatever the password.
+    let routes = r#"[
+        {"name": "hub", "host": "shared.example.com", "upstream": "http://127.0.0.1:5000"},
+        {"name": "vendor", "host": "shared.example.com", "path": "vendor",
+         "upstream": "http://127.0.0.1:5000", "access": "users"}
+    ]"#;
+    let config = config(&[("routes", routes), ("token_secret", SECRET)]);
+    let login = |password: &str| {
+        let req = at(
+            "shared.example.com",
+            Method::GET,
+            "/token?service=shared.example.com",
+        );
+        let req = with_auth(req, &basic("alice", password));
+        drive_users(&config, req, b"", &mut HashMap::new())
+    };
+    let wrong = login("wrong");
+    assert_eq!(status(&wrong), 401, "{wrong:?}");
+    assert!(String::from_utf8_lossy(&wrong.body).contains("incorrect username or password"));
+    let right = login("s3cret");
+    assert_eq!(status(&right), 200, "{right:?}");
+    assert!(!token_of(&right).starts_with("srp-anonymous"));
+    assert!(wrong.sent.is_empty() && right.sent.is_empty());
+}
+
+#[test]
+fn a_token_for_another_repository_sends_the_client_for_one_that_covers_it() {
+    // As a registry answers a token short of the scope: a 401 and the scope to ask for, never
+    // a 403 saying the user may not (alice may pull team/web).
+    let alice = token_of(&login("alice", "s3cret", "repository:team/other:pull"));
+    let run = get(&cfg(""), &alice, MANIFEST, &mut HashMap::new());
+    assert_eq!(status(&run), 401, "{run:?}");
+    assert!(header(&run, "www-authenticate").contains("scope=\"repository:team/web:pull\""));
+    assert!(!String::from_utf8_lossy(&run.body).contains("may not"));
+    assert!(run.sent.is_empty());
+    let alice = token_of(&login("alice", "s3cret", "repository:team/web:pull"));
+    assert_eq!(
+        status(&get(&cfg(""), &alice, MANIFEST, &mut HashMap::new())),
+        200
+    );
+}
