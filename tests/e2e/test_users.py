@@ -136,15 +136,25 @@ def test_a_login_is_checked_where_an_open_route_shares_the_host(ups, seeded, pod
 
 
 def test_a_denied_repository_is_refused_by_digest_and_by_referrers_too(vendor, ups, seeded):
-    """A token for one repository grants nothing on another, however it is addressed."""
+    """A token for one repository grants nothing on another, however it is addressed: as a
+    registry answers, a 401 sends the client for a token for this one, which grants the user
+    nothing, and that is a 403 saying so."""
     want = seeded["token"][(PRIVATE, "latest")]
     before = upstream_requests(vendor)
-    r = call(vendor.url, "GET", "/token?scope=repository:multiarch:pull",
-             headers=[("Authorization", clients.basic_header(STRANGER))])
-    token = r.json()["token"]
+
+    def token_for(scope: str) -> str:
+        r = call(vendor.url, "GET", f"/token?scope={scope}",
+                 headers=[("Authorization", clients.basic_header(STRANGER))])
+        return r.json()["token"]
+
+    other = token_for("repository:multiarch:pull")
+    own = token_for(f"repository:{PRIVATE}:pull")
     for path in [f"/v2/{PRIVATE}/manifests/{want}", f"/v2/{PRIVATE}/referrers/{want}",
                  f"/v2/{PRIVATE}/blobs/{want}", f"/v2/{PRIVATE}/tags/list"]:
-        r = call(vendor.url, "GET", path, headers=[("Authorization", f"Bearer {token}")])
+        r = call(vendor.url, "GET", path, headers=[("Authorization", f"Bearer {other}")])
+        assert r.status == 401, r.describe()
+        assert f'scope="repository:{PRIVATE}:pull"' in r.header("WWW-Authenticate")
+        r = call(vendor.url, "GET", path, headers=[("Authorization", f"Bearer {own}")])
         assert r.status == 403, r.describe()
         assert oci_error_of(r)["code"] == "DENIED"
         assert "stranger may not pull private/secret" in oci_error_of(r)["message"]
