@@ -749,7 +749,7 @@ impl Blocked {
     fn client_problem(self, timeout: Duration) -> String {
         match self {
             Blocked::Stream(e) => format!("client went away: {e:?}"),
-            Blocked::Stalled => format!("client took nothing for {}s", timeout.as_secs()),
+            Blocked::Stalled => format!("client took nothing for {timeout:?}"),
         }
     }
 }
