@@ -196,11 +196,7 @@ const MANIFEST_TYPES: [&str; 7] = [
 /// one.
 pub fn accept_key(accepts: &[String]) -> Option<String> {
     let mut admitted = [false; MANIFEST_TYPES.len()];
-    for t in accepts
-        .iter()
-        .flat_map(|a| a.split(','))
-        .map(|t| t.split(';').next().unwrap_or("").trim())
-    {
+    for t in named_types(accepts) {
         if let Some(i) = MANIFEST_TYPES.iter().position(|m| t == *m) {
             admitted[i] = true;
         }
@@ -217,11 +213,15 @@ pub fn accept_key(accepts: &[String]) -> Option<String> {
 /// a wildcard alone, registries choose differently: such a client is never served from the
 /// store).
 pub fn accepts(accepts: &[String], media_type: &str) -> bool {
+    named_types(accepts).any(|t| t == media_type)
+}
+
+/// The media types `Accept` values name, without their parameters.
+fn named_types(accepts: &[String]) -> impl Iterator<Item = &str> {
     accepts
         .iter()
         .flat_map(|a| a.split(','))
         .map(|t| t.split(';').next().unwrap_or("").trim())
-        .any(|t| t == media_type)
 }
 
 /// One kept answer: its identity, until when it is good, and what it holds.

@@ -77,15 +77,12 @@ impl Claims {
     /// Whether the token was issued for other repositories and not for `name`: one asked for
     /// another scope (a token for `name` that grants nothing names nothing at all).
     pub fn is_for_others_than(&self, name: &str) -> bool {
-        let repositories = self.access.iter().filter(|a| a.kind == "repository");
-        let mut others = false;
-        for a in repositories {
-            if a.name == name {
-                return false;
-            }
-            others = true;
-        }
-        others
+        let mut repositories = self
+            .access
+            .iter()
+            .filter(|a| a.kind == "repository")
+            .peekable();
+        repositories.peek().is_some() && repositories.all(|a| a.name != name)
     }
 
     /// Whether the catalog may show repository `name` to the token's holder.

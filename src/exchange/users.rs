@@ -56,16 +56,15 @@ impl Exchange {
             e => e.name().is_some_and(|n| claims.covers(n, action)),
         };
         self.user = Some(claims.sub.clone());
-        let other_scope = endpoint.name().filter(|n| claims.is_for_others_than(n));
-        if let (false, Some(name)) = (allowed, other_scope) {
-            // As a registry answers a token short of the scope: the client asks for one that
-            // has it (and learns there whether the user may).
-            let e = OciError::unauthorized(format!(
-                "authentication required: this token is not for {name}"
-            ));
-            return Some(self.error(e));
-        }
         if !allowed {
+            if let Some(name) = endpoint.name().filter(|n| claims.is_for_others_than(n)) {
+                // As a registry answers a token short of the scope: the client asks for one
+                // that has it (and learns there whether the user may).
+                let e = OciError::unauthorized(format!(
+                    "authentication required: this token is not for {name}"
+                ));
+                return Some(self.error(e));
+            }
             let what = endpoint.name().unwrap_or("the catalog");
             let e = OciError::denied(format!(
                 "user {} may not {} {what}",
