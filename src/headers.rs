@@ -17,9 +17,9 @@ const CONDITIONAL: [&str; 6] = [
 /// `Authorization`, which the exchange decides.
 const REGISTRY_REQUEST: [&str; 2] = ["accept", "user-agent"];
 
-/// Response headers a client may see. `Location`, `WWW-Authenticate` and `Link` are not here:
-/// the response rules build those themselves.
-const RESPONSE: [&str; 24] = [
+/// Response headers a client may see. `Location`, `WWW-Authenticate`, `Link` and the two
+/// below are not here: the response rules build those themselves.
+const RESPONSE: [&str; 22] = [
     "content-type",
     "content-length",
     "content-range",
@@ -39,13 +39,16 @@ const RESPONSE: [&str; 24] = [
     "oci-filters-applied",
     "oci-subject",
     "allow",
-    "content-security-policy",
-    "x-content-type-options",
     // An upload's progress, as registries report it.
     "docker-upload-uuid",
     "range",
     "oci-chunk-min-length",
 ];
+
+/// Every answer's: a body the upstream chose (a blob of any type, an upstream page) is served
+/// from the proxy's own origin, so whatever a browser makes of it runs sandboxed (an opaque
+/// origin, no scripts) and loads nothing; an upstream's own policy never replaces it.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; sandbox";
 
 /// Headers that describe a body: a body the proxy replaced carries none of the upstream's.
 pub const ENTITY: [&str; 7] = [
@@ -132,7 +135,14 @@ pub fn is_upstream_request_header(name: &HeaderName) -> bool {
 
 pub fn is_client_response_header(name: &HeaderName) -> bool {
     RESPONSE.contains(&name.as_str())
-        || [header::LOCATION, header::WWW_AUTHENTICATE, header::LINK].contains(name)
+        || [
+            header::LOCATION,
+            header::WWW_AUTHENTICATE,
+            header::LINK,
+            header::CONTENT_SECURITY_POLICY,
+            header::X_CONTENT_TYPE_OPTIONS,
+        ]
+        .contains(name)
         || name.as_str().starts_with("access-control-")
 }
 

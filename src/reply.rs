@@ -17,6 +17,8 @@
 //! - **R7 HEAD**: a HEAD response has no body and the length the GET would have.
 //! - **R8 CORS**: `Access-Control-*` only for an origin the route lists, echoed (never `*`:
 //!   the answers are for logged-in users), with the headers a registry UI reads exposed.
+//! - **R9 rendering**: every answer is `nosniff` and sandboxed by the proxy's own
+//!   `Content-Security-Policy`, whatever type and policy the upstream gave its body.
 
 use crate::challenge;
 use crate::endpoint::Endpoint;
@@ -330,9 +332,14 @@ pub fn finish(ctx: &Context, draft: Draft) -> ClientResponse {
             h.insert(header::LOCATION, v);
         }
     }
+    // R9
     h.insert(
-        "x-content-type-options",
+        header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(headers::CONTENT_SECURITY_POLICY),
     );
     // R8
     if let Some(cors) = ctx.cors {

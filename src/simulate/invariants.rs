@@ -135,15 +135,29 @@ impl<'a> Checked<'a> {
         Ok(())
     }
 
-    /// R1: only allowlisted headers reach the client.
+    /// R1: only allowlisted headers reach the client. R9: every answer is sandboxed and
+    /// `nosniff`, by the proxy's policy alone.
     fn response_headers(&self) -> Result<(), String> {
-        match self
+        if let Some(n) = self
             .h
             .keys()
             .find(|n| !headers::is_client_response_header(n))
         {
-            Some(n) => fail("R1_HEADERS", n),
-            None => Ok(()),
+            return fail("R1_HEADERS", n);
+        }
+        let policies: Vec<_> = self
+            .h
+            .get_all(header::CONTENT_SECURITY_POLICY)
+            .iter()
+            .collect();
+        let sniffing: Vec<_> = self
+            .h
+            .get_all(header::X_CONTENT_TYPE_OPTIONS)
+            .iter()
+            .collect();
+        match (policies.as_slice(), sniffing.as_slice()) {
+            ([p], [n]) if *p == headers::CONTENT_SECURITY_POLICY && *n == "nosniff" => Ok(()),
+            _ => fail("R9_RENDERING", format!("{policies:?} {sniffing:?}")),
         }
     }
 

@@ -228,6 +228,26 @@ def test_only_allowlisted_headers_cross_either_way(proxy, env):
     assert cdn.header("Authorization") is None and cdn.header("User-Agent") is None, cdn.headers
 
 
+def test_an_upstream_page_runs_sandboxed_on_the_proxy_s_domain(proxy, env):
+    """A CDN (or registry) that answers a blob with a page and a policy that lets its scripts
+    run: served from the proxy's domain, a browser opening that URL would run them as the
+    proxy's origin (its `/-/stats`, its `/token` with a login the browser holds). The answer
+    carries the proxy's sandboxing policy alone."""
+    cdn_path = "/blobs/page"
+    page = b"<script>fetch('/-/stats')</script>"
+    env.up.route(f"/v2/{NAME}/blobs/{BLOB_DIGEST}", docker_hub_cdn_redirect(env.cdn.url + cdn_path))
+    env.cdn.route(cdn_path, lambda req: Response(
+        200, [("Content-Type", "text/html"),
+              ("Content-Security-Policy", "default-src *; script-src 'unsafe-inline'"),
+              ("X-Content-Type-Options", "sniff")], page))
+    for path in (f"/v2/{NAME}/blobs/{BLOB_DIGEST}", "/", "/v2/"):
+        r = call(proxy.url, "GET", path, headers=[("Authorization", "Bearer t")])
+        policies = [v for k, v in r.headers if k.lower() == "content-security-policy"]
+        sniffing = [v for k, v in r.headers if k.lower() == "x-content-type-options"]
+        assert policies == ["default-src 'none'; sandbox"], (path, r.headers)
+        assert sniffing == ["nosniff"], (path, r.headers)
+
+
 def test_client_query_parameters_stop_at_the_proxy(proxy, env):
     env.up.route(f"/v2/{NAME}/manifests/v1", manifest(MANIFEST))
     env.up.route(f"/v2/{NAME}/tags/list", Response(200, [], json.dumps({"name": NAME, "tags": []}).encode()))

@@ -272,7 +272,7 @@ fn home_page_escapes_and_home_redirects() {
     assert!(header(&run, "content-type").starts_with("text/html"));
     assert_eq!(
         header(&run, "content-security-policy"),
-        "default-src 'none'"
+        "default-src 'none'; sandbox"
     );
     let cfg = config(&[("home", "https://docs.example.com/registry")]);
     let run = drive(&cfg, incoming(Method::GET, "/", &[]), b"", |_| {
@@ -347,4 +347,26 @@ fn a_request_that_met_a_closing_connection_goes_once_more() {
             "{path}: a timeout is final"
         );
     }
+}
+
+#[test]
+fn an_upstream_page_runs_sandboxed_under_the_proxy_s_policy_alone() {
+    let cfg = config(&[]);
+    let req = incoming(Method::GET, &format!("/v2/web/blobs/{D}"), &[]);
+    let run = drive(&cfg, req, b"", |_| {
+        Ok(Canned::new(200)
+            .header("content-type", "text/html")
+            .header(
+                "content-security-policy",
+                "default-src *; script-src 'unsafe-inline'",
+            )
+            .header("x-content-type-options", "sniff")
+            .body("<script>fetch('/-/stats')</script>"))
+    });
+    assert_eq!(status(&run), 200);
+    let h = run.reply.head().headers();
+    let policies: Vec<_> = h.get_all("content-security-policy").iter().collect();
+    assert_eq!(policies, ["default-src 'none'; sandbox"]);
+    let sniffing: Vec<_> = h.get_all("x-content-type-options").iter().collect();
+    assert_eq!(sniffing, ["nosniff"]);
 }
