@@ -207,7 +207,11 @@ fn serve(
                 }
             }
             Step::ReadResponse { limit } => {
-                match last.take().map(|u| read_response(u.response, limit)) {
+                let timeout = exchange.timeout();
+                match last
+                    .take()
+                    .map(|u| read_response(u.response, limit, timeout))
+                {
                     Some(Ok(body)) => exchange.on_body(body),
                     Some(Err(f)) => exchange.on_failure(f),
                     None => exchange.on_failure(Failure::Other("no response to read".into())),
@@ -853,42 +857,44 @@ fn ready_within(pollable: &wasi::io::poll::Pollable, timeout: Duration) -> bool 
     wasi::io::poll::poll(&[pollable, &deadline]).contains(&0)
 }
 
-/// Whose body a read takes: an upstream's, timed by the runtime between bytes, or a client's,
-/// which the runtime waits for without end: one that sends nothing for the timeout holds an
-/// instance no longer (a thousand stalled token forms took every instance Spin has).
+/// Whose body a read takes, and how long all of it may take. The runtime times an upstream's
+/// between bytes only, and a client's not at all; but a body read whole is the client's wait
+/// for its answer, so one that drips (a byte every few seconds, each in time) holds the
+/// instance no longer than one that stops (a thousand stalled token forms took every instance
+/// Spin has).
 #[derive(Clone, Copy)]
 enum Sender {
-    Upstream,
+    Upstream(Duration),
     Client(Duration),
 }
 
 fn read_all(body: IncomingBody, limit: usize, from: Sender) -> Result<Vec<u8>, Failure> {
+    let (Sender::Upstream(timeout) | Sender::Client(timeout)) = from;
     let failed = |e: StreamError| match (from, e) {
-        (Sender::Upstream, e) => stream_failure(e),
+        (Sender::Upstream(_), e) => stream_failure(e),
         (Sender::Client(_), StreamError::LastOperationFailed(err)) => {
             Failure::ClientBody(err.to_debug_string())
         }
         (Sender::Client(_), StreamError::Closed) => Failure::ClientBody("closed".into()),
     };
+    let late = || match from {
+        Sender::Upstream(_) => Failure::Timeout,
+        Sender::Client(_) => Failure::ClientStalled,
+    };
     let stream = body.stream().map_err(|()| match from {
-        Sender::Upstream => Failure::Other("body unavailable".into()),
+        Sender::Upstream(_) => Failure::Other("body unavailable".into()),
         Sender::Client(_) => Failure::ClientBody("body unavailable".into()),
     })?;
+    let deadline = wasi::clocks::monotonic_clock::now().saturating_add(nanos(timeout));
     let mut out = Vec::new();
     loop {
-        let chunk = match from {
-            Sender::Upstream => stream.blocking_read(COPY_BYTES),
-            Sender::Client(timeout) => match stream.read(COPY_BYTES) {
-                Ok(chunk) if chunk.is_empty() => {
-                    if !ready_within(&stream.subscribe(), timeout) {
-                        return Err(Failure::ClientStalled);
-                    }
-                    continue;
+        match stream.read(COPY_BYTES) {
+            Ok(chunk) if chunk.is_empty() => {
+                let by = wasi::clocks::monotonic_clock::subscribe_instant(deadline);
+                if !wasi::io::poll::poll(&[&stream.subscribe(), &by]).contains(&0) {
+                    return Err(late());
                 }
-                read => read,
-            },
-        };
-        match chunk {
+            }
             Ok(chunk) => {
                 out.extend_from_slice(&chunk);
                 if out.len() > limit {
@@ -901,11 +907,15 @@ fn read_all(body: IncomingBody, limit: usize, from: Sender) -> Result<Vec<u8>, F
     }
 }
 
-fn read_response(resp: IncomingResponse, limit: usize) -> Result<Vec<u8>, Failure> {
+fn read_response(
+    resp: IncomingResponse,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, Failure> {
     let body = resp
         .consume()
         .map_err(|()| Failure::Other("body unavailable".into()))?;
-    read_all(body, limit, Sender::Upstream)
+    read_all(body, limit, Sender::Upstream(timeout))
 }
 
 /// Sends the response: the head, then its bytes or the upstream body streamed.

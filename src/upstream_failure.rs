@@ -12,7 +12,8 @@ pub enum Failure {
     Dns,
     /// Nothing listens there.
     Refused,
-    /// No connection, no answer or no next byte within `upstream_timeout`.
+    /// No connection, no answer or no next byte within `upstream_timeout`, or not all of a
+    /// body the proxy reads whole.
     Timeout,
     Tls,
     /// The runtime refused the destination (Spin's `allowed_outbound_hosts`).
@@ -26,8 +27,8 @@ pub enum Failure {
     Malformed(String),
     /// Anything else, in the runtime's words (for the log).
     Other(String),
-    /// The client's own body stopped arriving for the timeout (it goes upstream as it comes,
-    /// or is read first).
+    /// The client's own body stopped arriving for the timeout (it goes upstream as it comes),
+    /// or did not all arrive within it (it is read whole first).
     ClientStalled,
     /// The client's own body failed (a reset, malformed chunks), in the runtime's words.
     ClientBody(String),
@@ -107,8 +108,8 @@ impl Failure {
             ),
             Failure::ClientStalled => (
                 StatusCode::REQUEST_TIMEOUT,
-                format!("the request's body stopped arriving: nothing for {secs} s"),
-                format!("client body stalled for {secs} s"),
+                format!("the request's body did not arrive within {secs} s"),
+                format!("client body not received within {secs} s"),
             ),
             Failure::ClientBody(words) => (
                 StatusCode::BAD_REQUEST,

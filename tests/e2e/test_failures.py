@@ -117,6 +117,56 @@ def test_a_token_form_that_stops_arriving_holds_nothing(fresh, env):
     assert not env.up.requests and not env.auth.requests
 
 
+def test_a_token_form_that_drips_holds_nothing(fresh, env):
+    """A form sent a byte at a time, each in time: read whole before anything is answered,
+    all of it must come within `upstream_timeout`, or the proxy stops waiting."""
+    p = fresh(env.variables(upstream_timeout="1"))
+    head = (f"POST /token HTTP/1.1\r\nHost: 127.0.0.1:{p.port}\r\n"
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n")
+    s = socket.create_connection(("127.0.0.1", p.port), timeout=30)
+    started = time.monotonic()
+    answer = b""
+    try:
+        s.sendall(head.encode())
+        s.setblocking(False)
+        for _ in range(100):
+            try:
+                answer += s.recv(4096)
+                break
+            except BlockingIOError:
+                pass
+            try:
+                s.sendall(b"g")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            time.sleep(0.3)
+        s.settimeout(30)
+        while b"\r\n\r\n" not in answer:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    finally:
+        s.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert time.monotonic() - started < 10
+    assert not env.up.requests and not env.auth.requests
+
+
+def test_an_upstream_that_drips_a_body_read_whole_holds_nothing(fresh, env):
+    """A token realm that sends its answer a byte every 0.3 s, each within the between-bytes
+    timeout: the client waits for a body the proxy reads whole, so all of it must come within
+    `upstream_timeout` (a 64 KiB token answer at that pace held an instance for five hours)."""
+    p = fresh(env.variables(upstream_timeout="1"))
+    env.up.route("/v2/", bearer_challenge(env.auth.url + "/token", "registry"))
+    env.auth.route("/token", Response(200, [("Content-Type", "application/json")],
+                                      b'{"token": "' + b"t" * 200 + b'"}', drip=0.3))
+    r = call(p.url, "GET", f"/token?scope=repository:{NAME}:pull&service=x", timeout=60)
+    assert r.status == 504, r.describe()
+    assert oci_error_of(r)["message"] == "the upstream token service did not answer within 1 s"
+    assert r.elapsed < 10, f"answered after {r.elapsed:.1f}s with upstream_timeout=1"
+
+
 def test_a_client_that_stops_reading_a_blob_holds_nothing(fresh, env):
     """A client that takes a blob's first bytes and then reads no more: the runtime waits for a
     reader without end, so each held an instance and an upstream connection for as long as it

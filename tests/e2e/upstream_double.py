@@ -70,6 +70,7 @@ class Response:
     hang_for: float = 3600.0
     send_length: bool = True  # add Content-Length when the headers do not carry one
     cut: bool = False  # close the connection after the body, even if shorter than its length
+    drip: float = 0.0  # seconds between the body's bytes, sent one at a time (a dripping upstream)
     # Read the request, then close without a byte of answer: what a request meets when sent on
     # a keep-alive connection the server closed as idle just then (hyper: "connection closed
     # before message completed"; Spin 4.0.2 reports it to the component as HttpProtocolError).
@@ -570,7 +571,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD" and resp.status not in (204, 304) and resp.body:
             try:
-                self.wfile.write(resp.body)
+                if resp.drip:
+                    for i in range(len(resp.body)):
+                        if double._release.wait(resp.drip):
+                            break
+                        self.wfile.write(resp.body[i:i + 1])
+                        self.wfile.flush()
+                else:
+                    self.wfile.write(resp.body)
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True
         if resp.cut:
