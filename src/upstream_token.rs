@@ -125,13 +125,15 @@ pub struct Token {
 }
 
 impl Token {
-    /// The realm's answer (`token` or `access_token`, `expires_in`), received at `now`.
+    /// The realm's answer (`token` or `access_token`, `expires_in`), received at `now`. A
+    /// non-empty `access_token` wins, as docker's and containerd's clients take it: the token
+    /// the proxy uses (or hands out) is the one they would.
     pub fn from_response(body: &[u8], now: u64) -> Option<Token> {
         let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-        let token = v
-            .get("token")
-            .or_else(|| v.get("access_token"))?
-            .as_str()
+        let named = |k: &str| v.get(k).and_then(serde_json::Value::as_str);
+        let token = named("access_token")
+            .filter(|t| !t.is_empty())
+            .or_else(|| named("token"))
             .filter(|t| !t.is_empty() && HeaderValue::from_str(&format!("Bearer {t}")).is_ok())?;
         let lifetime = v
             .get("expires_in")
@@ -207,6 +209,17 @@ mod tests {
 
     #[test]
     fn tokens_expire_before_the_realm_says() {
+        for (body, token) in [
+            (&br#"{"token":"","access_token":"A"}"#[..], Some("A")),
+            (br#"{"token":null,"access_token":"A"}"#, Some("A")),
+            (br#"{"token":"T","access_token":"A"}"#, Some("A")),
+            (br#"{"token":"T","access_token":""}"#, Some("T")),
+            (br#"{"token":"T","access_token":7}"#, Some("T")),
+            (br#"{"token":"","access_token":""}"#, None),
+        ] {
+            let got = Token::from_response(body, 0).map(|t| t.token);
+            assert_eq!(got.as_deref(), token, "{}", String::from_utf8_lossy(body));
+        }
         let t = Token::from_response(br#"{"access_token":"abc","expires_in":300}"#, 1000).unwrap();
         assert_eq!(t.until, 1000 + 300 - MARGIN_SECONDS);
         let d = Token::from_response(br#"{"token":"t"}"#, 0).unwrap();
