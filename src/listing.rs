@@ -54,6 +54,19 @@ pub fn upstream_query(endpoint: &Endpoint, query: Option<&str>, names: &NameMap)
     (!p.is_empty()).then(|| encode(&p))
 }
 
+/// Whether a `Link` header pages by name (distribution's `last=`): only then does a page that
+/// ran past the prefix mean no later page holds it. An opaque cursor (Quay's `next_page`)
+/// follows the registry's own order, which may come back into the prefix.
+pub fn pages_by_name(link: &str) -> bool {
+    let mut by_name = false;
+    crate::link::rewrite(link, |target| {
+        let query = target.split_once('?').map_or("", |(_, q)| q);
+        by_name |= pairs(query).iter().any(|(k, _)| k == "last");
+        None
+    });
+    by_name
+}
+
 /// A `Link` target in client terms, or `None` to drop the link: only targets on the upstream
 /// that name an API endpoint inside the prefix survive. Relative targets stay relative; absolute
 /// ones move to the public origin; a catalog page past the prefix is dropped.

@@ -86,6 +86,32 @@ fn catalog_through_a_prefix() {
 }
 
 #[test]
+fn a_catalog_past_the_prefix_ends_only_where_pages_go_by_name() {
+    let cfg = config(&[("repository_prefix", "team")]);
+    let page = |link: &'static str| {
+        let run = drive(
+            &cfg,
+            incoming(Method::GET, "/v2/_catalog?n=2", &[]),
+            b"",
+            move |_| {
+                Ok(Canned::new(200)
+                    .header("link", link)
+                    .body(r#"{"repositories":["team/a","zeta/x"]}"#))
+            },
+        );
+        assert_eq!(run.body, br#"{"repositories":["a"]}"#);
+        header(&run, "link").to_string()
+    };
+    // distribution: sorted by name, so nothing of the prefix comes after `zeta/x`.
+    assert_eq!(page("</v2/_catalog?last=zeta%2Fx&n=2>; rel=\"next\""), "");
+    // Quay: its own order behind an opaque cursor, so `team/b` may yet come.
+    assert_eq!(
+        page("</v2/_catalog?n=2&next_page=abc>; rel=\"next\""),
+        "</v2/_catalog?n=2&next_page=abc>; rel=\"next\""
+    );
+}
+
+#[test]
 fn catalog_on_docker_hub_is_unsupported_without_a_request() {
     let cfg = config(&[("upstream", "https://registry-1.docker.io")]);
     let run = drive(
