@@ -208,7 +208,7 @@ mod tests {
     }
 
     #[test]
-    fn tokens_expire_before_the_realm_says() {
+    fn a_non_empty_access_token_wins_as_clients_choose() {
         for (body, token) in [
             (&br#"{"token":"","access_token":"A"}"#[..], Some("A")),
             (br#"{"token":null,"access_token":"A"}"#, Some("A")),
@@ -220,6 +220,10 @@ mod tests {
             let got = Token::from_response(body, 0).map(|t| t.token);
             assert_eq!(got.as_deref(), token, "{}", String::from_utf8_lossy(body));
         }
+    }
+
+    #[test]
+    fn tokens_expire_before_the_realm_says() {
         let t = Token::from_response(br#"{"access_token":"abc","expires_in":300}"#, 1000).unwrap();
         assert_eq!(t.until, 1000 + 300 - MARGIN_SECONDS);
         let d = Token::from_response(br#"{"token":"t"}"#, 0).unwrap();
