@@ -352,12 +352,12 @@ impl Exchange {
             );
         };
         let (mut parts, ()) = head.into_parts();
-        let by_name = parts
-            .headers
-            .get(header::LINK)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(listing::pages_by_name);
-        if past_end && by_name {
+        let link = parts.headers.get(header::LINK);
+        if past_end
+            && link
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(listing::pages_by_name)
+        {
             parts.headers.remove(header::LINK);
         }
         let mut draft = Draft::made(parts.status, bytes, "application/json");
