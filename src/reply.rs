@@ -14,7 +14,8 @@
 //!   upstream's entity headers (encoding, digest, ETag, range); a body it kept or read whole
 //!   carries its exact length.
 //! - **R6 errors**: an error status carries the proxy's OCI error JSON, never an upstream body.
-//! - **R7 HEAD**: a HEAD response has no body and the length the GET would have.
+//! - **R7 HEAD**: a HEAD response has no body and the length the GET would have; a 204 or
+//!   304 has no body either, and a 204 no length.
 //! - **R8 CORS**: `Access-Control-*` only for an origin the route lists, echoed (never `*`:
 //!   the answers are for logged-in users), with the headers a registry UI reads exposed.
 //! - **R9 rendering**: every answer is `nosniff` and sandboxed by the proxy's own
@@ -349,8 +350,13 @@ pub fn finish(ctx: &Context, draft: Draft) -> ClientResponse {
         // the route lets read.
         h.append(header::VARY, HeaderValue::from_static("Origin"));
     }
-    // R7
-    let bodiless = ctx.head_only || (stored && status == StatusCode::NOT_MODIFIED);
+    // R7: nor does a status that has none by definition (an upstream's 204 or 304 may send one
+    // anyway); a 204 has no length to tell either (RFC 9110 8.6).
+    let no_content = status == StatusCode::NO_CONTENT || status.is_informational();
+    if no_content {
+        h.remove(header::CONTENT_LENGTH);
+    }
+    let bodiless = ctx.head_only || no_content || status == StatusCode::NOT_MODIFIED;
     let body = match (bodiless, bytes) {
         (true, _) => ClientBody::None,
         (false, Some(b)) if stored => ClientBody::Stored(b),

@@ -300,7 +300,7 @@ pub fn canned(src: &mut Source) -> Result<Canned, Failure> {
     }
     let status = src.pick(&[
         200u16, 200, 200, 206, 301, 302, 307, 304, 400, 401, 401, 403, 404, 416, 429, 500, 503,
-        101, 600, 999,
+        101, 204, 600, 999,
     ]);
     let mut c = Canned::new(status);
     if status.to_string().starts_with('3') && src.chance(230) {

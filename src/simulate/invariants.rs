@@ -318,12 +318,21 @@ impl<'a> Checked<'a> {
         Ok(())
     }
 
-    /// R7: HEAD answers carry no body, and only they.
+    /// R7: HEAD answers carry no body, nor do 1xx, 204 and 304, and only they; a 204 tells no
+    /// length.
     fn head_has_no_body(&self) -> Result<(), String> {
-        let head_only = self.req.method == Method::HEAD;
-        if head_only != (*self.run.reply.body() == ClientBody::None) {
+        let status = self.status.as_u16();
+        let bodiless = self.req.method == Method::HEAD || matches!(status, 100..=199 | 204 | 304);
+        if bodiless != (*self.run.reply.body() == ClientBody::None) {
             let body = self.run.reply.body();
-            return fail("R7_HEAD", format!("{body:?} for {}", self.req.method));
+            return fail(
+                "R7_HEAD",
+                format!("{body:?} for {} answered {status}", self.req.method),
+            );
+        }
+        let length = self.run.reply.head().headers().get(header::CONTENT_LENGTH);
+        if matches!(status, 100..=199 | 204) && length.is_some() {
+            return fail("R7_HEAD", format!("{status} with a Content-Length"));
         }
         Ok(())
     }

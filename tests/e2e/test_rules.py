@@ -170,7 +170,6 @@ def test_every_401_carries_the_proxy_challenge(proxy, env, challenge, method):
 def test_credentials_reach_the_realm_of_a_private_repository_behind_an_open_v2(proxy, env):
     """`/v2/` answers 200 anonymously but a private repository challenges: a token request with
     credentials must take them to that realm, never answer with an anonymous token."""
-    env.up.route("/v2/", Response(200, [("Content-Type", "application/json")], b"{}"))
     env.up.route(f"/v2/{NAME}/tags/list",
                  bearer_challenge(f"{env.auth.url}/token", "reg", f"repository:{NAME}:pull"))
     env.auth.route("/token", token_response("private-token"))
@@ -182,7 +181,6 @@ def test_credentials_reach_the_realm_of_a_private_repository_behind_an_open_v2(p
     assert got.header("Authorization") == basic, got.headers
     # A refresh token the proxy has nowhere to take is an error.
     env.up.reset()
-    env.up.route("/v2/", Response(200, [("Content-Type", "application/json")], b"{}"))
     env.up.route(f"/v2/{NAME}/tags/list", Response(200, [], b'{"name":"x","tags":[]}'))
     t = call(proxy.url, "POST", "/token", headers=[("Content-Type", "application/x-www-form-urlencoded")],
              body=f"grant_type=refresh_token&refresh_token=rt&scope=repository:{NAME}:pull".encode())
@@ -246,6 +244,30 @@ def test_an_upstream_page_runs_sandboxed_on_the_proxy_s_domain(proxy, env):
         sniffing = [v for k, v in r.headers if k.lower() == "x-content-type-options"]
         assert policies == ["default-src 'none'; sandbox"], (path, r.headers)
         assert sniffing == ["nosniff"], (path, r.headers)
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_a_status_without_a_body_goes_without_one_whatever_the_upstream_sends(proxy, env, status):
+    """An upstream that sends bytes (and their length) after a 204 or 304: passed on, the client
+    would take them for the start of its next answer on the connection. The answer goes
+    without them, and a 204 without a length (RFC 9110 6.4.1, 8.6)."""
+    env.up.route(f"/v2/{NAME}/manifests/v1",
+                 Response(status, [("Content-Type", "text/plain")], b"HTTP/1.1 200 OK\r\n\r\nx"))
+    host, port = proxy.url.split("//")[1].rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request("GET", f"/v2/{NAME}/manifests/v1", headers={"If-None-Match": '"x"'})
+        r = conn.getresponse()
+        r.read()
+        assert r.status == status, r.getheaders()
+        if status == 204:
+            assert r.getheader("Content-Length") is None, r.getheaders()
+        # The same connection: the next answer is read from the first byte after the last.
+        conn.request("GET", "/")
+        r = conn.getresponse()
+        assert r.status == 200 and b"<html" in r.read().lower(), r.getheaders()
+    finally:
+        conn.close()
 
 
 def test_client_query_parameters_stop_at_the_proxy(proxy, env):
