@@ -738,19 +738,38 @@ impl Exchange {
             },
         );
         self.cause = Some(e.message.clone());
-        let mut allow = vec!["GET", "HEAD"];
-        let writes = [Method::POST, Method::PUT, Method::PATCH, Method::DELETE];
-        if let Some(endpoint) = self.endpoint.clone() {
-            let taken = writes.iter().filter(|m| {
-                endpoint == Endpoint::Token && **m == Method::POST
-                    || self.write_action(m, &endpoint).is_some()
-            });
-            allow.extend(taken.map(Method::as_str));
-        }
-        let allow = HeaderValue::from_str(&allow.join(", "))
-            .unwrap_or(HeaderValue::from_static("GET, HEAD"));
+        let allow =
+            HeaderValue::from_str(&self.allowed_methods()).unwrap_or(HeaderValue::from_static(""));
         let draft = Draft::error(&e).with_header(header::ALLOW, allow);
         self.reply(draft)
+    }
+
+    /// What a 405's `Allow` names: the methods the endpoint takes on this route. An upload's
+    /// path takes only writes, so on a route without pushes it names none (RFC 9110 10.2.1:
+    /// "disabled by configuration").
+    fn allowed_methods(&self) -> String {
+        let endpoint = self.endpoint.as_ref();
+        let reads = !matches!(endpoint, Some(Endpoint::Upload { .. }));
+        let methods = [
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ];
+        let taken = |m: &Method| match endpoint {
+            _ if reads && matches!(*m, Method::GET | Method::HEAD) => true,
+            Some(Endpoint::Token) => *m == Method::POST,
+            Some(e) => self.write_action(m, e).is_some(),
+            None => false,
+        };
+        let named: Vec<&str> = methods
+            .iter()
+            .filter(|m| taken(m))
+            .map(Method::as_str)
+            .collect();
+        named.join(", ")
     }
 
     fn unexpected(&self, status: StatusCode) -> OciError {

@@ -278,8 +278,11 @@ def test_write_methods_are_405_and_never_forwarded(proxy, env, method, path):
     r = call(proxy.url, method, path, headers=[("Content-Type", "application/octet-stream")],
              body=body)
     assert r.status == 405, r.describe()
-    allow = {m.strip().upper() for m in (r.header("Allow") or "").split(",") if m.strip()}
-    assert allow == {"GET", "HEAD"}, r.describe()
+    assert r.header("Allow") is not None, r.describe()
+    allow = {m.strip().upper() for m in r.header("Allow").split(",") if m.strip()}
+    # An upload's path takes writes alone: on a route without pushes, no method (RFC 9110
+    # 10.2.1); elsewhere the reads.
+    assert allow == (set() if "/blobs/uploads/" in path else {"GET", "HEAD"}), r.describe()
     assert oci_error_of(r)["code"] == "UNSUPPORTED", r.describe()
     time.sleep(0.1)
     assert env.up.requests == [], [(x.method, x.target) for x in env.up.requests]

@@ -274,9 +274,22 @@ fn a_405_allows_what_the_route_takes_there() {
         allow("rw.example.com", Method::PUT, "/v2/app/tags/list"),
         "GET, HEAD"
     );
+    // An upload's path takes writes alone: a GET there is no read (RFC 9110 10.2.1).
     assert_eq!(
         allow("rw.example.com", Method::PUT, "/v2/app/blobs/uploads/"),
-        "GET, HEAD, POST"
+        "POST"
+    );
+    assert_eq!(
+        allow("rw.example.com", Method::POST, "/v2/app/blobs/uploads/u1"),
+        "GET, HEAD, PUT, PATCH, DELETE"
+    );
+    assert_eq!(
+        allow("ro.example.com", Method::GET, "/v2/app/blobs/uploads/"),
+        ""
+    );
+    assert_eq!(
+        allow("ro.example.com", Method::PATCH, "/v2/app/blobs/uploads/u1"),
+        ""
     );
     assert_eq!(
         allow("rw.example.com", Method::DELETE, "/token"),
