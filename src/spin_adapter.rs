@@ -268,9 +268,7 @@ fn release(upstream: Option<Upstream>) {
     loop {
         match stream.read(left) {
             Ok(chunk) if chunk.is_empty() => {
-                let readable = stream.subscribe();
-                let ready = wasi::io::poll::poll(&[&readable, &deadline]);
-                if !ready.contains(&0) {
+                if !ready_before(&stream.subscribe(), &deadline) {
                     return;
                 }
             }
@@ -659,12 +657,9 @@ fn response(
     future: spin_sdk::wit::wasi::http0_2_0::types::FutureIncomingResponse,
     timeout: Duration,
 ) -> Result<IncomingResponse, Failure> {
-    let deadline = wasi::clocks::monotonic_clock::subscribe_duration(nanos(timeout));
-    let ready = future.subscribe();
-    if !wasi::io::poll::poll(&[&ready, &deadline]).contains(&0) {
+    if !ready_within(&future.subscribe(), timeout) {
         return Err(Failure::Timeout);
     }
-    drop(ready);
     match future.get() {
         Some(Ok(Ok(resp))) => Ok(resp),
         Some(Ok(Err(code))) => Err(failure(code)),
@@ -853,8 +848,16 @@ fn flush_within(output: &OutputStream, timeout: Duration) -> Result<(), Blocked>
 
 /// Whether `pollable` is ready within `timeout`.
 fn ready_within(pollable: &wasi::io::poll::Pollable, timeout: Duration) -> bool {
-    let deadline = wasi::clocks::monotonic_clock::subscribe_duration(nanos(timeout));
-    wasi::io::poll::poll(&[pollable, &deadline]).contains(&0)
+    ready_before(
+        pollable,
+        &wasi::clocks::monotonic_clock::subscribe_duration(nanos(timeout)),
+    )
+}
+
+/// Whether `pollable` is ready before the clock's `deadline` is: one deadline made once bounds
+/// several waits in all.
+fn ready_before(pollable: &wasi::io::poll::Pollable, deadline: &wasi::io::poll::Pollable) -> bool {
+    wasi::io::poll::poll(&[pollable, deadline]).contains(&0)
 }
 
 /// Whose body a read takes, and how long all of it may take. The runtime times an upstream's
@@ -885,13 +888,12 @@ fn read_all(body: IncomingBody, limit: usize, from: Sender) -> Result<Vec<u8>, F
         Sender::Upstream(_) => Failure::Other("body unavailable".into()),
         Sender::Client(_) => Failure::ClientBody("body unavailable".into()),
     })?;
-    let deadline = wasi::clocks::monotonic_clock::now().saturating_add(nanos(timeout));
+    let deadline = wasi::clocks::monotonic_clock::subscribe_duration(nanos(timeout));
     let mut out = Vec::new();
     loop {
         match stream.read(COPY_BYTES) {
             Ok(chunk) if chunk.is_empty() => {
-                let by = wasi::clocks::monotonic_clock::subscribe_instant(deadline);
-                if !wasi::io::poll::poll(&[&stream.subscribe(), &by]).contains(&0) {
+                if !ready_before(&stream.subscribe(), &deadline) {
                     return Err(late());
                 }
             }
