@@ -143,6 +143,23 @@ pub fn sign(secret: &[u8], claims: &Claims) -> String {
     format!("{signed}.{signature}")
 }
 
+/// Whether `token` is shaped as one the proxy signs (its header, its issuer), signed or not:
+/// such a token is for the proxy alone, and a route without users must not hand it to its
+/// upstream, which could replay it here.
+pub fn is_own(token: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Issuer {
+        iss: String,
+    }
+    let mut parts = token.splitn(3, '.');
+    let (Some(HEADER), Some(payload)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    decode_url(payload)
+        .and_then(|b| serde_json::from_slice::<Issuer>(&b).ok())
+        .is_some_and(|c| c.iss == ISSUER)
+}
+
 /// The claims of `token` if one of `secrets` signed it, for `audience` and `route` (`None`:
 /// any route, for a host's `/v2/`), at `now`.
 pub fn verify(
@@ -189,6 +206,20 @@ mod tests {
     const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
     const OLD: &[u8] = b"fedcba9876543210fedcba9876543210";
     const ORIGIN: &str = "https://images.example.com";
+
+    #[test]
+    fn the_proxy_s_tokens_are_told_from_others_signed_or_not() {
+        assert!(is_own(&token(KEY, 300)));
+        assert!(is_own(&token(OLD, 0)));
+        let foreign = Claims {
+            iss: "auth.docker.io".into(),
+            ..Claims::new("alice", ORIGIN, "private", 1000, 300)
+        };
+        assert!(!is_own(&sign(KEY, &foreign)));
+        assert!(!is_own("eyJhbGciOiJSUzI1NiJ9.e30.sig"));
+        assert!(!is_own("opaque-registry-token"));
+        assert!(!is_own(&format!("{HEADER}.!!!.x")));
+    }
 
     fn token(secret: &[u8], exp_in: u64) -> String {
         let mut c = Claims::new("alice", ORIGIN, "private", 1000, exp_in);

@@ -237,7 +237,8 @@ pub fn bearer_token(value: Option<&HeaderValue>) -> Option<&str> {
 
 /// The `Authorization` to send upstream for what the client sent: Basic credentials and
 /// Bearer tokens (the upstream realm's own) pass, a marked anonymous token as the realm's
-/// token it carries; the proxy's `anonymous` token and other schemes do not.
+/// token it carries; the proxy's `anonymous` token, its users' tokens (for the proxy alone,
+/// whichever route they are shown) and other schemes do not.
 pub fn upstream_authorization(client: Option<&HeaderValue>) -> Option<HeaderValue> {
     let value = client?;
     if is_basic(value) {
@@ -247,7 +248,8 @@ pub fn upstream_authorization(client: Option<&HeaderValue>) -> Option<HeaderValu
     if let Some(marked) = crate::anonymous_token::Marked::parse(token) {
         return HeaderValue::from_str(&format!("Bearer {}", marked.token)).ok();
     }
-    (token != ANONYMOUS_TOKEN).then(|| value.clone())
+    let the_proxy_s = token == ANONYMOUS_TOKEN || crate::proxy_token::is_own(token);
+    (!the_proxy_s).then(|| value.clone())
 }
 
 /// The anonymous token response, shaped as registries send theirs.

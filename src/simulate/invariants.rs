@@ -109,11 +109,17 @@ impl<'a> Checked<'a> {
             }
         }
         // USERS: on a route for the proxy's users, the client's Authorization (their token,
-        // or their password) never leaves the proxy.
+        // or their password) never leaves the proxy; on any route, a token the proxy signs.
         if route.access == RouteAccess::Users
             && theirs.is_some_and(|a| clients.iter().any(|c| c == a))
         {
             return fail("USERS", format!("the client's Authorization sent to {o}"));
+        }
+        let signed_here = theirs
+            .and_then(|a| crate::token::bearer_token(Some(a)))
+            .is_some_and(crate::proxy_token::is_own);
+        if signed_here {
+            return fail("USERS", format!("a token the proxy signs sent to {o}"));
         }
         // READ_ONLY: nothing but reads (and the token form to a realm) goes upstream, but on
         // a route that takes writes, never one open to everyone, the client's own write.

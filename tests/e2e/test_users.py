@@ -19,6 +19,7 @@ import pytest
 import clients
 import harness
 from clients import call, oci_error_of
+from upstream_double import MANIFEST, manifest
 from upstreams import ALICE
 
 SECRET = "e2e-token-secret-0123456789abcdef0123"
@@ -131,6 +132,31 @@ def test_a_login_is_checked_where_an_open_route_shares_the_host(ups, seeded, pod
         right = podman("login", "--tls-verify=false", "-u", CUSTOMER[0], "-p", CUSTOMER[1],
                        host)
         assert "Login Succeeded" in right.stdout, right
+    finally:
+        p.stop()
+
+
+def test_a_user_s_token_never_reaches_another_route_s_registry(ups, seeded, env):
+    """A customer's token shown on a path another route serves, from another registry: that
+    registry got it byte for byte, and could replay it at the proxy for the customer's
+    images. It leaves the proxy for no one."""
+    env.up.route("/v2/", manifest(MANIFEST), prefix=True)
+    routes = [{"name": "open", "path": "open", "upstream": env.up.url},
+              {**table(ups)[0], "path": "vendor"}]
+    variables = {"routes": json.dumps(routes), "users": users(), "token_secret": SECRET}
+    allowed = [env.up.url, ups.token.url, ups.token_server.url, ups.token.cdn.url]
+    p = harness.start_proxy(variables, allowed_hosts=allowed, name="two-registries-proxy")
+    try:
+        login = base64.b64encode(":".join(CUSTOMER).encode()).decode()
+        r = call(p.url, "GET", f"/token?scope=repository:vendor/{PRIVATE}:pull",
+                 headers=[("Authorization", f"Basic {login}")])
+        assert r.status == 200, r.describe()
+        token = r.json()["token"]
+        r = call(p.url, "GET", "/v2/open/app/manifests/latest",
+                 headers=[("Authorization", f"Bearer {token}")])
+        assert r.status == 200, r.describe()
+        sent = [x.header("Authorization") for x in env.up.requests]
+        assert sent == [None], sent
     finally:
         p.stop()
 

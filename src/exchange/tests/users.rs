@@ -155,6 +155,25 @@ fn a_user_pulls_with_a_token_the_proxy_signs_and_the_upstream_sees_the_route_s_a
     assert_eq!((status(&run), run.sent.len()), (200, 0));
 }
 
+/// A user's token shown to a route without users (another host, another registry): that
+/// upstream sees no one, never the token, which it could replay at the proxy.
+#[test]
+fn a_user_s_token_never_reaches_another_route_s_upstream() {
+    let token = token_of(&login("alice", "s3cret", "repository:team/web:pull"));
+    let req = at(
+        "open.example.com",
+        Method::GET,
+        "/v2/library/app/manifests/1.0",
+    );
+    let req = with_auth(req, &format!("Bearer {token}"));
+    let run = drive_users(&cfg(""), req, b"", &mut HashMap::new());
+    assert_eq!(status(&run), 200, "{run:?}");
+    assert!(!run.sent.is_empty());
+    for sent in &run.sent {
+        assert_eq!(sent.headers().get(header::AUTHORIZATION), None, "{sent:?}");
+    }
+}
+
 /// A `users` route without an account of its own: the upstream sees no one, never the user's
 /// token.
 #[test]
