@@ -75,8 +75,16 @@ impl Endpoint {
             let tail = &rest[i + "/blobs/uploads".len()..];
             let session = tail.trim_start_matches('/');
             if tail.is_empty() || tail.starts_with('/') {
+                // A session's segments are the upstream's id, never words of the API: the
+                // upstream would read `x/manifests/v1` after `uploads/` as a manifest of a
+                // repository named up to `x`, one the route was never asked about.
                 let valid = session.len() <= 512
-                    && !session.split('/').any(|s| s == ".." || s == ".")
+                    && !session.split('/').any(|s| {
+                        matches!(
+                            s,
+                            ".." | "." | "manifests" | "blobs" | "tags" | "referrers" | "uploads"
+                        )
+                    })
                     && session
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b"-_.=~/+".contains(&b));
@@ -303,6 +311,14 @@ mod tests {
                 session: None
             }
         );
+        // An id with `/` (standard base64) is the upstream's to read.
+        assert_eq!(
+            Endpoint::parse("/v2/a/blobs/uploads/q+x/y=").unwrap(),
+            Endpoint::Upload {
+                name: "a".into(),
+                session: Some("q+x/y=".into())
+            }
+        );
         assert_eq!(
             Endpoint::parse("/v2/a/blobs/uploads/abc-123").unwrap(),
             Endpoint::Upload {
@@ -314,6 +330,9 @@ mod tests {
             "/v2/a/blobs/uploads/../x",
             "/v2/a/blobs/uploads/a%2e",
             "/v2/a/blobs/uploads/a b",
+            "/v2/a/blobs/uploads/x/manifests/v1",
+            "/v2/a/blobs/uploads/x/y/blobs/uploads/z",
+            "/v2/a/blobs/uploads/x/referrers/sha256-0",
         ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }

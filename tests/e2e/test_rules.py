@@ -270,6 +270,30 @@ def test_a_status_without_a_body_goes_without_one_whatever_the_upstream_sends(pr
         conn.close()
 
 
+def test_an_upload_session_never_carries_a_path_of_the_api(env, fresh):
+    """A session id is the upstream's, after `blobs/uploads/`: one that ends in
+    `manifests/v1` (or `blobs/uploads/...`) is read by the registry (distribution 2.8 does) as a
+    manifest of the repository named up to it, one the route was never asked about, whatever
+    its allow list says: a pusher read and tagged there. None of it goes upstream."""
+    env.up.route("/", Response(202, [("Location", "/v2/app/blobs/uploads/u1")]), prefix=True)
+    routes = [{"name": "w", "upstream": env.up.url, "auth": env.auth.url, "cdn": env.cdn.url,
+               "push": True, "allow": ["app"]}]
+    p = fresh(env.variables(routes=json.dumps(routes)), name="proxy-sessions")
+    for method, path in [("GET", "/v2/app/blobs/uploads/x/manifests/v1"),
+                         ("PUT", "/v2/app/blobs/uploads/x/manifests/v2"),
+                         ("DELETE", "/v2/app/blobs/uploads/x/manifests/v1"),
+                         ("PATCH", "/v2/app/blobs/uploads/x/y/blobs/uploads/z"),
+                         ("GET", f"/v2/app/blobs/uploads/x/referrers/{BLOB_DIGEST}")]:
+        r = call(p.url, method, path, headers=[("Content-Type", "application/octet-stream")],
+                 body=b"" if method in ("GET", "DELETE") else b"{}")
+        assert r.status == 404, (path, r.describe())
+        assert oci_error_of(r)["code"] == "BLOB_UPLOAD_UNKNOWN", r.describe()
+    # The route still takes its own uploads.
+    r = call(p.url, "GET", "/v2/app/blobs/uploads/u1")
+    assert r.status == 202, r.describe()
+    assert [x.target for x in env.up.requests] == ["/v2/app/blobs/uploads/u1"]
+
+
 def test_client_query_parameters_stop_at_the_proxy(proxy, env):
     env.up.route(f"/v2/{NAME}/manifests/v1", manifest(MANIFEST))
     env.up.route(f"/v2/{NAME}/tags/list", Response(200, [], json.dumps({"name": NAME, "tags": []}).encode()))
