@@ -16,18 +16,41 @@ pub struct Entry<'a> {
     pub cause: Option<&'a str>,
 }
 
-/// `text` as one quoted token: quotes and backslashes escaped, control characters dropped.
+/// `text` as one quoted token: quotes and backslashes escaped, and every character but
+/// printable ASCII as `\u{..}`: a client's or an upstream's words then cannot break the line,
+/// colour a terminal or turn the text around (C1 controls, U+2028, bidirectional overrides).
 fn quoted(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
     out.push('"');
-    for c in text.chars().filter(|c| !c.is_control()) {
-        if c == '"' || c == '\\' {
-            out.push('\\');
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
         }
-        out.push(c);
     }
     out.push('"');
     out
+}
+
+/// The client's path as one token: bytes other than printable ASCII percent-encoded, as they
+/// came on the wire.
+fn path_token(path: &str) -> std::borrow::Cow<'_, str> {
+    if path.bytes().all(|b| b.is_ascii_graphic()) {
+        return path.into();
+    }
+    let mut out = String::with_capacity(path.len() + 8);
+    for b in path.bytes() {
+        if b.is_ascii_graphic() {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out.into()
 }
 
 pub fn line(e: &Entry) -> String {
@@ -37,7 +60,7 @@ pub fn line(e: &Entry) -> String {
     let mut line = format!(
         "{} {} status={} upstream={upstream} bytes={} ms={}",
         e.method,
-        e.path,
+        path_token(e.path),
         e.status,
         e.bytes,
         e.elapsed.as_millis()
@@ -70,7 +93,30 @@ mod tests {
         );
         e.cause = Some("cannot resolve \"x\"\nnext");
         let l = line(&e);
-        assert!(l.ends_with(r#" error="cannot resolve \"x\"next""#), "{l}");
+        assert!(
+            l.ends_with(r#" error="cannot resolve \"x\"\u{a}next""#),
+            "{l}"
+        );
         assert!(!l.contains('\n'));
+    }
+
+    #[test]
+    fn a_client_s_or_upstream_s_words_stay_printable_ascii_on_one_line() {
+        let e = Entry {
+            method: "GET",
+            path: "/v2/a/manifests/x\u{85}FAKE\u{9b}31m\u{2028}\u{202e} \r\n",
+            cause: Some("realm \u{1b}[31m\u{2028}\u{202e}said \u{85}no"),
+            ..Entry::default()
+        };
+        let l = line(&e);
+        assert!(l.bytes().all(|b| b.is_ascii_graphic() || b == b' '), "{l}");
+        assert!(
+            l.starts_with("GET /v2/a/manifests/x%C2%85FAKE%C2%9B31m%E2%80%A8%E2%80%AE%20%0D%0A "),
+            "{l}"
+        );
+        assert!(
+            l.ends_with(r#"error="realm \u{1b}[31m\u{2028}\u{202e}said \u{85}no""#),
+            "{l}"
+        );
     }
 }
