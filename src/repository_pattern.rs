@@ -28,6 +28,18 @@ impl Pattern {
     pub fn matches(&self, name: &str) -> bool {
         glob(self.0.as_bytes(), name.as_bytes())
     }
+
+    /// Whether the pattern matches some name under `path/` (a route's path: every name its
+    /// clients use starts so): some start of it matches `path/` exactly, and the rest can
+    /// stand for more.
+    pub fn can_match_under(&self, path: &str) -> bool {
+        let p = self.0.as_bytes();
+        let under = format!("{path}/");
+        (0..=p.len()).any(|k| {
+            let more = k < p.len() || p.ends_with(b"**");
+            more && glob(&p[..k], under.as_bytes())
+        })
+    }
 }
 
 /// Matching that backtracks only to the last `**` and the last `*` after it: between two
@@ -90,6 +102,21 @@ mod tests {
 
     fn m(p: &str, n: &str) -> bool {
         Pattern::parse(p).unwrap().matches(n)
+    }
+
+    #[test]
+    fn a_pattern_under_a_route_s_path_starts_with_it_or_stands_for_it() {
+        let under = |p: &str| Pattern::parse(p).unwrap().can_match_under("priv");
+        for p in [
+            "priv/*", "priv/app", "priv/**", "**", "*/app", "pr*/x", "p**", "**/x",
+        ] {
+            assert!(under(p), "{p}");
+        }
+        for p in ["secret*", "app", "priv", "pub/*", "p*", "priv/"] {
+            assert!(!under(p), "{p}");
+        }
+        let deep = Pattern::parse("team/*/x").unwrap();
+        assert!(deep.can_match_under("team/a") && !deep.can_match_under("other/a"));
     }
 
     #[test]

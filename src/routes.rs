@@ -480,6 +480,8 @@ fn build(raw: RawRoute, index: usize, defaults: Defaults) -> Result<Route, Confi
     let access = access(&f, raw.access.as_deref(), raw.public, credentials.is_some())?;
     let logins = logins(&f, access, raw.client_credentials, credentials.is_some())?;
     let (push, delete) = writes(&f, access, raw.push, raw.delete)?;
+    let allow = patterns(&f, "allow", raw.allow, &served.path)?;
+    let deny = patterns(&f, "deny", raw.deny, &served.path)?;
     Ok(Route {
         name: raw.name.unwrap_or_else(|| format!("{}", index + 1)),
         hosts: served.hosts,
@@ -502,12 +504,32 @@ fn build(raw: RawRoute, index: usize, defaults: Defaults) -> Result<Route, Confi
         logins,
         credentials,
         access,
-        allow: raw.allow.unwrap_or_default(),
-        deny: raw.deny.unwrap_or_default(),
+        allow,
+        deny,
         push,
         delete,
         cors: f.origins("cors", raw.cors, &[], false)?,
     })
+}
+
+/// A route's allow or deny list. Its patterns are over the names clients use, the route's
+/// path included: one that names nothing under the path (`secret*` on a route at `priv/`) is
+/// an error, not a list that silently holds nothing.
+fn patterns(
+    f: &Fields,
+    field: &str,
+    list: Option<Vec<Pattern>>,
+    path: &str,
+) -> Result<Vec<Pattern>, ConfigError> {
+    let list = list.unwrap_or_default();
+    if !path.is_empty() && list.iter().any(|p| !p.can_match_under(path)) {
+        return Err(f.err(
+            field,
+            "a pattern names no repository under the route's path (patterns match the names \
+             clients use, the path included: path/...)",
+        ));
+    }
+    Ok(list)
 }
 
 /// Where a route is reached: by host, by path, by the registries it mirrors.
@@ -886,6 +908,14 @@ mod tests {
             (
                 r#"[{"name": "a", "preset": "nope"}]"#,
                 "route \"a\": preset",
+            ),
+            (
+                r#"[{"name": "a", "preset": "ghcr", "path": "priv", "deny": ["secret*"]}]"#,
+                "route \"a\": deny",
+            ),
+            (
+                r#"[{"name": "a", "preset": "ghcr", "path": "priv", "allow": ["priv/*", "app"]}]"#,
+                "route \"a\": allow",
             ),
             (
                 r#"[{"name": "a", "upstream": "https://robot:TOKEN99@ghcr.io"}]"#,

@@ -119,7 +119,7 @@ def test_a_login_is_checked_where_an_open_route_shares_the_host(ups, seeded, pod
     request with no scope) went to the open route, which dropped the credentials and gave an
     anonymous token: "Login Succeeded!" whatever the password."""
     routes = [{"name": "open", "upstream": ups.anon.url},
-              {**table(ups)[0], "path": "vendor"}]
+              {**table(ups)[0], "path": "vendor", "deny": ["vendor/private/forbidden*"]}]
     variables = {"routes": json.dumps(routes), "users": users(), "token_secret": SECRET}
     allowed = [ups.anon.url, ups.token.url, ups.token_server.url, ups.token.cdn.url]
     p = harness.start_proxy(variables, allowed_hosts=allowed, name="shared-host-proxy")
@@ -142,7 +142,7 @@ def test_a_user_s_token_never_reaches_another_route_s_registry(ups, seeded, env)
     images. It leaves the proxy for no one."""
     env.up.route("/v2/", manifest(MANIFEST), prefix=True)
     routes = [{"name": "open", "path": "open", "upstream": env.up.url},
-              {**table(ups)[0], "path": "vendor"}]
+              {**table(ups)[0], "path": "vendor", "deny": ["vendor/private/forbidden*"]}]
     variables = {"routes": json.dumps(routes), "users": users(), "token_secret": SECRET}
     allowed = [env.up.url, ups.token.url, ups.token_server.url, ups.token.cdn.url]
     p = harness.start_proxy(variables, allowed_hosts=allowed, name="two-registries-proxy")
