@@ -150,8 +150,10 @@ impl Exchange {
     }
 
     /// The query a write takes upstream: an upload's own (`_state`, `digest`) as it came; a
-    /// cross-repository mount's `from` in upstream names, or dropped (a plain upload then, as
-    /// the spec has registries do) when the route does not serve it; containerd's `ns` never.
+    /// cross-repository mount's `from` in upstream names, once, or dropped (a plain upload
+    /// then, as the spec has registries do) when the route does not serve it; containerd's
+    /// `ns` never. The start of an upload takes the spec's parameters alone: a session's
+    /// others are the registry's own, from its Location.
     fn write_query(&self, endpoint: &Endpoint, query: Option<&str>) -> Option<String> {
         let query = query?;
         let mut out = url::form_urlencoded::Serializer::new(String::new());
@@ -175,13 +177,21 @@ impl Exchange {
                 }),
             _ => None,
         };
+        let start = matches!(endpoint, Endpoint::Upload { session: None, .. });
+        let mut from_sent = false;
         for (k, v) in &pairs {
             match k.as_str() {
                 "ns" => {}
                 "from" | "mount" if mount_from.is_none() => {}
+                "from" if from_sent => {}
                 "from" => {
+                    from_sent = true;
                     out.append_pair(k, mount_from.as_deref().unwrap_or_default());
                 }
+                "mount" | "digest" => {
+                    out.append_pair(k, v);
+                }
+                _ if start => {}
                 _ => {
                     out.append_pair(k, v);
                 }

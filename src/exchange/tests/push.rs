@@ -119,6 +119,11 @@ fn a_mount_from_a_repository_the_route_serves_maps_and_any_other_falls_back_to_a
     // The route's deny list names it: a plain upload, which the spec lets a registry make.
     assert_eq!(mount("secret"), "");
     assert_eq!(mount("..%2Fx"), "");
+    // One `from`, the first: a second would name a repository nobody checked.
+    assert_eq!(
+        mount("base/img&from=secret&_state=forged&x=1"),
+        format!("mount={}&from=team%2Fbase%2Fimg", D.replace(':', "%3A"))
+    );
 }
 
 #[test]
