@@ -25,6 +25,12 @@ pub const MAX_BUCKETS: u64 = 640;
 /// a few KiB).
 pub const MAX_MANIFEST: usize = 128 << 10;
 
+/// How long a manifest fetched by digest is kept: its bytes never change, but the upstream
+/// may delete it (a leaked secret, a withdrawn release), and a pull through the proxy should
+/// not outlive that for long. A week, as distribution's own pull-through cache keeps what it
+/// fetched (its `proxy.ttl`, 168h by default).
+pub const MANIFEST_SECONDS: u64 = 7 * 24 * 3600;
+
 /// How long the upstream's `/v2/` answer (its challenge) is trusted.
 pub const BASE_SECONDS: u64 = 300;
 
@@ -228,7 +234,7 @@ fn named_types(accepts: &[String]) -> impl Iterator<Item = &str> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry<T> {
     pub identity: String,
-    /// Unix seconds; `u64::MAX` for what never changes.
+    /// Unix seconds.
     pub until: u64,
     pub value: T,
 }

@@ -583,7 +583,7 @@ impl Exchange {
             if let Some(id) = self.identity(Kind::Manifest, &[&name, &digest]) {
                 let entry = Entry {
                     identity: id,
-                    until: u64::MAX,
+                    until: self.now.saturating_add(cache::MANIFEST_SECONDS),
                     value: cache::Manifest::new(media_type.clone(), &body),
                 };
                 self.keep(Kind::Manifest, entry);

@@ -209,6 +209,13 @@ fn a_warm_pull_costs_the_upstream_nothing() {
     assert_eq!(docker_pull(&cfg, &mut store), 5);
     assert_eq!(docker_pull(&cfg, &mut store), 0);
     assert!(!format!("{store:?}").contains("s3cret"));
+    // A manifest by digest is kept a week (the upstream may delete it), not for good.
+    let now = incoming(Method::GET, "/", &[]).now;
+    let manifests = entries(&store, "manifest");
+    assert!(!manifests.is_empty());
+    for (_, until, _) in manifests {
+        assert_eq!(until, now + 7 * 24 * 3600);
+    }
     // With tags not kept, the tag goes upstream each time (a HEAD), the rest stays warm.
     let cfg = config(&[("tag_ttl", "0")]);
     let mut store = std::collections::HashMap::new();
