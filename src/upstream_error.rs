@@ -18,6 +18,18 @@ fn code_of(body: &[u8]) -> Option<ErrorCode> {
     ErrorCode::parse(v.get("errors")?.get(0)?.get("code")?.as_str()?)
 }
 
+/// Whether the registry said it has the manifest, in a type the request's `Accept` does not
+/// name (distribution: "OCI manifest found, but accept header does not support OCI
+/// manifests"): the one 404 a client's user can act on (a newer client), said in the proxy's
+/// words.
+fn not_accepted(body: &[u8]) -> bool {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    let message = v["errors"][0]["message"].as_str().unwrap_or_default();
+    message.to_ascii_lowercase().contains("accept header")
+}
+
 /// The code a status stands for on this endpoint, for bodies without one (HEAD, HTML, XML).
 fn code_for_status(status: StatusCode, endpoint: &Endpoint) -> ErrorCode {
     match status.as_u16() {
@@ -48,10 +60,15 @@ pub fn client_error(status: StatusCode, body: Option<&[u8]>, endpoint: &Endpoint
         ErrorCode::Unauthorized | ErrorCode::Denied | ErrorCode::TooManyRequests => by_status,
         _ => body.and_then(code_of).unwrap_or(by_status),
     };
-    let message = match endpoint.name() {
+    let mut message = match endpoint.name() {
         Some(name) => format!("{}: {name}", code.description()),
         None => code.description().to_string(),
     };
+    if code == ErrorCode::ManifestUnknown && body.is_some_and(not_accepted) {
+        message.push_str(
+            " (the registry has it in a media type this request's Accept header does not name)",
+        );
+    }
     OciError::new(status, code, message).because(format!("upstream answered {status}"))
 }
 
@@ -64,6 +81,17 @@ mod tests {
             name: "web".into(),
             reference: "1.0".into(),
         }
+    }
+
+    #[test]
+    fn a_manifest_in_a_type_the_client_does_not_accept_says_so_in_the_proxy_s_words() {
+        let body = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"OCI manifest found, but accept header does not support OCI manifests"}]}"#;
+        let e = client_error(StatusCode::NOT_FOUND, Some(body), &manifest());
+        assert_eq!(e.code, ErrorCode::ManifestUnknown);
+        assert!(e.message.ends_with(": web (the registry has it in a media type this request's Accept header does not name)"), "{}", e.message);
+        let plain = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{"Tag":"1.0"}}]}"#;
+        let e = client_error(StatusCode::NOT_FOUND, Some(plain), &manifest());
+        assert!(e.message.ends_with(": web"), "{}", e.message);
     }
 
     #[test]

@@ -89,6 +89,13 @@ def test_errors_pass_through(make_target, needs_proxy):
     r = c.request("HEAD", "/v2/multiarch/manifests/no-such-tag",
                   {"Accept": clients.MANIFEST_ACCEPT})
     assert r.status == 404 and r.body == b"", r
+    # An OCI index asked for by a client that names only Docker's manifest type: distribution
+    # says it has one, which tells the user what to change; the proxy says so in its words.
+    r = c.request("GET", "/v2/multiarch/manifests/latest",
+                  {"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+    assert r.status == 404, r
+    message = r.json()["errors"][0]["message"]
+    assert message.endswith("in a media type this request's Accept header does not name)"), r
 
 
 def test_listener_rejects_tls_fast(make_target, needs_proxy):
