@@ -171,6 +171,7 @@ def test_every_401_carries_the_proxy_challenge(proxy, env, challenge, method):
 def test_credentials_reach_the_realm_of_a_private_repository_behind_an_open_v2(proxy, env):
     """`/v2/` answers 200 anonymously but a private repository challenges: a token request with
     credentials must take them to that realm, never answer with an anonymous token."""
+    env.up.route("/v2/", Response(200, [("Content-Type", "application/json")], b"{}"))
     env.up.route(f"/v2/{NAME}/tags/list",
                  bearer_challenge(f"{env.auth.url}/token", "reg", f"repository:{NAME}:pull"))
     env.auth.route("/token", token_response("private-token"))
@@ -182,6 +183,7 @@ def test_credentials_reach_the_realm_of_a_private_repository_behind_an_open_v2(p
     assert got.header("Authorization") == basic, got.headers
     # A refresh token the proxy has nowhere to take is an error.
     env.up.reset()
+    env.up.route("/v2/", Response(200, [("Content-Type", "application/json")], b"{}"))
     env.up.route(f"/v2/{NAME}/tags/list", Response(200, [], b'{"name":"x","tags":[]}'))
     t = call(proxy.url, "POST", "/token", headers=[("Content-Type", "application/x-www-form-urlencoded")],
              body=f"grant_type=refresh_token&refresh_token=rt&scope=repository:{NAME}:pull".encode())
