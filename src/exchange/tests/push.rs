@@ -262,44 +262,26 @@ fn deletes_go_upstream_only_where_the_route_says_so() {
 
 #[test]
 fn a_405_allows_what_the_route_takes_there() {
-    let allow = |host: &'static str, method: Method, path: &str| {
-        let run = drive(&cfg(), at(host, method, path), b"", |_| {
+    let manifest = format!("/v2/app/manifests/{D}");
+    let (rw, ro) = ("rw.example.com", "ro.example.com");
+    // An upload's path takes writes alone: a GET there is no read (RFC 9110 10.2.1).
+    let (start, session) = ("/v2/app/blobs/uploads/", "/v2/app/blobs/uploads/u1");
+    for (host, method, path, allowed) in [
+        (ro, Method::PUT, manifest.as_str(), "GET, HEAD"),
+        (rw, Method::PATCH, &manifest, "GET, HEAD, PUT, DELETE"),
+        (rw, Method::PUT, "/v2/app/tags/list", "GET, HEAD"),
+        (rw, Method::PUT, start, "POST"),
+        (rw, Method::POST, session, "GET, HEAD, PUT, PATCH, DELETE"),
+        (ro, Method::GET, start, ""),
+        (ro, Method::PATCH, session, ""),
+        (rw, Method::DELETE, "/token", "GET, HEAD, POST"),
+    ] {
+        let run = drive(&cfg(), at(host, method.clone(), path), b"", |_| {
             Ok(Canned::new(500))
         });
         assert_eq!((status(&run), run.sent.len()), (405, 0), "{run:?}");
-        header(&run, "allow").to_string()
-    };
-    let manifest = format!("/v2/app/manifests/{D}");
-    assert_eq!(allow("ro.example.com", Method::PUT, &manifest), "GET, HEAD");
-    assert_eq!(
-        allow("rw.example.com", Method::PATCH, &manifest),
-        "GET, HEAD, PUT, DELETE"
-    );
-    assert_eq!(
-        allow("rw.example.com", Method::PUT, "/v2/app/tags/list"),
-        "GET, HEAD"
-    );
-    // An upload's path takes writes alone: a GET there is no read (RFC 9110 10.2.1).
-    assert_eq!(
-        allow("rw.example.com", Method::PUT, "/v2/app/blobs/uploads/"),
-        "POST"
-    );
-    assert_eq!(
-        allow("rw.example.com", Method::POST, "/v2/app/blobs/uploads/u1"),
-        "GET, HEAD, PUT, PATCH, DELETE"
-    );
-    assert_eq!(
-        allow("ro.example.com", Method::GET, "/v2/app/blobs/uploads/"),
-        ""
-    );
-    assert_eq!(
-        allow("ro.example.com", Method::PATCH, "/v2/app/blobs/uploads/u1"),
-        ""
-    );
-    assert_eq!(
-        allow("rw.example.com", Method::DELETE, "/token"),
-        "GET, HEAD, POST"
-    );
+        assert_eq!(header(&run, "allow"), allowed, "{host} {method} {path}");
+    }
 }
 
 #[test]
