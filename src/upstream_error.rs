@@ -12,21 +12,23 @@ use http::StatusCode;
 /// Largest upstream error body read to learn its code.
 pub const MAX_ERROR_BODY: usize = 64 << 10;
 
-/// The first error code of an OCI error body, if it is one the spec defines.
-fn code_of(body: &[u8]) -> Option<ErrorCode> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    ErrorCode::parse(v.get("errors")?.get(0)?.get("code")?.as_str()?)
+/// The first error of an OCI error body, read once for its code and its message.
+fn first_error(body: &[u8]) -> Option<serde_json::Value> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    Some(v.get_mut("errors")?.get_mut(0)?.take())
+}
+
+/// Its code, if it is one the spec defines.
+fn code_of(error: &serde_json::Value) -> Option<ErrorCode> {
+    ErrorCode::parse(error.get("code")?.as_str()?)
 }
 
 /// Whether the registry said it has the manifest, in a type the request's `Accept` does not
 /// name (distribution: "OCI manifest found, but accept header does not support OCI
 /// manifests"): the one 404 a client's user can act on (a newer client), said in the proxy's
 /// words.
-fn not_accepted(body: &[u8]) -> bool {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return false;
-    };
-    let message = v["errors"][0]["message"].as_str().unwrap_or_default();
+fn not_accepted(error: &serde_json::Value) -> bool {
+    let message = error["message"].as_str().unwrap_or_default();
     message.to_ascii_lowercase().contains("accept header")
 }
 
@@ -56,15 +58,16 @@ fn code_for_status(status: StatusCode, endpoint: &Endpoint) -> ErrorCode {
 /// that could not be read). The status passes as it came; 401 and 403 keep their codes.
 pub fn client_error(status: StatusCode, body: Option<&[u8]>, endpoint: &Endpoint) -> OciError {
     let by_status = code_for_status(status, endpoint);
+    let error = body.and_then(first_error);
     let code = match by_status {
         ErrorCode::Unauthorized | ErrorCode::Denied | ErrorCode::TooManyRequests => by_status,
-        _ => body.and_then(code_of).unwrap_or(by_status),
+        _ => error.as_ref().and_then(code_of).unwrap_or(by_status),
     };
     let mut message = match endpoint.name() {
         Some(name) => format!("{}: {name}", code.description()),
         None => code.description().to_string(),
     };
-    if code == ErrorCode::ManifestUnknown && body.is_some_and(not_accepted) {
+    if code == ErrorCode::ManifestUnknown && error.as_ref().is_some_and(not_accepted) {
         message.push_str(
             " (the registry has it in a media type this request's Accept header does not name)",
         );
