@@ -51,6 +51,8 @@ impl Route {
     fn path_info<'p>(&self, path: &'p str) -> Option<&'p str> {
         match &self.kind {
             Kind::Exact(p) => (path.trim_end_matches('/') == p).then_some(""),
+            // `/...` takes every target, `*` (OPTIONS) too, as Spin's router does.
+            Kind::Wildcard(p) if p.is_empty() => Some(path),
             Kind::Wildcard(p) => {
                 let rest = path.strip_prefix(p.as_str())?;
                 (rest.is_empty() || rest.starts_with('/')).then_some(rest)
@@ -100,6 +102,7 @@ mod tests {
         assert_eq!(m("/apix"), Some(("/...".into(), "/apix".into())));
         assert_eq!(m("/health"), Some(("/health".into(), "".into())));
         assert_eq!(m("/health/"), Some(("/health".into(), "".into())));
+        assert_eq!(m("*"), Some(("/...".into(), "*".into())));
         assert_eq!(r[0].component_route(), "");
         assert_eq!(r[1].component_route(), "/api");
     }

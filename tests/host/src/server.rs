@@ -1,18 +1,20 @@
-//! The HTTP/1.1 front end, after `wasmtime serve`: one tokio task per connection,
-//! one fresh instance per request, bodies streamed both ways.
+//! The HTTP front end, after Spin's trigger: hyper serving HTTP/1.1, and HTTP/2 to a client
+//! that opens with its preface (hyper-util's `auto` builder, as Spin's server uses); one tokio
+//! task per connection, one fresh instance per request, bodies streamed both ways.
 
 use crate::app::{App, ComponentHandler};
 use crate::routes::{self, Match};
 use crate::spin_costs::{pays, Cost};
-use anyhow::{Context, Result};
-use http::header::{HeaderName, HeaderValue, HOST};
+use anyhow::{bail, Context, Result};
+use http::header::{HeaderName, HeaderValue, CONNECTION, HOST};
+use http::uri::Authority;
 use http::{Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
-use std::convert::Infallible;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 use wasmtime_wasi_http::io::TokioIo;
@@ -20,11 +22,10 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::WasiHttpView;
 
-/// First byte of a TLS record carrying a handshake (the ClientHello).
-const TLS_HANDSHAKE: u8 = 0x16;
+/// What an HTTP/2 client sends first (RFC 9113 3.4), without an HTTP/1.1 Upgrade.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 pub async fn serve(app: Arc<App>, listener: TcpListener) -> Result<()> {
-    let local = listener.local_addr()?;
     loop {
         let (stream, client) = match listener.accept().await {
             Ok(conn) => conn,
@@ -36,51 +37,104 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) -> Result<()> {
         };
         let app = app.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_connection(app, stream, client, local).await {
-                eprintln!("connection from {client}: {e}");
+            if let Err(e) = serve_connection(app, stream, client).await {
+                eprintln!("connection from {client}: {e:#}");
             }
         });
     }
 }
 
-async fn serve_connection(
-    app: Arc<App>,
-    stream: TcpStream,
-    client: SocketAddr,
-    local: SocketAddr,
-) -> Result<()> {
-    // hyper would answer a TLS ClientHello with a 400 at best; close at once
-    // so an https client fails fast instead of waiting on a plain-HTTP port.
-    let mut first = [0u8; 1];
-    if stream.peek(&mut first).await? == 1 && first[0] == TLS_HANDSHAKE {
-        return Ok(());
-    }
+/// A TLS ClientHello meets hyper's parser, as in Spin: a 400 and the connection closed.
+/// A request `handle` refuses as Spin's trigger does (no usable Host) closes the connection
+/// with no answer, as Spin's service error does.
+async fn serve_connection(app: Arc<App>, stream: TcpStream, client: SocketAddr) -> Result<()> {
     let service = hyper::service::service_fn(move |req| {
         let app = app.clone();
-        async move { Ok::<_, Infallible>(handle(app, req, client, local).await) }
+        async move { handle(app, req, client).await }
     });
-    http1::Builder::new()
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service)
-        .await
-        .context("HTTP/1.1 connection error")
+    let h2 = opens_with_h2_preface(&stream).await?;
+    let io = TokioIo::new(stream);
+    if h2 {
+        http2::Builder::new(Spawner)
+            .serve_connection(io, service)
+            .await
+            .context("HTTP/2 connection error")
+    } else {
+        http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(io, service)
+            .await
+            .context("HTTP/1.1 connection error")
+    }
+}
+
+/// Whether the client's first bytes are HTTP/2's preface. Looks without reading, so that
+/// hyper reads them again; a client that sends the preface in pieces is waited for (`peek`
+/// gives back what it already has at once, hence the pauses, longer each time).
+async fn opens_with_h2_preface(stream: &TcpStream) -> Result<bool> {
+    let mut first = [0u8; H2_PREFACE.len()];
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let n = stream.peek(&mut first).await?;
+        if n == 0 || first[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Runs HTTP/2's stream tasks on tokio, as hyper-util's `TokioExecutor` does for Spin.
+#[derive(Clone, Copy)]
+struct Spawner;
+
+impl<F> hyper::rt::Executor<F> for Spawner
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        tokio::spawn(future);
+    }
 }
 
 async fn handle(
     app: Arc<App>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     client: SocketAddr,
-    local: SocketAddr,
-) -> Response<HyperOutgoingBody> {
+) -> Result<Response<HyperOutgoingBody>> {
+    // Spin's hyper refuses a target with bytes outside ASCII as it parses it (this host's
+    // `http` takes them): a 400 with no body, and the connection closed.
+    if !req
+        .uri()
+        .path_and_query()
+        .is_none_or(|pq| pq.as_str().is_ascii())
+    {
+        let mut resp = empty_response(StatusCode::BAD_REQUEST);
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        return Ok(resp);
+    }
+    strip_service_chaining_host(&mut req);
     let path = req.uri().path().to_string();
     if pays(Cost::Trigger) {
         tracing::info!("Processing request on path '{path}'");
     }
+    if let Some(well_known) = path.strip_prefix("/.well-known/spin/") {
+        return Ok(match well_known {
+            "health" => full_response(StatusCode::OK, "OK"),
+            _ => empty_response(StatusCode::NOT_FOUND),
+        });
+    }
     let Some((matched, handler)) = routes::best_match(&app.routes, &path)
         .and_then(|(i, m)| Some((m, app.handlers.get(i)?.clone())))
     else {
-        return text_response(StatusCode::NOT_FOUND, "Not Found\n");
+        return Ok(empty_response(StatusCode::NOT_FOUND));
     };
+    let authority = request_authority(&req)?;
     if pays(Cost::Trigger) {
         tracing::trace!(
             counter.spin.request_count = 1,
@@ -96,13 +150,13 @@ async fn handle(
         .any(|v| std::str::from_utf8(v.as_bytes()).is_err())
     {
         eprintln!("Error processing request on {path}: a header value is not UTF-8");
-        return empty_response(StatusCode::INTERNAL_SERVER_ERROR);
+        return Ok(empty_response(StatusCode::INTERNAL_SERVER_ERROR));
     }
-    let req = match spin_request(req, &matched, client, local) {
+    let req = match spin_request(req, authority, &matched, client) {
         Ok(req) => req,
         Err(e) => {
-            eprintln!("bad request for {path}: {e:#}");
-            return text_response(StatusCode::BAD_REQUEST, "Bad Request\n");
+            eprintln!("Error processing request on {path}: {e:#}");
+            return Ok(empty_response(StatusCode::INTERNAL_SERVER_ERROR));
         }
     };
     // The spans Spin's trigger opens per request (`#[instrument]` on its handler and executor).
@@ -113,27 +167,69 @@ async fn handle(
     );
     let execute = tracing::info_span!(parent: &span, "spin_trigger_http.execute_wasm",
         otel.name = %format_args!("execute_wasm_component {}", handler.id));
-    match run_component(&handler, req).instrument(execute).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            eprintln!("component {:?} failed on {path}: {e:#}", handler.id);
-            empty_response(StatusCode::INTERNAL_SERVER_ERROR)
-        }
+    Ok(
+        match run_component(&handler, req).instrument(execute).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                eprintln!("component {:?} failed on {path}: {e:#}", handler.id);
+                empty_response(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+        },
+    )
+}
+
+/// Spin's trigger takes a Host naming `*.spin.internal` (its service chaining) away.
+fn strip_service_chaining_host(req: &mut Request<Incoming>) {
+    let chaining = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<Authority>().ok())
+        .is_some_and(|a| a.host().ends_with(".spin.internal"));
+    if chaining {
+        req.headers_mut().remove(HOST);
     }
 }
 
-/// Gives the request what Spin's HTTP trigger gives it: an absolute `http://` URI
-/// with the Host header's authority, and the `spin-*` headers.
+/// The request's authority as Spin's trigger finds it (`set_req_uri`): the Host header or the
+/// target's own (HTTP/2's `:authority`, an absolute-form target), the same where both are
+/// given. Where it fails, Spin's service fails, and hyper closes the connection unanswered.
+fn request_authority(req: &Request<Incoming>) -> Result<Authority> {
+    // CONNECT's target is an authority alone: Spin's trigger panics making a URI of it without
+    // a path, and the connection closes unanswered.
+    if req.uri().path_and_query().is_none() {
+        bail!("the request's target has no path");
+    }
+    let from_host = req
+        .headers()
+        .get(HOST)
+        .map(|h| -> Result<Authority> {
+            let text = h.to_str().context("'Host' header is not valid UTF-8")?;
+            text.parse()
+                .context("'Host' header contains an invalid authority")
+        })
+        .transpose()?;
+    match (from_host, req.uri().authority()) {
+        (None, None) => bail!("no 'Host' header present in request"),
+        (Some(a), None) => Ok(a),
+        (None, Some(a)) => Ok(a.clone()),
+        (Some(a), Some(b)) if a == *b => Ok(a),
+        _ => bail!("authority in 'Host' header does not match authority in URI"),
+    }
+}
+
+/// Gives the request what Spin's HTTP trigger gives it: an absolute `http://` URI with its
+/// authority, and the `spin-*` headers (whose URL names the Host header, or `localhost`).
 fn spin_request(
     req: Request<Incoming>,
+    authority: Authority,
     matched: &Match<'_>,
     client: SocketAddr,
-    local: SocketAddr,
 ) -> Result<Request<Incoming>> {
     let (mut parts, body) = req.into_parts();
     let host = match parts.headers.get(HOST) {
         Some(h) => h.to_str().context("Host header is not text")?.to_string(),
-        None => local.to_string(),
+        None => "localhost".to_string(),
     };
     let path_and_query = parts
         .uri
@@ -143,7 +239,7 @@ fn spin_request(
     let full_url = format!("http://{host}{path_and_query}");
     parts.uri = Uri::builder()
         .scheme("http")
-        .authority(host.as_str())
+        .authority(authority)
         .path_and_query(path_and_query.as_str())
         .build()
         .context("cannot form the request URL")?;
@@ -253,15 +349,11 @@ fn empty_response(status: StatusCode) -> Response<HyperOutgoingBody> {
     resp
 }
 
-fn text_response(status: StatusCode, text: &'static str) -> Response<HyperOutgoingBody> {
-    let body = Full::new(Bytes::from_static(text.as_bytes()))
+fn full_response(status: StatusCode, text: &'static str) -> Response<HyperOutgoingBody> {
+    let body = http_body_util::Full::new(hyper::body::Bytes::from_static(text.as_bytes()))
         .map_err(|never| match never {})
         .boxed_unsync();
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
     resp
 }
