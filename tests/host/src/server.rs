@@ -113,7 +113,7 @@ async fn handle(
         .path_and_query()
         .is_none_or(|pq| pq.as_str().is_ascii())
     {
-        let mut resp = empty_response(StatusCode::BAD_REQUEST);
+        let mut resp = own_response(StatusCode::BAD_REQUEST, "");
         resp.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
         return Ok(resp);
@@ -125,14 +125,14 @@ async fn handle(
     }
     if let Some(well_known) = path.strip_prefix("/.well-known/spin/") {
         return Ok(match well_known {
-            "health" => full_response(StatusCode::OK, "OK"),
-            _ => empty_response(StatusCode::NOT_FOUND),
+            "health" => own_response(StatusCode::OK, "OK"),
+            _ => own_response(StatusCode::NOT_FOUND, ""),
         });
     }
     let Some((matched, handler)) = routes::best_match(&app.routes, &path)
         .and_then(|(i, m)| Some((m, app.handlers.get(i)?.clone())))
     else {
-        return Ok(empty_response(StatusCode::NOT_FOUND));
+        return Ok(own_response(StatusCode::NOT_FOUND, ""));
     };
     let authority = request_authority(&req)?;
     if pays(Cost::Trigger) {
@@ -150,13 +150,13 @@ async fn handle(
         .any(|v| std::str::from_utf8(v.as_bytes()).is_err())
     {
         eprintln!("Error processing request on {path}: a header value is not UTF-8");
-        return Ok(empty_response(StatusCode::INTERNAL_SERVER_ERROR));
+        return Ok(own_response(StatusCode::INTERNAL_SERVER_ERROR, ""));
     }
     let req = match spin_request(req, authority, &matched, client) {
         Ok(req) => req,
         Err(e) => {
             eprintln!("Error processing request on {path}: {e:#}");
-            return Ok(empty_response(StatusCode::INTERNAL_SERVER_ERROR));
+            return Ok(own_response(StatusCode::INTERNAL_SERVER_ERROR, ""));
         }
     };
     // The spans Spin's trigger opens per request (`#[instrument]` on its handler and executor).
@@ -172,7 +172,7 @@ async fn handle(
             Ok(resp) => resp,
             Err(e) => {
                 eprintln!("component {:?} failed on {path}: {e:#}", handler.id);
-                empty_response(StatusCode::INTERNAL_SERVER_ERROR)
+                own_response(StatusCode::INTERNAL_SERVER_ERROR, "")
             }
         },
     )
@@ -338,19 +338,10 @@ async fn run_component(
     }
 }
 
-/// Spin's own error answers (a component that failed, a request it would not pass on) have no
-/// body.
-fn empty_response(status: StatusCode) -> Response<HyperOutgoingBody> {
-    let body = http_body_util::Empty::new()
-        .map_err(|never| match never {})
-        .boxed_unsync();
-    let mut resp = Response::new(body);
-    *resp.status_mut() = status;
-    resp
-}
-
-fn full_response(status: StatusCode, text: &'static str) -> Response<HyperOutgoingBody> {
-    let body = http_body_util::Full::new(hyper::body::Bytes::from_static(text.as_bytes()))
+/// Spin's own answers: its errors (a component that failed, a request it would not pass on)
+/// have no body; its health check says "OK".
+fn own_response(status: StatusCode, body: &'static str) -> Response<HyperOutgoingBody> {
+    let body = http_body_util::Full::new(hyper::body::Bytes::from_static(body.as_bytes()))
         .map_err(|never| match never {})
         .boxed_unsync();
     let mut resp = Response::new(body);
