@@ -16,6 +16,7 @@ pub mod error;
 pub mod exchange;
 pub mod headers;
 pub mod home;
+pub mod instance_allocator;
 pub mod link;
 pub mod listing;
 pub mod log;
@@ -39,6 +40,10 @@ pub mod upstream_error;
 pub mod upstream_failure;
 pub mod upstream_token;
 pub mod users;
+
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOCATOR: instance_allocator::Arena = instance_allocator::Arena::new(std::alloc::System);
 
 #[cfg(target_arch = "wasm32")]
 mod spin_adapter;
