@@ -171,6 +171,62 @@ mod tests {
         }
     }
 
+    /// Drawn sequences of allocations, growths, shrinks and frees: every live block keeps its
+    /// bytes and its alignment, and no two overlap.
+    #[test]
+    fn drawn_sequences_keep_every_block_whole() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut draw = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for _ in 0..100 {
+            let arena = Box::new(Arena::new(System));
+            // (pointer, layout, fill byte)
+            let mut live: Vec<(*mut u8, Layout, u8)> = Vec::new();
+            for step in 0..200u32 {
+                let fill = step as u8;
+                match draw(4) {
+                    0 | 1 => {
+                        let size = [1, 7, 24, 100, 1000, SMALL, SMALL + 1, 9000][draw(8)];
+                        let l = Layout::from_size_align(size, 1 << draw(7)).unwrap();
+                        let p = unsafe { arena.alloc(l) };
+                        assert!(!p.is_null());
+                        assert_eq!(p as usize % l.align(), 0);
+                        unsafe { p.write_bytes(fill, size) };
+                        live.push((p, l, fill));
+                    }
+                    2 if !live.is_empty() => {
+                        let (p, l, f) = live.swap_remove(draw(live.len()));
+                        let size = [1, 16, 300, 3000, SMALL + 100][draw(5)];
+                        let q = unsafe { arena.realloc(p, l, size) };
+                        let kept = size.min(l.size());
+                        assert!(unsafe { std::slice::from_raw_parts(q, kept) }
+                            .iter()
+                            .all(|b| *b == f));
+                        unsafe { q.write_bytes(fill, size) };
+                        let l = Layout::from_size_align(size, l.align()).unwrap();
+                        live.push((q, l, fill));
+                    }
+                    _ if !live.is_empty() => {
+                        let (p, l, _) = live.swap_remove(draw(live.len()));
+                        unsafe { arena.dealloc(p, l) };
+                    }
+                    _ => {}
+                }
+                for (p, l, f) in live.iter().filter(|_| step % 8 == 0) {
+                    let bytes = unsafe { std::slice::from_raw_parts(*p, l.size()) };
+                    assert!(bytes.iter().all(|b| b == f), "a block lost its bytes");
+                }
+            }
+            for (p, l, _) in live {
+                unsafe { arena.dealloc(p, l) };
+            }
+        }
+    }
+
     #[test]
     fn alignment_is_kept() {
         let arena = Box::new(Arena::new(System));
