@@ -73,6 +73,8 @@ impl<A: GlobalAlloc> Arena<A> {
     }
 }
 
+// Each method out of line: inlined into every caller, they made the module 15% larger for no
+// fewer instructions.
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Arena<A> {
     #[inline(never)]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
